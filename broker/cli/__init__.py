@@ -1,0 +1,51 @@
+"""The ``broker`` command line. Exit status: 0 ok, 1 refused or failed, 2 usage error."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from broker.cli import access, admin, auditing, devices, people
+from broker.cli._base import stderr_line
+from broker.errors import BrokerError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_file", metavar="PATH", default=None,
+              help="broker.toml (default ./broker.toml, or $BROKER_CONFIG)")
+@click.version_option(package_name="broker")
+def cli(config_file: str | None) -> None:
+    """The vendor access broker."""
+
+
+for command in (admin.init, admin.migrate, admin.serve, admin.demo, people.tech,
+                people.approver, devices.device, access.request, access.grant, auditing.audit,
+                auditing.policy):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="broker", standalone_mode=False)
+    except click.exceptions.Abort:
+        stderr_line("aborted")
+        sys.exit(1)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(2)
+    except click.ClickException as exc:
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
+        stderr_line(f"{where}{exc.format_message()}")
+        sys.exit(exc.exit_code)
+    except BrokerError as exc:
+        stderr_line(str(exc))
+        sys.exit(exc.exit_status)
+    except Exception as exc:
+        if os.environ.get("BROKER_DEBUG"):
+            raise
+        stderr_line(f"internal error: {type(exc).__name__}: {exc} "
+                    "(a bug: rerun with BROKER_DEBUG=1 and report the traceback)")
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,81 @@
+"""``broker init``, ``broker migrate``, ``broker serve``, ``broker demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from broker.cli._base import config_of, stderr_line
+from broker.config import DEFAULT_CONFIG, load_config, render_default_config
+from broker.credentials.files import write_public
+from broker.credentials.keys import KeyPaths, create_keys
+from broker.store.engine import Store
+
+
+@click.command("init")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="where broker.toml and data/ go")
+@click.option("--public-url", default=None, help="URL approvers' links point to")
+def init(directory: Path, public_url: str | None) -> None:
+    """Create broker.toml, the database and every key (never overwrites an existing key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file = directory / DEFAULT_CONFIG
+    url = public_url or f"https://{socket.getfqdn() or 'localhost'}:8443"
+    if write_public(config_file, render_default_config(url).encode()):
+        click.echo(f"wrote {config_file}")
+    else:
+        click.echo(f"kept existing {config_file}")
+    config = load_config(config_file)
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    config.policy_dir.mkdir(parents=True, exist_ok=True)
+    hostname = urlsplit(config.settings.broker.public_url).hostname or "localhost"
+    for path in create_keys(KeyPaths.of(config), hostname):
+        click.echo(f"created {path}")
+    asyncio.run(_migrate(config.database_url))
+    click.echo(f"database ready: {Store(config.database_url).display_url}")
+
+
+async def _migrate(url: str) -> None:
+    store = Store(url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+@click.command("migrate")
+@click.option("--config", "config_file", metavar="PATH", default=None)
+def migrate(config_file: str | None) -> None:
+    """Bring the database schema up to date (Alembic)."""
+    config = config_of(config_file)
+    asyncio.run(_migrate(config.database_url))
+    click.echo("database schema is current")
+
+
+@click.command("serve")
+@click.option("--config", "config_file", metavar="PATH", default=None)
+def serve(config_file: str | None) -> None:
+    """Run the SSH service and the scheduler until SIGTERM."""
+    from broker.server import run_server
+
+    config = config_of(config_file)
+    try:
+        asyncio.run(run_server(config))
+    except KeyboardInterrupt:
+        stderr_line("stopped")
+
+
+@click.command("demo")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="keep the demo here instead of a temporary directory")
+@click.option("--ssh-port", type=int, default=2222, show_default=True)
+def demo(directory: Path | None, ssh_port: int) -> None:
+    """A broker with a simulated device, and a walk-through to paste."""
+    from broker.demo.run import run_demo
+
+    asyncio.run(run_demo(directory, ssh_port))

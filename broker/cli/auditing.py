@@ -1,0 +1,115 @@
+"""``broker audit ...`` and ``broker policy ...``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from broker.audit import iter_events, verify_rows
+from broker.audit.export import as_dict, write_export
+from broker.cli._base import common, config_of, emit, run, since
+from broker.errors import Refused
+from broker.policy import check_policies, explain, explain_json
+from broker.services.context import Context
+from broker.services.lookup import by_name
+from broker.services.policies import facts
+from broker.store.models import Device, Technician
+
+
+@click.group("audit")
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@common()
+def audit_verify(config_file: str | None, as_json: bool) -> None:
+    """Check every link of the audit chain."""
+
+    async def body(ctx: Context) -> tuple[int, list]:
+        async with ctx.store.session() as db:
+            rows = [row async for row in iter_events(db)]
+        return verify_rows(rows)
+
+    count, problems = run(config_file, body)
+    emit(as_json, {"ok": not problems, "rows": count, "problems": [
+        {"seq": p.seq, "message": p.message} for p in problems]},
+        lambda: click.echo("\n".join(str(p) for p in problems) if problems
+                           else f"ok: {count} audit rows, chain intact"))
+    if problems:
+        raise Refused(f"audit chain broken: {len(problems)} problem(s)")
+
+
+@audit.command("export")
+@click.option("--since", "since_text", default=None, metavar="TIME|DURATION",
+              help="ISO 8601 time, or a duration such as 7d meaning that long ago")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)
+@common(json_output=False)
+def audit_export(since_text: str | None, fmt: str, config_file: str | None) -> None:
+    """Write audit rows to standard output."""
+
+    async def body(ctx: Context) -> int:
+        start = since("--since", since_text, ctx.now())
+        async with ctx.store.session() as db:
+            return await write_export(iter_events(db, start), sys.stdout, fmt)
+
+    run(config_file, body)
+
+
+@audit.command("tail")
+@click.option("-n", "count", type=click.IntRange(1, 100000), default=20, show_default=True)
+@common()
+def audit_tail(count: int, config_file: str | None, as_json: bool) -> None:
+    """Show the newest audit rows."""
+
+    async def body(ctx: Context) -> list[dict]:
+        async with ctx.store.session() as db:
+            rows = [as_dict(row) async for row in iter_events(db)]
+        return rows[-count:]
+
+    rows = run(config_file, body)
+    emit(as_json, rows, lambda: [click.echo(
+        f"{r['seq']:>6} {r['ts'][:19]}Z {r['kind']:<22} {r['actor']:<22} {r['subject'] or '-'}"
+        f" {r['data'] if r['data'] else ''}".rstrip()) for r in rows])
+
+
+@click.group("policy")
+def policy() -> None:
+    """Access policies (policies/*.yaml)."""
+
+
+@policy.command("check")
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@common()
+def policy_check(directory: Path | None, config_file: str | None, as_json: bool) -> None:
+    """Validate policy files; report every problem with file, line and field."""
+    target = directory or config_of(config_file).policy_dir
+    problems = check_policies(target)
+    emit(as_json, {"ok": not problems, "directory": str(target), "problems": [
+        {"file": p.file, "line": p.line, "field": p.field, "message": p.message}
+        for p in problems]},
+        lambda: click.echo("\n".join(str(p) for p in problems) if problems
+                           else f"ok: policies in {target} are valid"))
+    if problems:
+        raise Refused(f"{len(problems)} problem(s) in {target}")
+
+
+@policy.command("explain")
+@click.option("--tech", required=True)
+@click.option("--device", "device_name", required=True)
+@common()
+def policy_explain(tech: str, device_name: str, config_file: str | None, as_json: bool) -> None:
+    """Say which policy applies to a technician and a device, and why."""
+
+    async def body(ctx: Context) -> tuple:
+        async with ctx.store.session() as db:
+            technician = await by_name(db, Technician, tech)
+            device = await by_name(db, Device, device_name)
+        return (ctx.policies(), *facts(technician, device))
+
+    policies, tech_facts, device_facts = run(config_file, body)
+    emit(as_json, explain_json(policies, tech_facts, device_facts),
+         explain(policies, tech_facts, device_facts))

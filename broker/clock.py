@@ -1,0 +1,26 @@
+"""Time, injected. Production uses :class:`SystemClock`; tests use ``broker.testing.FakeClock``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+
+    async def sleep_until(self, deadline: datetime) -> None:
+        """Return at ``deadline`` (or soon after); cancellable."""
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep_until(self, deadline: datetime) -> None:
+        # Sleep in slices of at most a minute so that a wall-clock jump (NTP step, VM
+        # resume) is noticed within a minute rather than after the original interval.
+        while (remaining := (deadline - self.now()).total_seconds()) > 0:
+            await asyncio.sleep(min(remaining, 60.0))

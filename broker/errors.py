@@ -1,0 +1,50 @@
+"""The broker's exceptions. Each one's message is a single line a user can act on.
+
+    BrokerError
+    ├── ConfigError          broker.toml or BROKER_* overrides are wrong
+    ├── UsageError           a command-line argument is wrong (exit status 2)
+    ├── NotFound             a named technician, device, request, grant ... does not exist
+    ├── Conflict             the object already exists, or its state forbids the operation
+    ├── Refused              a rule said no (policy, invariant, state machine)
+    ├── StoreError           the database is missing, un-migrated or unreachable
+    └── DeviceError          the device could not be reached or refused the broker's login
+
+Lower layers' errors (SQLAlchemy, asyncssh, the domain's own) are mapped to these in one
+place each, with ``raise ... from``, so the CLI and the protocol handlers catch only these.
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of every error the broker reports to a user."""
+
+    exit_status = 1
+
+
+class ConfigError(BrokerError):
+    pass
+
+
+class UsageError(BrokerError):
+    exit_status = 2
+
+
+class NotFound(BrokerError):
+    pass
+
+
+class Conflict(BrokerError):
+    pass
+
+
+class Refused(BrokerError):
+    pass
+
+
+class StoreError(BrokerError):
+    pass
+
+
+class DeviceError(BrokerError):
+    pass

@@ -1,0 +1,33 @@
+"""Session recordings: writers (asciicast v2, exec logs), crash-safe flushing, reading, replay."""
+
+from .asciicast import AsciicastWriter, ExecLog
+from .flusher import FlushedFile, Flusher, default_flusher
+from .reader import (
+    Cast,
+    CastError,
+    RecordingError,
+    SessionInfo,
+    iter_sessions,
+    output_text,
+    read_cast,
+)
+from .replay import frames, replay
+from .session import SessionRecording
+
+__all__ = [
+    "AsciicastWriter",
+    "Cast",
+    "CastError",
+    "ExecLog",
+    "FlushedFile",
+    "Flusher",
+    "RecordingError",
+    "SessionInfo",
+    "SessionRecording",
+    "default_flusher",
+    "frames",
+    "iter_sessions",
+    "output_text",
+    "read_cast",
+    "replay",
+]

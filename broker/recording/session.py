@@ -1,0 +1,200 @@
+"""One recorded session: a directory holding ``session.json`` and one file per channel.
+
+The directory is named ``YYYYmmddTHHMMSSZ-<session id>`` (UTC start time), so a plain sorted
+listing of the recordings root is in time order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .asciicast import AsciicastWriter, Clock, ExecLog
+from .flusher import Flusher
+
+METADATA_FILE = "session.json"
+DIR_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def directory_name(started_at: datetime, session_id: str) -> str:
+    if started_at.tzinfo is None:
+        raise ValueError("started_at must be timezone-aware")
+    if not _SESSION_ID.fullmatch(session_id):
+        raise ValueError(f"session id {session_id!r} is not usable in a directory name")
+    return f"{started_at.astimezone(UTC).strftime(DIR_TIME_FORMAT)}-{session_id}"
+
+
+class SessionRecording:
+    """The recording of one technician connection; create it with :meth:`create`."""
+
+    def __init__(
+        self,
+        path: Path,
+        metadata: dict[str, object],
+        *,
+        flusher: Flusher | None = None,
+        clock: Clock = time.monotonic,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._path = path
+        self._metadata = metadata
+        self._flusher = flusher
+        self._clock = clock
+        self._now = now
+        self._files: list[Path] = []
+        self._writers: list[AsciicastWriter | ExecLog] = []
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        session_id: str,
+        started_at: datetime,
+        metadata: dict[str, object],
+        *,
+        flusher: Flusher | None = None,
+        clock: Clock = time.monotonic,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> SessionRecording:
+        """Create the session directory and its ``session.json``.
+
+        ``metadata`` should name ``technician``, ``vendor``, ``device``, ``grant`` and
+        ``client`` (address); ``session``, ``started_at``, ``ended_at`` and ``end_reason``
+        are filled in here.
+        """
+        root.mkdir(mode=0o750, parents=True, exist_ok=True)
+        path = root / directory_name(started_at, session_id)
+        path.mkdir(mode=0o750)
+        path.chmod(0o750)  # mkdir's mode is filtered by the umask
+        full: dict[str, object] = {
+            **metadata,
+            "session": session_id,
+            "started_at": started_at.astimezone(UTC).isoformat(),
+            "ended_at": None,
+            "end_reason": None,
+        }
+        recording = cls(path, full, flusher=flusher, clock=clock, now=now)
+        _write_json_atomically(path / METADATA_FILE, full, sync=False)
+        recording._files.append(path / METADATA_FILE)
+        return recording
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        return dict(self._metadata)
+
+    def files(self) -> list[Path]:
+        """Every file this recording created, ``session.json`` first."""
+        return list(self._files)
+
+    def add_file(self, stem: str, suffix: str) -> Path:
+        """Reserve a fresh file name in the session directory (for other kinds of logs)."""
+        path = self._path / f"{stem}{suffix}"
+        n = 1
+        # SSH channel numbers are reused after a channel closes; never overwrite a recording.
+        while path in self._files or path.exists():
+            n += 1
+            path = self._path / f"{stem}-{n}{suffix}"
+        self._files.append(path)
+        return path
+
+    def terminal(
+        self,
+        channel: int,
+        *,
+        width: int,
+        height: int,
+        term: str,
+        env: dict[str, str],
+        command: str | None = None,
+    ) -> AsciicastWriter:
+        header_env = {"TERM": term}
+        if "SHELL" in env:
+            header_env["SHELL"] = env["SHELL"]
+        md = self._metadata
+        writer = AsciicastWriter(
+            self.add_file(f"term-{channel}", ".cast"),
+            width=width,
+            height=height,
+            timestamp=int(self._now().timestamp()),
+            env=header_env,
+            title=f"{md.get('technician', '?')}@{md.get('device', '?')}",
+            command=command,
+            extra={"broker": self._broker_header(channel)},
+            clock=self._clock,
+            flusher=self._flusher,
+        )
+        self._writers.append(writer)
+        return writer
+
+    def exec_log(self, channel: int, command: str) -> ExecLog:
+        log = ExecLog(
+            self.add_file(f"exec-{channel}", ".jsonl"),
+            command,
+            clock=self._clock,
+            flusher=self._flusher,
+        )
+        self._writers.append(log)
+        return log
+
+    async def close(self, end_reason: str) -> None:
+        """Close every writer, record the end in ``session.json`` and sync it all to disk."""
+        if self._closed:
+            return
+        self._closed = True
+        for writer in self._writers:
+            writer.close()
+        self._metadata["ended_at"] = self._now().astimezone(UTC).isoformat()
+        self._metadata["end_reason"] = end_reason
+        await asyncio.to_thread(self._finish, dict(self._metadata))
+
+    def _finish(self, metadata: dict[str, object]) -> None:
+        for path in self._files[1:]:
+            if path.exists():
+                _fsync_path(path)
+        _write_json_atomically(self._path / METADATA_FILE, metadata, sync=True)
+        _fsync_path(self._path.parent)
+
+    def _broker_header(self, channel: int) -> dict[str, object]:
+        md = self._metadata
+        header: dict[str, object] = {
+            k: md[k] for k in ("technician", "vendor", "device", "grant") if k in md
+        }
+        return {**header, "session": md["session"], "channel": channel}
+
+
+def _write_json_atomically(path: Path, data: dict[str, object], *, sync: bool) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if sync:
+        _fsync_path(path.parent)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,61 @@
+"""What every service needs: settings, the store, the vault, the clock, and who is acting."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker import audit
+from broker.clock import Clock, SystemClock
+from broker.config import Config
+from broker.credentials.vault import Vault
+from broker.errors import ConfigError
+from broker.domain.policy import Policy
+from broker.store.engine import Store
+
+
+def default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+@dataclass
+class Context:
+    config: Config
+    store: Store
+    clock: Clock = field(default_factory=SystemClock)
+    node: str = "node-1"
+
+    @classmethod
+    def open(cls, config: Config, clock: Clock | None = None) -> Context:
+        return cls(config=config, store=Store(config.database_url), clock=clock or SystemClock())
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    @functools.cached_property
+    def vault(self) -> Vault:
+        return Vault.from_file(self.config.path(self.config.settings.vault.key_file))
+
+    def policies(self) -> list[Policy]:
+        from broker.policy.loader import PolicyError, load_policies
+
+        try:
+            return load_policies(self.config.policy_dir)
+        except PolicyError as exc:
+            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            raise ConfigError(f"{exc.problems[0]}{more}; run 'broker policy check'") from None
+
+    async def audit(self, db: AsyncSession, kind: str, actor: str,
+                    subject: str | None = None, **data: Any) -> None:
+        await audit.record(db, self.now(), kind, actor, subject, **data)

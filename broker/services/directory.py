@@ -1,0 +1,185 @@
+"""Technicians, approvers and devices: the people and the things access is about."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncssh
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from broker.domain.usernames import UsernameError, check_name
+from broker.errors import Conflict, Refused, UsageError
+from broker.services.context import Context
+from broker.services.lookup import by_name, maybe_by_name
+from broker.store.models import (
+    Approver,
+    ApproverGroup,
+    Device,
+    DeviceCredential,
+    Technician,
+    TechnicianKey,
+)
+
+DEVICE_STATES = ("active", "maintenance", "retired")
+
+
+def valid_name(kind: str, name: str) -> str:
+    try:
+        return check_name(kind, name)
+    except UsernameError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_public_keys(text: str, source: str) -> list[asyncssh.SSHKey]:
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            keys.append(asyncssh.import_public_key(line.strip()))
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise UsageError(f"{source}:{number}: not an OpenSSH public key ({exc})") from None
+    if not keys:
+        raise UsageError(f"{source}: holds no public key")
+    return keys
+
+
+@dataclass
+class TechnicianView:
+    technician: Technician
+    keys: list[TechnicianKey]
+
+
+class Directory:
+    def __init__(self, ctx: Context, actor: str) -> None:
+        self.ctx, self.actor = ctx, actor
+
+    # -- technicians -------------------------------------------------------------------
+    async def add_technician(self, name: str, vendor: str, keys: Sequence[asyncssh.SSHKey],
+                             email: str | None = None) -> TechnicianView:
+        valid_name("technician", name)
+        if not vendor.strip():
+            raise UsageError("--vendor must not be empty")
+        async with self.ctx.store.session() as db:
+            if await maybe_by_name(db, Technician, name):
+                raise Conflict(f"technician {name!r} already exists")
+            tech = Technician(name=name, vendor=vendor.strip(), email=email,
+                              created_at=self.ctx.now())
+            db.add(tech)
+            await db.flush()
+            assert tech.id is not None
+            rows = [TechnicianKey(technician_id=tech.id, public_key=key.export_public_key()
+                                  .decode().strip(), fingerprint=key.get_fingerprint(),
+                                  comment=key.get_comment())
+                    for key in keys]
+            db.add_all(rows)
+            await self.ctx.audit(db, "technician.added", self.actor, name, vendor=tech.vendor,
+                                 keys=[row.fingerprint for row in rows])
+        return TechnicianView(tech, rows)
+
+    async def technicians(self) -> list[TechnicianView]:
+        async with self.ctx.store.session() as db:
+            techs = (await db.exec(select(Technician).order_by(col(Technician.name)))).all()
+            keys = (await db.exec(select(TechnicianKey))).all()
+        return [TechnicianView(t, [k for k in keys if k.technician_id == t.id]) for t in techs]
+
+    async def technician(self, name: str) -> TechnicianView:
+        async with self.ctx.store.session() as db:
+            tech = await by_name(db, Technician, name)
+            keys = (await db.exec(select(TechnicianKey)
+                                  .where(TechnicianKey.technician_id == tech.id))).all()
+        return TechnicianView(tech, list(keys))
+
+    async def disable_technician(self, name: str) -> Technician:
+        async with self.ctx.store.session() as db:
+            tech = await by_name(db, Technician, name)
+            if tech.disabled:
+                raise Conflict(f"technician {name!r} is already disabled")
+            tech.disabled = True
+            db.add(tech)
+            await self.ctx.audit(db, "technician.disabled", self.actor, name)
+        return tech
+
+    # -- approvers ---------------------------------------------------------------------
+    async def add_approver(self, name: str, email: str, groups: Sequence[str]) -> Approver:
+        valid_name("approver", name)
+        if "@" not in email:
+            raise UsageError(f"--email {email!r} is not an e-mail address")
+        for group in groups:
+            valid_name("group", group)
+        async with self.ctx.store.session() as db:
+            if await maybe_by_name(db, Approver, name):
+                raise Conflict(f"approver {name!r} already exists")
+            approver = Approver(name=name, email=email, created_at=self.ctx.now())
+            db.add(approver)
+            await db.flush()
+            assert approver.id is not None
+            db.add_all(ApproverGroup(approver_id=approver.id, group=g) for g in sorted(set(groups)))
+            await self.ctx.audit(db, "approver.added", self.actor, name, groups=sorted(set(groups)))
+        return approver
+
+    async def approvers(self) -> list[tuple[Approver, list[str]]]:
+        async with self.ctx.store.session() as db:
+            approvers = (await db.exec(select(Approver).order_by(col(Approver.name)))).all()
+            groups = (await db.exec(select(ApproverGroup))).all()
+        return [(a, sorted(g.group for g in groups if g.approver_id == a.id)) for a in approvers]
+
+    # -- devices -----------------------------------------------------------------------
+    async def add_device(self, device: Device, credential_kind: str, secret: bytes,
+                         owner: str | None = None) -> Device:
+        valid_name("device", device.name)
+        for tag in device.tags:
+            valid_name("tag", tag)
+        if not 1 <= device.port <= 65535:
+            raise UsageError(f"--port {device.port} is not a TCP port (1-65535)")
+        async with self.ctx.store.session() as db:
+            if await maybe_by_name(db, Device, device.name):
+                raise Conflict(f"device {device.name!r} already exists")
+            device.created_at = self.ctx.now()
+            db.add(device)
+            try:
+                await db.flush()
+            except IntegrityError:
+                raise Conflict(f"device {device.name!r} already exists") from None
+            assert device.id is not None
+            db.add(DeviceCredential(device_id=device.id, kind=credential_kind,
+                                    secret=self.ctx.vault.seal(secret), owner=owner,
+                                    created_at=self.ctx.now()))
+            await self.ctx.audit(db, "device.added", self.actor, device.name, host=device.host,
+                                 port=device.port, login_user=device.login_user,
+                                 credential=credential_kind, rotate=device.rotate)
+        return device
+
+    async def devices(self) -> list[Device]:
+        async with self.ctx.store.session() as db:
+            return list((await db.exec(select(Device).order_by(col(Device.name)))).all())
+
+    async def device(self, name: str) -> Device:
+        async with self.ctx.store.session() as db:
+            return await by_name(db, Device, name)
+
+    async def set_device_state(self, name: str, state: str) -> Device:
+        assert state in DEVICE_STATES
+        async with self.ctx.store.session() as db:
+            device = await by_name(db, Device, name)
+            if device.state == "retired":
+                raise Refused(f"device {name!r} is retired: its state can no longer change")
+            if device.state == state:
+                raise Conflict(f"device {name!r} is already {state}")
+            previous, device.state = device.state, state
+            db.add(device)
+            await self.ctx.audit(db, f"device.{_state_event(state)}", self.actor, name,
+                                 previous=previous)
+            if state == "retired":
+                from broker.services.grants import revoke_all_on_device
+
+                await revoke_all_on_device(self.ctx, db, device, self.actor,
+                                           reason="device retired")
+        return device
+
+
+def _state_event(state: str) -> str:
+    return {"active": "maintenance_off", "maintenance": "maintenance_on",
+            "retired": "retired"}[state]

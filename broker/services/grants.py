@@ -1,0 +1,176 @@
+"""Grants: listing, revoking, keeping stored states in step with the clock, and deciding
+whether a connection may use one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import col, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.domain.grants import (
+    AccessDecision,
+    GrantState,
+    GrantView,
+    Refusal,
+    Window,
+    decide_access,
+    state_at,
+)
+from broker.domain.protocols import Protocol
+from broker.errors import Conflict
+from broker.services.context import Context
+from broker.services.lookup import by_id, maybe_by_name
+from broker.store.models import Device, Grant, Technician
+
+LIVE_STATES = (GrantState.SCHEDULED.value, GrantState.ACTIVE.value)
+
+
+@dataclass
+class GrantRow:
+    grant: Grant
+    technician: Technician
+    device: Device
+
+
+@dataclass
+class Access:
+    """The outcome of an access check, with the rows the caller needs either way."""
+
+    decision: AccessDecision
+    technician: Technician | None
+    device: Device | None
+    grant: Grant | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+def view(grant: Grant) -> GrantView:
+    return GrantView(id=grant.id or 0, window=Window(grant.start, grant.end),
+                     protocols=frozenset(Protocol(p) for p in grant.protocols),
+                     revoked=grant.state == GrantState.REVOKED.value)
+
+
+class Grants:
+    def __init__(self, ctx: Context, actor: str) -> None:
+        self.ctx, self.actor = ctx, actor
+
+    async def list(self, active_only: bool = False, unreviewed: bool = False) -> list[GrantRow]:
+        await refresh_states(self.ctx)
+        async with self.ctx.store.session() as db:
+            query = (select(Grant, Technician, Device).join(Technician).join(Device)
+                     .order_by(col(Grant.id)))
+            if active_only:
+                query = query.where(Grant.state == GrantState.ACTIVE.value)
+            if unreviewed:
+                query = query.where(Grant.breakglass, col(Grant.reviewed_at).is_(None))
+            return [GrantRow(*row) for row in (await db.exec(query)).all()]
+
+    async def show(self, ident: int) -> GrantRow:
+        await refresh_states(self.ctx)
+        async with self.ctx.store.session() as db:
+            grant = await by_id(db, Grant, ident)
+            tech, device = await db.get(Technician, grant.technician_id), await db.get(
+                Device, grant.device_id)
+            assert tech is not None and device is not None
+            return GrantRow(grant, tech, device)
+
+    async def revoke(self, ident: int, reason: str | None = None) -> Grant:
+        async with self.ctx.store.session() as db:
+            grant = await by_id(db, Grant, ident)
+            current = state_at(Window(grant.start, grant.end), self.ctx.now(),
+                               grant.state == GrantState.REVOKED.value)
+            if current not in (GrantState.SCHEDULED, GrantState.ACTIVE):
+                raise Conflict(f"grant {ident} is {current}: there is nothing to revoke")
+            await _revoke(self.ctx, db, grant, self.actor, reason or "revoked")
+        return grant
+
+
+async def _revoke(ctx: Context, db: AsyncSession, grant: Grant, actor: str, reason: str) -> None:
+    grant.state, grant.revoked_at, grant.revoke_reason = (
+        GrantState.REVOKED.value, ctx.now(), reason)
+    db.add(grant)
+    await ctx.audit(db, "grant.revoked", actor, f"grant:{grant.id}", reason=reason,
+                    technician_id=grant.technician_id, device_id=grant.device_id)
+
+
+async def revoke_all_on_device(ctx: Context, db: AsyncSession, device: Device, actor: str,
+                               reason: str) -> list[int]:
+    grants = (await db.exec(select(Grant).where(Grant.device_id == device.id,
+                                                col(Grant.state).in_(LIVE_STATES)))).all()
+    for grant in grants:
+        await _revoke(ctx, db, grant, actor, reason)
+    return [g.id for g in grants if g.id is not None]
+
+
+@dataclass(frozen=True)
+class StateChange:
+    grant_id: int
+    state: GrantState
+
+
+async def refresh_states(ctx: Context) -> list[StateChange]:
+    """Bring stored grant states in step with the clock; audit each change."""
+    now = ctx.now()
+    changes: list[StateChange] = []
+    async with ctx.store.session() as db:
+        due = (await db.exec(select(Grant).where(
+            col(Grant.state).in_(LIVE_STATES),
+            or_(Grant.end <= now, Grant.state == GrantState.SCHEDULED.value)))).all()
+        for grant in due:
+            state = state_at(Window(grant.start, grant.end), now, revoked=False)
+            if state.value == grant.state:
+                continue
+            grant.state = state.value
+            db.add(grant)
+            kind = "grant.activated" if state is GrantState.ACTIVE else "grant.expired"
+            await ctx.audit(db, kind, "broker", f"grant:{grant.id}",
+                            at=(grant.start if state is GrantState.ACTIVE else grant.end))
+            changes.append(StateChange(grant.id or 0, state))
+    return changes
+
+
+async def next_deadline(ctx: Context) -> datetime | None:
+    """The earliest start or end among grants that are not over yet."""
+    async with ctx.store.session() as db:
+        grants = (await db.exec(select(Grant).where(col(Grant.state).in_(LIVE_STATES)))).all()
+    moments = [g.start if g.state == GrantState.SCHEDULED.value else g.end for g in grants]
+    return min(moments, default=None)
+
+
+async def check_access(ctx: Context, tech_name: str, device_name: str,
+                       protocol: Protocol) -> Access:
+    """May ``tech_name`` reach ``device_name`` over ``protocol`` now?"""
+    now = ctx.now()
+    async with ctx.store.session() as db:
+        tech = await maybe_by_name(db, Technician, tech_name)
+        device = await maybe_by_name(db, Device, device_name)
+        if tech is None:
+            return Access(AccessDecision(None, Refusal.NO_GRANT, "unknown technician"),
+                          None, device, None)
+        if device is None:
+            return Access(AccessDecision(None, Refusal.UNKNOWN_DEVICE,
+                                         f"there is no device named {device_name!r}"),
+                          tech, None, None)
+        recent = now - timedelta(days=30)
+        grants = (await db.exec(select(Grant).where(
+            Grant.technician_id == tech.id, Grant.device_id == device.id,
+            or_(col(Grant.state).in_(LIVE_STATES), Grant.end >= recent)))).all()
+    decision = decide_access([view(g) for g in grants], now, protocol, device.state,
+                             technician_enabled=not tech.disabled)
+    chosen = next((g for g in grants if decision.grant and g.id == decision.grant.id), None)
+    return Access(decision, tech, device, chosen)
+
+
+async def grants_of(ctx: Context, tech_name: str) -> list[GrantRow]:
+    """A technician's current and upcoming grants (for the no-device SSH menu)."""
+    await refresh_states(ctx)
+    async with ctx.store.session() as db:
+        rows = (await db.exec(select(Grant, Technician, Device).join(Technician).join(Device)
+                              .where(Technician.name == tech_name,
+                                     col(Grant.state).in_(LIVE_STATES))
+                              .order_by(col(Grant.start)))).all()
+    return [GrantRow(*row) for row in rows]

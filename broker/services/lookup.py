@@ -1,0 +1,39 @@
+"""Find named objects or say clearly that they don't exist."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from sqlmodel import SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.errors import NotFound
+from broker.store.models import AccessRequest, Approver, Device, Grant, Technician
+
+_Named = TypeVar("_Named", Technician, Approver, Device)
+_Numbered = TypeVar("_Numbered", AccessRequest, Grant)
+
+_KIND = {Technician: "technician", Approver: "approver", Device: "device",
+         AccessRequest: "request", Grant: "grant"}
+
+
+async def by_name(db: AsyncSession, model: type[_Named], name: str) -> _Named:
+    row = (await db.exec(select(model).where(model.name == name))).first()
+    if row is None:
+        raise NotFound(f"no {_KIND[model]} named {name!r}")
+    return row
+
+
+async def maybe_by_name(db: AsyncSession, model: type[_Named], name: str) -> _Named | None:
+    return (await db.exec(select(model).where(model.name == name))).first()
+
+
+async def by_id(db: AsyncSession, model: type[_Numbered], ident: int) -> _Numbered:
+    row = await db.get(model, ident)
+    if row is None:
+        raise NotFound(f"no {_KIND[model]} with id {ident}")
+    return row
+
+
+def kind_of(model: type[SQLModel]) -> str:
+    return _KIND.get(model, model.__name__.lower())

@@ -1,0 +1,252 @@
+"""Access requests and approver decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from broker.domain.errors import DomainError
+from broker.domain.grants import check_device_grantable
+from broker.domain.policy import approvals_satisfied, check_request, missing_approvals
+from broker.domain.protocols import Protocol
+from broker.domain.requests import (
+    RequestEvent,
+    RequestState,
+    check_decider,
+    next_request_state,
+    window_for,
+)
+from broker.errors import Conflict, Refused, UsageError
+from broker.services.context import Context
+from broker.services.lookup import by_id, by_name
+from broker.services.policies import applicable_rules, hours_text, inside_hours
+from broker.store.models import (
+    AccessRequest,
+    Approval,
+    Approver,
+    ApproverGroup,
+    Device,
+    Grant,
+    Technician,
+)
+
+
+@dataclass
+class RequestView:
+    request: AccessRequest
+    technician: Technician
+    device: Device
+    approvals: list[tuple[Approval, Approver]]
+    grant: Grant | None
+
+
+@dataclass
+class Decision:
+    request: AccessRequest
+    grant: Grant | None
+    still_needed: tuple[str, ...]
+
+
+class Requests:
+    def __init__(self, ctx: Context, actor: str) -> None:
+        self.ctx, self.actor = ctx, actor
+
+    async def create(self, tech_name: str, device_name: str, duration: timedelta, reason: str,
+                     start: datetime | None = None,
+                     protocols: frozenset[Protocol] | None = None) -> AccessRequest:
+        if not reason.strip():
+            raise UsageError("--reason must say why access is needed")
+        now = self.ctx.now()
+        if start is not None and start.tzinfo is None:
+            raise UsageError("--start needs a timezone, e.g. 2026-11-24T14:00:00+01:00")
+        policies = self.ctx.policies()
+        async with self.ctx.store.session() as db:
+            tech = await by_name(db, Technician, tech_name)
+            device = await by_name(db, Device, device_name)
+            try:
+                self._check_subjects(tech, device)
+                policy_name, rules = applicable_rules(policies, tech, device)
+                wanted = protocols if protocols is not None else rules.protocols
+                violations = check_request(rules, duration, wanted)
+                if violations:
+                    raise Refused(f"policy {policy_name}: " + "; ".join(violations))
+                if not inside_hours(rules, start or now):
+                    raise Refused(f"policy {policy_name} allows access only {hours_text(rules)}")
+            except Refused as refusal:
+                await self.ctx.audit(db, "policy.denied", self.actor, f"{tech_name}+{device_name}",
+                                     reason=str(refusal))
+                await db.commit()
+                raise
+            request = AccessRequest(
+                technician_id=tech.id, device_id=device.id, reason=reason.strip(),
+                duration_s=int(duration.total_seconds()), requested_start=start,
+                protocols=sorted(p.value for p in wanted), state=RequestState.PENDING.value,
+                policy=policy_name, created_at=now, expires_at=now + rules.pending_expiry)
+            db.add(request)
+            await db.flush()
+            await self.ctx.audit(db, "request.created", self.actor, f"request:{request.id}",
+                                 technician=tech.name, device=device.name, reason=request.reason,
+                                 duration_s=request.duration_s, protocols=request.protocols,
+                                 policy=policy_name)
+        return request
+
+    @staticmethod
+    def _check_subjects(tech: Technician, device: Device) -> None:
+        if tech.disabled:
+            raise Refused(f"technician {tech.name} is disabled")
+        if device.state != "active":
+            raise Refused(f"device {device.name} is {device.state}: it cannot be requested")
+
+    async def list(self, state: str | None = None) -> list[RequestView]:
+        await expire_pending(self.ctx)
+        async with self.ctx.store.session() as db:
+            query = select(AccessRequest).order_by(col(AccessRequest.id))
+            if state:
+                query = query.where(AccessRequest.state == state)
+            rows = (await db.exec(query)).all()
+            return [await _view(db, row) for row in rows]
+
+    async def show(self, ident: int) -> RequestView:
+        await expire_pending(self.ctx)
+        async with self.ctx.store.session() as db:
+            return await _view(db, await by_id(db, AccessRequest, ident))
+
+    async def cancel(self, ident: int) -> AccessRequest:
+        async with self.ctx.store.session() as db:
+            request = await by_id(db, AccessRequest, ident)
+            await self._transition(db, request, RequestEvent.CANCEL)
+            await self.ctx.audit(db, "request.cancelled", self.actor, f"request:{ident}")
+        return request
+
+    async def decide(self, ident: int, approver_name: str, approve: bool,
+                     comment: str | None = None, via: str = "cli") -> Decision:
+        await expire_pending(self.ctx)
+        policies = self.ctx.policies()
+        async with self.ctx.store.session() as db:
+            request = await by_id(db, AccessRequest, ident)
+            approver = await by_name(db, Approver, approver_name)
+            tech = await db.get(Technician, request.technician_id)
+            device = await db.get(Device, request.device_id)
+            assert tech is not None and device is not None
+            subject = f"request:{ident}"
+            try:
+                decision = await self._decide(db, request, approver, tech, device, policies,
+                                              approve, comment, via)
+            except (Refused, Conflict) as refusal:
+                await self.ctx.audit(db, "decision.refused", f"approver:{approver_name}", subject,
+                                     reason=str(refusal), via=via)
+                await db.commit()
+                raise
+        return decision
+
+    async def _decide(self, db: AsyncSession, request: AccessRequest, approver: Approver,
+                      tech: Technician, device: Device, policies: list, approve: bool,
+                      comment: str | None, via: str) -> Decision:
+        if request.state != RequestState.PENDING:
+            raise Conflict(f"request {request.id} is {request.state}: there is nothing to decide")
+        if approver.disabled:
+            raise Refused(f"approver {approver.name} is disabled")
+        try:
+            check_decider(tech.name, approver.name)
+        except DomainError as exc:
+            raise Refused(str(exc)) from None
+        _, rules = applicable_rules(policies, tech, device)
+        groups = await _groups(db, [approver.id])
+        needed_groups = {g for rule in rules.approvals for g in rule.groups}
+        if approve and needed_groups and not (groups.get(approver.name, frozenset())
+                                              & needed_groups):
+            raise Refused(f"approver {approver.name} is in none of the groups this request needs"
+                          f" ({', '.join(sorted(needed_groups))})")
+        existing = (await db.exec(select(Approval).where(
+            Approval.request_id == request.id, Approval.approver_id == approver.id))).first()
+        if existing:
+            raise Conflict(f"{approver.name} already decided on request {request.id}")
+        now = self.ctx.now()
+        db.add(Approval(request_id=request.id, approver_id=approver.id,
+                        decision="approve" if approve else "deny", comment=comment, via=via,
+                        created_at=now))
+        actor, subject = f"approver:{approver.name}", f"request:{request.id}"
+        if not approve:
+            await self._transition(db, request, RequestEvent.DENY)
+            await self.ctx.audit(db, "request.denied", actor, subject, comment=comment, via=via)
+            return Decision(request, None, ())
+        await self.ctx.audit(db, "request.approval", actor, subject, comment=comment, via=via)
+        approved_by = await _approvers_who_approved(db, request.id)
+        if not approvals_satisfied(rules, approved_by):
+            return Decision(request, None, missing_approvals(rules, approved_by))
+        try:
+            check_device_grantable(device.state)
+        except DomainError as exc:
+            raise Refused(str(exc)) from None
+        await self._transition(db, request, RequestEvent.APPROVE)
+        start, end = window_for(now, request.requested_start,
+                                timedelta(seconds=request.duration_s))
+        grant = Grant(request_id=request.id, technician_id=tech.id, device_id=device.id,
+                      protocols=request.protocols, start=start, end=end,
+                      state="active" if start <= now else "scheduled", created_at=now)
+        db.add(grant)
+        await db.flush()
+        await self.ctx.audit(db, "request.approved", actor, subject, grant=grant.id)
+        await self.ctx.audit(db, "grant.created", actor, f"grant:{grant.id}",
+                             technician=tech.name, device=device.name,
+                             protocols=grant.protocols, start=start.isoformat(),
+                             end=end.isoformat(), state=grant.state)
+        return Decision(request, grant, ())
+
+    async def _transition(self, db: AsyncSession, request: AccessRequest,
+                          event: RequestEvent) -> None:
+        try:
+            state = next_request_state(RequestState(request.state), event)
+        except DomainError as exc:
+            raise Conflict(f"request {request.id}: {exc}") from None
+        request.state = state.value
+        request.decided_at = self.ctx.now()
+        db.add(request)
+
+
+async def expire_pending(ctx: Context) -> list[int]:
+    """Expire pending requests whose approval deadline has passed."""
+    now = ctx.now()
+    async with ctx.store.session() as db:
+        due = (await db.exec(select(AccessRequest).where(
+            AccessRequest.state == RequestState.PENDING.value,
+            AccessRequest.expires_at <= now))).all()
+        for request in due:
+            request.state, request.decided_at = RequestState.EXPIRED.value, now
+            db.add(request)
+            await ctx.audit(db, "request.expired", "broker", f"request:{request.id}")
+    return [r.id for r in due if r.id is not None]
+
+
+async def _groups(db: AsyncSession, approver_ids: Sequence[int | None]) -> dict[str, frozenset[str]]:
+    rows = (await db.exec(select(Approver, ApproverGroup)
+                          .join(ApproverGroup, isouter=True)
+                          .where(col(Approver.id).in_(approver_ids)))).all()
+    result: dict[str, set[str]] = {}
+    for approver, group in rows:
+        result.setdefault(approver.name, set())
+        if group is not None:
+            result[approver.name].add(group.group)
+    return {name: frozenset(groups) for name, groups in result.items()}
+
+
+async def _approvers_who_approved(db: AsyncSession, request_id: int | None
+                                  ) -> dict[str, frozenset[str]]:
+    ids = (await db.exec(select(Approval.approver_id).where(
+        Approval.request_id == request_id, Approval.decision == "approve"))).all()
+    return await _groups(db, list(ids))
+
+
+async def _view(db: AsyncSession, request: AccessRequest) -> RequestView:
+    tech = await db.get(Technician, request.technician_id)
+    device = await db.get(Device, request.device_id)
+    assert tech is not None and device is not None
+    approvals = (await db.exec(select(Approval, Approver).join(Approver)
+                               .where(Approval.request_id == request.id)
+                               .order_by(col(Approval.id)))).all()
+    grant = (await db.exec(select(Grant).where(Grant.request_id == request.id))).first()
+    return RequestView(request, tech, device, [tuple(a) for a in approvals], grant)  # type: ignore[misc]
