@@ -8,6 +8,7 @@ The commands themselves live in `broker.demo.shell`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -131,10 +132,8 @@ class _DeviceSFTPServer(asyncssh.SFTPServer):
     (stock `scp`, which speaks SFTP, fails a transfer whose channel closes without one)."""
 
     def exit(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # the channel is already gone
             self.channel.exit(0)
-        except OSError:
-            pass  # channel already gone
 
 
 class _DeviceSSHServer(asyncssh.SSHServer):

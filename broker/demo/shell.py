@@ -140,11 +140,11 @@ class DeviceState:
         self._started = time.monotonic()
 
     def check_password(self, username: str, password: str) -> bool:
-        expected = self.password
+        """Constant-time check of both user name and password (False if none is set)."""
+        expected = self.password or ""
         user_ok = hmac.compare_digest(username.encode(), self.username.encode())
-        if expected is None:
-            return False
-        return hmac.compare_digest(password.encode(), expected.encode()) and user_ok
+        password_ok = hmac.compare_digest(password.encode(), expected.encode())
+        return user_ok and password_ok and self.password is not None
 
     def uptime(self) -> timedelta:
         return _SIMULATED_UPTIME_AT_START + timedelta(seconds=time.monotonic() - self._started)

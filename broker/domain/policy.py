@@ -142,7 +142,7 @@ def _listing(values: frozenset[str]) -> str:
 def _device_matches(policy: Policy, device: DeviceFacts) -> bool:
     if not policy.device_names and not policy.device_tags:
         return True
-    return not policy.device_tags.isdisjoint(device.tags)
+    return device.name in policy.device_names or not policy.device_tags.isdisjoint(device.tags)
 
 
 def _mismatches(policy: Policy, tech: TechnicianFacts, device: DeviceFacts) -> list[str]:

@@ -151,6 +151,10 @@ class HoursSpec(_Spec):
             raise ValueError("empty list: name at least one day, or omit days for every day")
         return days
 
+    def to_window(self) -> HoursWindow:
+        days = range(7) if self.days is None else self.days
+        return HoursWindow(frozenset(days), self.start, self.end, self.timezone)
+
 
 _EMPTY_LIST = {
     "vendors": "empty list: omit vendors to allow any vendor",
@@ -189,7 +193,7 @@ class PolicySpec(_Spec):
 
     def to_policy(self, source: str, line: int) -> Policy:
         devices = self.devices or DevicesSpec()
-        hours = self.hours
+        approvals = [ApprovalRule(a.count, tuple(a.groups)) for a in self.approvals or ()]
         return Policy(
             name=self.name,
             source=source,
@@ -202,18 +206,8 @@ class PolicySpec(_Spec):
                 max_duration=self.max_duration,
                 protocols=ALL_PROTOCOLS if self.protocols is None else frozenset(self.protocols),
                 forward_ports=frozenset(self.forward_ports),
-                approvals=tuple(
-                    ApprovalRule(a.count, tuple(a.groups)) for a in self.approvals or ()
-                )
-                or (ApprovalRule(1),),
-                hours=None
-                if hours is None
-                else HoursWindow(
-                    days=frozenset(range(7) if hours.days is None else hours.days),
-                    start=hours.start,
-                    end=hours.end,
-                    timezone=hours.timezone,
-                ),
+                approvals=tuple(approvals) or (ApprovalRule(1),),
+                hours=self.hours.to_window() if self.hours else None,
                 require_totp=self.require_totp,
                 breakglass_max=self.breakglass_max,
                 pending_expiry=self.pending_expiry,

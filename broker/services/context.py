@@ -14,8 +14,8 @@ from broker import audit
 from broker.clock import Clock, SystemClock
 from broker.config import Config
 from broker.credentials.vault import Vault
-from broker.errors import ConfigError
 from broker.domain.policy import Policy
+from broker.errors import ConfigError
 from broker.store.engine import Store
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -439,3 +440,29 @@ async def test_scp_against_device(device: SimulatedDevice, tmp_path: Path) -> No
         await asyncssh.scp((conn, "config/pump.conf"), str(tmp_path / "pump.conf"))
     assert (device.root / "logs/notes.txt").read_text() == "service visit\n"
     assert (tmp_path / "pump.conf").read_text() == (device.root / "config/pump.conf").read_text()
+
+
+async def test_sftp_session_ends_with_exit_status_0(device: SimulatedDevice) -> None:
+    # stock OpenSSH `scp` (SFTP mode) fails a transfer whose channel ends without one
+    async with connect(device) as conn:
+        process = await conn.create_process(subsystem="sftp", encoding=None)
+        process.stdin.write(struct.pack(">IBI", 5, 1, 3))  # SSH_FXP_INIT, version 3
+        (length,) = struct.unpack(">I", await process.stdout.readexactly(4))
+        assert (await process.stdout.readexactly(length))[0] == 2  # SSH_FXP_VERSION
+        process.stdin.write_eof()
+        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        assert process.exit_status == 0
+
+
+async def test_key_only_device_refuses_passwords_until_one_is_set(
+    tmp_path: Path, client_key: asyncssh.SSHKey
+) -> None:
+    authorized = client_key.export_public_key("openssh").decode()
+    async with await start_simulated_device(tmp_path, authorized_keys=authorized) as dev:
+        assert dev.password is None
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with connect(dev, password=""):
+                pass
+        dev.set_password("first")
+        async with connect(dev, password="first") as conn:
+            assert (await conn.run("whoami")).stdout == "service\n"

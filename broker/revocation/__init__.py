@@ -1,0 +1,1 @@
+"""Cutting sessions on time: the live-session registry, the deadline scheduler, the change feed."""

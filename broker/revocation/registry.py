@@ -1,0 +1,82 @@
+"""Live sessions on this node, so that expiry and revocation can reach them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger("broker.revocation")
+
+
+class LiveSession(Protocol):
+    """What the registry needs of a session (implemented by the SSH connection)."""
+
+    session_id: str
+    technician: str
+    device: str
+    grant_id: int
+    ends_at: datetime
+
+    async def still_allowed(self) -> str | None:
+        """None while the session may go on, else the reason it must end."""
+
+    async def warn(self, text: str) -> None: ...
+
+    async def terminate(self, reason: str) -> None: ...
+
+
+class LiveSessions:
+    def __init__(self) -> None:
+        self._sessions: dict[str, LiveSession] = {}
+        self._warned: dict[str, set[int]] = {}
+
+    def add(self, session: LiveSession) -> None:
+        self._sessions[session.session_id] = session
+        self._warned[session.session_id] = set()
+
+    def remove(self, session: LiveSession) -> None:
+        self._sessions.pop(session.session_id, None)
+        self._warned.pop(session.session_id, None)
+
+    def __iter__(self) -> Iterator[LiveSession]:
+        return iter(list(self._sessions.values()))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def recheck(self) -> int:
+        """Ask every live session whether it may go on; end those that may not."""
+        verdicts = await asyncio.gather(*(s.still_allowed() for s in self), return_exceptions=True)
+        ending = []
+        for session, verdict in zip(list(self), verdicts, strict=True):
+            if isinstance(verdict, BaseException):
+                log.error("recheck failed; ending session to fail closed",
+                          session=session.session_id, error=str(verdict))
+                verdict = "the broker could not confirm the grant"
+            if verdict is not None:
+                ending.append(session.terminate(verdict))
+        await asyncio.gather(*ending, return_exceptions=True)
+        return len(ending)
+
+    def warnings_due(self, now: datetime, lead_minutes: tuple[int, ...]
+                     ) -> list[tuple[LiveSession, int]]:
+        due = []
+        for session in self:
+            for minutes in lead_minutes:
+                remaining = (session.ends_at - now).total_seconds()
+                if remaining <= minutes * 60 and minutes not in self._warned[session.session_id]:
+                    self._warned[session.session_id].add(minutes)
+                    if remaining > 0 and remaining > (minutes - 1) * 60 - 30:
+                        due.append((session, minutes))
+        return due
+
+    def next_warning(self, lead_minutes: tuple[int, ...]) -> datetime | None:
+        from datetime import timedelta
+
+        moments = [s.ends_at - timedelta(minutes=m) for s in self for m in lead_minutes
+                   if m not in self._warned.get(s.session_id, set())]
+        return min(moments, default=None)

@@ -1,0 +1,128 @@
+"""``broker serve``: the SSH service, the scheduler and the change feed, until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from urllib.parse import urlsplit
+
+import asyncssh
+import structlog
+from sqlmodel import col, func, select
+
+from broker.audit.logging import configure_logging
+from broker.config import Config
+from broker.credentials.keys import KeyPaths, load_ssh_key
+from broker.errors import ConfigError
+from broker.recording import default_flusher
+from broker.revocation.registry import LiveSessions
+from broker.revocation.scheduler import Scheduler
+from broker.services.context import Context
+from broker.ssh.channel import handle_process
+from broker.ssh.connection import BrokerConnection, ConnectionServices
+from broker.ssh.upstream import FAST_CIPHERS
+from broker.store.models import AuditEvent
+
+log = structlog.get_logger("broker.server")
+FEED_INTERVAL = 0.25
+RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved")
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Server:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.sessions = LiveSessions()
+        self.scheduler = Scheduler(ctx, self.sessions)
+        self.listener: asyncssh.SSHAcceptor | None = None
+        self.ssh_port = 0
+
+    async def start(self) -> None:
+        settings = self.ctx.config.settings
+        await self.ctx.store.check_migrated()
+        keys = KeyPaths.of(self.ctx.config)
+        host_key = load_ssh_key(keys.host_key, "the SSH host key")
+        self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
+        host, port = split_listen(settings.ssh.listen)
+        public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
+        services = ConnectionServices(self.ctx, self.sessions, public, port,
+                                      on_session_change=self.scheduler.replan)
+        try:
+            self.listener = await asyncssh.listen(
+                host or None, port, server_factory=lambda: BrokerConnection(services),
+                server_host_keys=[host_key], process_factory=handle_process, encoding=None,
+                line_editor=False, agent_forwarding=False, allow_scp=False,
+                x11_forwarding=False, compression_algs=None,
+                encryption_algs=FAST_CIPHERS, login_timeout=settings.ssh.login_grace,
+                reuse_address=True, server_version="VendorAccessBroker")
+        except OSError as exc:
+            raise ConfigError(f"[ssh] listen = {settings.ssh.listen!r}: cannot listen: "
+                              f"{exc.strerror or exc}") from None
+        self.ssh_port = self.listener.sockets[0].getsockname()[1]
+        services.public_port = port or self.ssh_port
+        await self.scheduler.tick()
+        log.info("serving", ssh=f"{host}:{self.ssh_port}", database=self.ctx.store.display_url,
+                 node=self.ctx.node)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [asyncio.ensure_future(self.scheduler.run()),
+                 asyncio.ensure_future(self.watch_changes())]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            await self.listener.wait_closed()
+        for session in self.sessions:
+            await session.terminate("the broker is shutting down")
+        await default_flusher().stop()
+        await self.ctx.close()
+
+    async def watch_changes(self) -> None:
+        """Follow the audit chain: any grant, technician or device change made elsewhere
+        (another process, another node) makes live sessions re-check their grant."""
+        last = await self._head()
+        while True:
+            await asyncio.sleep(FEED_INTERVAL)
+            try:
+                head = await self._head()
+                if head == last:
+                    continue
+                async with self.ctx.store.session() as db:
+                    kinds = (await db.exec(select(AuditEvent.kind).where(
+                        AuditEvent.seq > last, AuditEvent.seq <= head))).all()
+                last = head
+                if any(kind.startswith(RECHECK_KINDS) for kind in kinds):
+                    self.scheduler.replan()
+                    await self.sessions.recheck()
+            except Exception as exc:
+                log.error("change feed failed", error=str(exc))
+
+    async def _head(self) -> int:
+        async with self.ctx.store.session() as db:
+            return (await db.exec(select(func.max(col(AuditEvent.seq))))).one() or 0
+
+
+async def run_server(config: Config) -> None:
+    configure_logging()
+    server = Server(Context.open(config))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"broker: serving SSH on port {server.ssh_port}", flush=True)
+    await server.run(stop)

@@ -1,0 +1,98 @@
+"""Session rows, login events, and what the SSH layer needs from the store about a device."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import col, select
+
+from broker.errors import DeviceError
+from broker.services.context import Context
+from broker.store.models import Device, DeviceCredential, Grant, Session, Technician
+
+
+def new_session_id(now: datetime) -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class DeviceLogin:
+    """Everything needed to log in to a device. ``secret`` never leaves the broker."""
+
+    device_id: int
+    name: str
+    host: str
+    port: int
+    user: str
+    kind: str
+    secret: bytes
+    host_key: str | None
+
+
+async def technician_keys(ctx: Context, tech_name: str) -> list[str] | None:
+    """The public keys of an enabled technician, or None if there is no such technician."""
+    from broker.store.models import TechnicianKey
+
+    async with ctx.store.session() as db:
+        tech = (await db.exec(select(Technician).where(Technician.name == tech_name))).first()
+        if tech is None:
+            return None
+        keys = (await db.exec(select(TechnicianKey.public_key)
+                              .where(TechnicianKey.technician_id == tech.id))).all()
+    return list(keys)
+
+
+async def device_login(ctx: Context, device_id: int) -> DeviceLogin:
+    async with ctx.store.session() as db:
+        device = await db.get(Device, device_id)
+        credential = (await db.exec(select(DeviceCredential).where(
+            DeviceCredential.device_id == device_id, DeviceCredential.current)
+            .order_by(col(DeviceCredential.id).desc()))).first()
+    if device is None or credential is None:
+        raise DeviceError(f"device {device_id} has no credential in the vault")
+    return DeviceLogin(device_id, device.name, device.host, device.port, device.login_user,
+                       credential.kind, ctx.vault.open(credential.secret), device.host_key)
+
+
+async def pin_host_key(ctx: Context, device_id: int, host_key: str) -> None:
+    async with ctx.store.session() as db:
+        device = await db.get(Device, device_id)
+        if device is None or device.host_key is not None:
+            return
+        device.host_key = host_key
+        db.add(device)
+        await ctx.audit(db, "device.host_key_pinned", "broker", device.name, host_key=host_key)
+
+
+async def audit_event(ctx: Context, kind: str, actor: str, subject: str | None = None,
+                      **data: object) -> None:
+    async with ctx.store.session() as db:
+        await ctx.audit(db, kind, actor, subject, **data)
+
+
+async def open_session(ctx: Context, grant: Grant, tech: Technician, device: Device,
+                       client: str, channel: str, recording: str | None,
+                       session_id: str) -> Session:
+    async with ctx.store.session() as db:
+        row = Session(id=session_id, grant_id=grant.id or 0, technician_id=tech.id or 0,
+                      device_id=device.id or 0, node=ctx.node, client_addr=client,
+                      recording=recording, started_at=ctx.now())
+        db.add(row)
+        await ctx.audit(db, "session.started", f"technician:{tech.name}", f"session:{row.id}",
+                        grant=grant.id, device=device.name, client=client, channel=channel,
+                        node=ctx.node, recording=recording)
+    return row
+
+
+async def close_session(ctx: Context, session_id: str, reason: str,
+                        exit_status: int | None = None) -> None:
+    async with ctx.store.session() as db:
+        row = await db.get(Session, session_id)
+        if row is None or row.ended_at is not None:
+            return
+        row.ended_at, row.end_reason, row.state = ctx.now(), reason, "closed"
+        db.add(row)
+        await ctx.audit(db, "session.ended", "broker", f"session:{session_id}", reason=reason,
+                        exit_status=exit_status)
