@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 
 from broker.cli._base import config_of, stderr_line
-from broker.config import DEFAULT_CONFIG, load_config, render_default_config
+from broker.config import DEFAULT_CONFIG, Config, load_config, render_default_config
 from broker.credentials.files import write_public
 from broker.credentials.keys import KeyPaths, create_keys
 from broker.store.engine import Store
@@ -22,25 +23,33 @@ from broker.store.engine import Store
 @click.option("--public-url", default=None, help="URL approvers' links point to")
 def init(directory: Path, public_url: str | None) -> None:
     """Create broker.toml, the database and every key (never overwrites an existing key)."""
+    config = initialise(directory, public_url, click.echo)
+    asyncio.run(migrate_database(config.database_url))
+    click.echo(f"database ready: {Store(config.database_url).display_url}")
+
+
+def initialise(directory: Path, public_url: str | None = None,
+               say: Callable[[str], None] = lambda _text: None) -> Config:
+    """Write broker.toml and create every missing key and directory (the database is
+    created by :func:`migrate_database`)."""
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / DEFAULT_CONFIG
     url = public_url or f"https://{socket.getfqdn() or 'localhost'}:8443"
     if write_public(config_file, render_default_config(url).encode()):
-        click.echo(f"wrote {config_file}")
+        say(f"wrote {config_file}")
     else:
-        click.echo(f"kept existing {config_file}")
+        say(f"kept existing {config_file}")
     config = load_config(config_file)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     config.policy_dir.mkdir(parents=True, exist_ok=True)
     hostname = urlsplit(config.settings.broker.public_url).hostname or "localhost"
     for path in create_keys(KeyPaths.of(config), hostname):
-        click.echo(f"created {path}")
-    asyncio.run(_migrate(config.database_url))
-    click.echo(f"database ready: {Store(config.database_url).display_url}")
+        say(f"created {path}")
+    return config
 
 
-async def _migrate(url: str) -> None:
+async def migrate_database(url: str) -> None:
     store = Store(url)
     try:
         await store.migrate()
@@ -53,7 +62,7 @@ async def _migrate(url: str) -> None:
 def migrate(config_file: str | None) -> None:
     """Bring the database schema up to date (Alembic)."""
     config = config_of(config_file)
-    asyncio.run(_migrate(config.database_url))
+    asyncio.run(migrate_database(config.database_url))
     click.echo("database schema is current")
 
 

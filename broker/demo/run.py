@@ -1,0 +1,138 @@
+"""``broker demo``: a broker on SQLite, a simulated infusion pump, and a walk-through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import asyncssh
+import click
+
+from broker.cli.admin import initialise, migrate_database
+from broker.audit.logging import log_to_file
+from broker.config import load_config
+from broker.demo import start_simulated_device
+from broker.server import Server
+from broker.services.context import Context
+from broker.services.directory import Directory, parse_public_keys
+from broker.store.models import Device
+
+ACTOR = "demo-setup"
+
+
+async def run_demo(directory: Path | None, ssh_port: int) -> None:
+    temporary = directory is None
+    root = Path(tempfile.mkdtemp(prefix="broker-demo-")) if directory is None else directory
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        await _demo(root, ssh_port)
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def _demo(root: Path, ssh_port: int) -> None:
+    initialise(root, public_url="https://localhost:8443")
+    config_file = root / "broker.toml"
+    text = config_file.read_text()
+    config_file.write_text(text.replace('listen = "0.0.0.0:2222"',
+                                        f'listen = "127.0.0.1:{ssh_port}"', 1))
+    config = load_config(config_file)
+    log_to_file(config.log_file, config.settings.log.level)
+    await migrate_database(config.database_url)
+    device_password = secrets.token_urlsafe(18)
+    device = await start_simulated_device(root / "device-root", password=device_password,
+                                          host_key_path=root / "device_host_key")
+    tech_key = root / "alice_ed25519"
+    if not tech_key.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="alice@vendor")
+        key.write_private_key(str(tech_key))
+        key.write_public_key(str(tech_key) + ".pub")
+        os.chmod(tech_key, 0o600)
+    ctx = Context.open(config)
+    await _populate(ctx, tech_key, device.port, device_password)
+    server = Server(ctx)
+    await server.start()
+    host_key = (root / "data" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+    known_hosts = root / "known_hosts"
+    known_hosts.write_text(f"[localhost]:{server.ssh_port} {' '.join(host_key)}\n")
+    (root / "ssh_config").write_text(
+        f"Host broker-demo\n  HostName localhost\n  Port {server.ssh_port}\n"
+        f"  IdentityFile {tech_key}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {known_hosts}\n  HostKeyAlias [localhost]:{server.ssh_port}\n")
+    click.echo(walkthrough(root, server.ssh_port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.run(stop)
+    finally:
+        await device.close()
+
+
+async def _populate(ctx: Context, tech_key: Path, device_port: int, password: str) -> None:
+    directory = Directory(ctx, ACTOR)
+    if await _exists(directory):
+        return
+    keys = parse_public_keys(Path(f"{tech_key}.pub").read_text(), "alice's public key")
+    await directory.add_technician("alice", "B. Braun Service", keys, "alice@vendor.example")
+    await directory.add_approver("dana", "dana@hospital.example", ["biomed"])
+    await directory.add_device(
+        Device(name="pump-7", host="127.0.0.1", port=device_port, login_user="service",
+               model="Infusomat Space P", firmware="4.2.1", department="ICU",
+               purpose="infusion therapy", tags=["infusion"]),
+        "password", password.encode(), owner="biomed")
+
+
+async def _exists(directory: Directory) -> bool:
+    return any(t.technician.name == "alice" for t in await directory.technicians())
+
+
+def walkthrough(root: Path, port: int) -> str:
+    bin_dir = shlex.quote(str(Path(shutil.which("broker") or sys.argv[0]).resolve().parent))
+    ssh = f"ssh -F {shlex.quote(str(root / 'ssh_config'))}"
+    pick_terminal = ("broker recordings list --json | python3 -c 'import json,sys; print([r[\"id\"]"
+                     " for r in json.load(sys.stdin) if any(f.startswith(\"term-\")"
+                     " for f in r[\"files\"])][-1])'")
+    return f"""
+The vendor access broker demo is running: SSH on localhost:{port}, data in {root}.
+Behind it: a simulated infusion pump 'pump-7'. Registered: technician 'alice'
+(B. Braun Service) and approver 'dana' (biomed). In another terminal, paste:
+
+  export PATH={bin_dir}:$PATH BROKER_CONFIG={shlex.quote(str(root / "broker.toml"))}
+
+  # 1. Without a grant, alice is refused, with the reason:
+  {ssh} alice+pump-7@broker-demo status
+
+  # 2. alice asks for 30 minutes; dana approves from a shell:
+  broker request create --tech alice --device pump-7 --for 30m --reason "Battery check, INC-4711"
+  broker request approve 1 --as dana --comment "ok, ICU informed"
+  broker grant list
+
+  # 3. alice works on the pump through the broker, never seeing its password:
+  {ssh} alice+pump-7@broker-demo status
+  {ssh} alice+pump-7@broker-demo       # interactive: status, logs, config show, exit
+  {ssh} alice@broker-demo              # her grants
+
+  # 4. An auditor replays the session and checks the audit chain:
+  broker recordings list
+  broker replay $({pick_terminal})
+  broker audit tail
+  broker audit verify
+
+  # 5. Revoke: live sessions are cut within a second, new ones refused:
+  broker grant revoke 1 --reason "demo over"
+  {ssh} alice+pump-7@broker-demo status
+
+Press Ctrl-C here to stop the demo.
+"""
