@@ -22,5 +22,5 @@ class SystemClock:
     async def sleep_until(self, deadline: datetime) -> None:
         # Sleep in slices of at most a minute so that a wall-clock jump (NTP step, VM
         # resume) is noticed within a minute rather than after the original interval.
-        while (remaining := (deadline - self.now()).total_seconds()) > 0:
+        while (remaining := (deadline - self.now()).total_seconds()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(remaining, 60.0))

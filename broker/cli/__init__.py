@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         sys.exit(2)
     except click.ClickException as exc:
-        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
+        command_ctx = getattr(exc, "ctx", None)
+        where = f"{command_ctx.command_path}: " if command_ctx is not None else ""
         stderr_line(f"{where}{exc.format_message()}")
         sys.exit(exc.exit_code)
     except BrokerError as exc:

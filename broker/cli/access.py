@@ -59,7 +59,7 @@ def request_create(tech: str, device_name: str, for_: str, reason: str, start: s
 def request_list(state: str | None, config_file: str | None, as_json: bool) -> None:
     """List requests."""
     data = [render.request(v) for v in run(config_file,
-                                           lambda ctx: Requests(ctx, actor()).list(state))]
+                                           lambda ctx: Requests(ctx, actor()).find(state))]
     emit(as_json, data, lambda: table(
         [(d["id"], d["state"], d["technician"], d["device"],
           format_duration_s(d["duration_s"]), d["created_at"], d["reason"][:40])
@@ -153,7 +153,7 @@ def grant() -> None:
 @common()
 def grant_list(active: bool, unreviewed: bool, config_file: str | None, as_json: bool) -> None:
     """List grants."""
-    data = [render.grant(r) for r in run(config_file, lambda ctx: Grants(ctx, actor()).list(
+    data = [render.grant(r) for r in run(config_file, lambda ctx: Grants(ctx, actor()).find(
         active, unreviewed))]
     emit(as_json, data, lambda: table(
         [(d["id"], d["state"], d["technician"], d["device"], d["protocols"], d["start"],

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from broker.audit import iter_events, verify_rows
+from broker.audit import ChainProblem, iter_events, verify_rows
 from broker.audit.export import as_dict, write_export
 from broker.cli._base import common, config_of, emit, run, since
+from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts
 from broker.errors import Refused
 from broker.policy import check_policies, explain, explain_json
 from broker.services.context import Context
@@ -28,7 +31,7 @@ def audit() -> None:
 def audit_verify(config_file: str | None, as_json: bool) -> None:
     """Check every link of the audit chain."""
 
-    async def body(ctx: Context) -> tuple[int, list]:
+    async def body(ctx: Context) -> tuple[int, list[ChainProblem]]:
         async with ctx.store.session() as db:
             rows = [row async for row in iter_events(db)]
         return verify_rows(rows)
@@ -65,15 +68,20 @@ def audit_export(since_text: str | None, fmt: str, config_file: str | None) -> N
 def audit_tail(count: int, config_file: str | None, as_json: bool) -> None:
     """Show the newest audit rows."""
 
-    async def body(ctx: Context) -> list[dict]:
+    async def body(ctx: Context) -> list[dict[str, Any]]:
         async with ctx.store.session() as db:
             rows = [as_dict(row) async for row in iter_events(db)]
         return rows[-count:]
 
     rows = run(config_file, body)
-    emit(as_json, rows, lambda: [click.echo(
-        f"{r['seq']:>6} {r['ts'][:19]}Z {r['kind']:<22} {r['actor']:<22} {r['subject'] or '-'}"
-        f" {r['data'] if r['data'] else ''}".rstrip()) for r in rows])
+
+    def human() -> None:
+        for r in rows:
+            data = json.dumps(r["data"], sort_keys=True) if r["data"] else ""
+            click.echo(f"{r['seq']:>6} {r['ts'][:19]}Z {r['kind']:<22} {r['actor']:<22}"
+                       f" {r['subject'] or '-'} {data}".rstrip())
+
+    emit(as_json, rows, human)
 
 
 @click.group("policy")
@@ -104,7 +112,7 @@ def policy_check(directory: Path | None, config_file: str | None, as_json: bool)
 def policy_explain(tech: str, device_name: str, config_file: str | None, as_json: bool) -> None:
     """Say which policy applies to a technician and a device, and why."""
 
-    async def body(ctx: Context) -> tuple:
+    async def body(ctx: Context) -> tuple[list[Policy], TechnicianFacts, DeviceFacts]:
         async with ctx.store.session() as db:
             technician = await by_name(db, Technician, tech)
             device = await by_name(db, Device, device_name)

@@ -29,8 +29,11 @@ def tech_add(name: str, vendor: str, key_file: str, email: str | None,
     """Register a technician and their SSH public key."""
     try:
         text = Path(key_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UsageError(f"--key {key_file}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--key {key_file}: not a text file (expected an OpenSSH public key)"
+                         ) from None
     keys = parse_public_keys(text, key_file)
     view = run(config_file, lambda ctx: Directory(ctx, actor()).add_technician(
         name, vendor, keys, email))

@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncssh
 import click
 
-from broker.cli.admin import initialise, migrate_database
 from broker.audit.logging import log_to_file
+from broker.cli.admin import initialise, migrate_database
 from broker.config import load_config
 from broker.demo import start_simulated_device
 from broker.server import Server

@@ -60,7 +60,8 @@ def check_requested_duration(duration: timedelta, maximum: timedelta) -> None:
         raise InvariantViolation("the requested duration must be longer than zero")
     if duration > maximum:
         raise InvariantViolation(
-            f"the requested duration {_hm(duration)} is longer than the policy allows ({_hm(maximum)})"
+            f"the requested duration {_hm(duration)} is longer than the policy allows"
+            f" ({_hm(maximum)})"
         )
 
 

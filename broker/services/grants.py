@@ -58,7 +58,7 @@ class Grants:
     def __init__(self, ctx: Context, actor: str) -> None:
         self.ctx, self.actor = ctx, actor
 
-    async def list(self, active_only: bool = False, unreviewed: bool = False) -> list[GrantRow]:
+    async def find(self, active_only: bool = False, unreviewed: bool = False) -> list[GrantRow]:
         await refresh_states(self.ctx)
         async with self.ctx.store.session() as db:
             query = (select(Grant, Technician, Device).join(Technician).join(Device)

@@ -11,7 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.domain.errors import DomainError
 from broker.domain.grants import check_device_grantable
-from broker.domain.policy import approvals_satisfied, check_request, missing_approvals
+from broker.domain.policy import Policy, approvals_satisfied, check_request, missing_approvals
 from broker.domain.protocols import Protocol
 from broker.domain.requests import (
     RequestEvent,
@@ -81,6 +81,7 @@ class Requests:
                                      reason=str(refusal))
                 await db.commit()
                 raise
+            assert tech.id is not None and device.id is not None
             request = AccessRequest(
                 technician_id=tech.id, device_id=device.id, reason=reason.strip(),
                 duration_s=int(duration.total_seconds()), requested_start=start,
@@ -101,7 +102,7 @@ class Requests:
         if device.state != "active":
             raise Refused(f"device {device.name} is {device.state}: it cannot be requested")
 
-    async def list(self, state: str | None = None) -> list[RequestView]:
+    async def find(self, state: str | None = None) -> list[RequestView]:
         await expire_pending(self.ctx)
         async with self.ctx.store.session() as db:
             query = select(AccessRequest).order_by(col(AccessRequest.id))
@@ -144,7 +145,7 @@ class Requests:
         return decision
 
     async def _decide(self, db: AsyncSession, request: AccessRequest, approver: Approver,
-                      tech: Technician, device: Device, policies: list, approve: bool,
+                      tech: Technician, device: Device, policies: list[Policy], approve: bool,
                       comment: str | None, via: str) -> Decision:
         if request.state != RequestState.PENDING:
             raise Conflict(f"request {request.id} is {request.state}: there is nothing to decide")
@@ -166,6 +167,8 @@ class Requests:
         if existing:
             raise Conflict(f"{approver.name} already decided on request {request.id}")
         now = self.ctx.now()
+        assert request.id is not None and approver.id is not None
+        assert tech.id is not None and device.id is not None
         db.add(Approval(request_id=request.id, approver_id=approver.id,
                         decision="approve" if approve else "deny", comment=comment, via=via,
                         created_at=now))
@@ -222,7 +225,8 @@ async def expire_pending(ctx: Context) -> list[int]:
     return [r.id for r in due if r.id is not None]
 
 
-async def _groups(db: AsyncSession, approver_ids: Sequence[int | None]) -> dict[str, frozenset[str]]:
+async def _groups(db: AsyncSession,
+                  approver_ids: Sequence[int | None]) -> dict[str, frozenset[str]]:
     rows = (await db.exec(select(Approver, ApproverGroup)
                           .join(ApproverGroup, isouter=True)
                           .where(col(Approver.id).in_(approver_ids)))).all()

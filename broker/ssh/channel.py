@@ -122,7 +122,7 @@ class Channel:
         else:
             log_ = conn.recording.exec_log(channel_no, command)
             on_in, on_out, on_err = log_.stdin, log_.stdout, log_.stderr
-            on_resize, finish, closer = (lambda w, h: None), log_.close, log_
+            on_resize, finish, closer = _ignore_resize, log_.close, log_
 
         def control(event: Exception) -> None:
             if isinstance(event, asyncssh.TerminalSizeChanged):
@@ -197,6 +197,10 @@ class Channel:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.stderr.drain(), NOTICE_TIMEOUT)
         self.process.exit(1)
+
+
+def _ignore_resize(width: int, height: int) -> None:
+    return None
 
 
 class _NoEOF(SSHSend):

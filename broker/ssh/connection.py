@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from datetime import datetime
 
 import asyncssh
@@ -67,10 +68,10 @@ class BrokerConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.authenticated and self.username:
-            asyncio.ensure_future(audit_event(
+            _background(audit_event(
                 self.ctx, "login.failed", f"ssh:{self.peer}", _shown(self.username),
                 client=self.peer))
-        asyncio.ensure_future(self._finish("connection closed" if exc is None
+        _background(self._finish("connection closed" if exc is None
                                            else f"connection lost: {exc}"))
 
     async def begin_auth(self, username: str) -> bool:
@@ -100,13 +101,12 @@ class BrokerConnection(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> bool:
-        asyncio.ensure_future(self._refused_channel("forward", f"{dest_host}:{dest_port}"))
+        _background(self._refused_channel("forward", f"{dest_host}:{dest_port}"))
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                         "broker: port forwarding is not allowed here")
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        asyncio.ensure_future(self._refused_channel("remote-forward",
-                                                    f"{listen_host}:{listen_port}"))
+        _background(self._refused_channel("remote-forward", f"{listen_host}:{listen_port}"))
         return False
 
     # -- access ----------------------------------------------------------------------------
@@ -179,7 +179,17 @@ class BrokerConnection(asyncssh.SSHServer):
 
     async def _refused_channel(self, kind: str, where: str) -> None:
         await audit_event(self.ctx, "channel.refused", f"technician:{self.technician}",
-                          self.device or None, kind=kind, destination=where, client=self.peer)
+                          self.device or None, channel=kind, destination=where, client=self.peer)
+
+
+_tasks: set[asyncio.Future[object]] = set()
+
+
+def _background(work: Coroutine[object, object, object]) -> None:
+    """Run ``work`` from a synchronous asyncssh callback, keeping a reference until done."""
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def _closing_text(decision: AccessDecision) -> str:

@@ -7,6 +7,7 @@ file, handing each chunk to a tap (the recorder) without copying it. Back-pressu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -78,7 +79,5 @@ class SSHSend:
 
     async def send_eof(self) -> None:
         if self._writer.can_write_eof():
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError, asyncssh.Error):
                 self._writer.write_eof()
-            except (BrokenPipeError, OSError, asyncssh.Error):
-                pass
