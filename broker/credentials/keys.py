@@ -48,7 +48,8 @@ def create_keys(paths: KeyPaths, hostname: str) -> list[Path]:
     def ssh_key(path: Path) -> None:
         key = asyncssh.generate_private_key("ssh-ed25519")
         if write_secret(path, key.export_private_key()):
-            write_public(path.with_name(path.name + ".pub"), key.export_public_key())
+            # a new private key: a .pub left over from a lost one would no longer match it
+            _write_derived(path.with_name(path.name + ".pub"), key.export_public_key())
             created.append(path)
 
     ssh_key(paths.host_key)
@@ -68,9 +69,15 @@ def create_keys(paths: KeyPaths, hostname: str) -> list[Path]:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ))
-        write_public(paths.tls_cert, cert.public_bytes(serialization.Encoding.PEM))
+        _write_derived(paths.tls_cert, cert.public_bytes(serialization.Encoding.PEM))
         created.append(paths.tls_key)
     return created
+
+
+def _write_derived(path: Path, data: bytes) -> None:
+    """Write the public half of a key just created, replacing a stale one."""
+    path.unlink(missing_ok=True)
+    write_public(path, data)
 
 
 def _self_signed(key: ec.EllipticCurvePrivateKey, hostname: str) -> x509.Certificate:

@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_PATTERN = re.compile(r"^\s*(\d{1,7})\s*([smhd])\s*$")
+_PATTERN = re.compile(r"^\s*(\d{1,7})\s*([smhd])\s*\Z", re.ASCII)
 
 
 class DurationError(ValueError):

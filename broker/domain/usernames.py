@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: no trailing newline
 MAX_USERNAME = 129
 
 
@@ -48,4 +48,4 @@ def parse_username(username: str) -> Target:
 def _show(text: str) -> str:
     """A user-supplied string made safe to echo back on one line."""
     shown = text if len(text) <= 40 else text[:40] + "..."
-    return repr(shown.encode("ascii", "backslashreplace").decode("ascii"))
+    return ascii(shown)  # quoted, with control and non-ASCII characters escaped once

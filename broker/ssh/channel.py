@@ -113,7 +113,8 @@ class Channel:
         assert up is not None and conn.recording is not None
         channel_no = conn.next_channel_number()
         if command is None or self.pty:
-            cast = conn.recording.terminal(channel_no, width=width, height=height,
+            # A PTY request may carry 0x0 (no real terminal); players need a size.
+            cast = conn.recording.terminal(channel_no, width=width or 80, height=height or 24,
                                            term=self.process.get_terminal_type() or "",
                                            env=dict(self.process.env), command=command)
             on_in, on_out, on_err = cast.input, cast.output, cast.output

@@ -1,0 +1,189 @@
+"""Real parts for integration tests: an OpenSSH sshd device, a `broker serve` process, the
+stock `ssh` client. Everything runs on loopback from temporary directories."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BROKER = str(Path(sys.executable).with_name("broker"))
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def keygen(path: Path, comment: str = "test") -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f",
+                    str(path)], check=True)
+    return path
+
+
+@dataclass
+class SshdDevice:
+    """A real OpenSSH server with its own config, accepting the broker's device key."""
+
+    root: Path
+    port: int = 0
+    user: str = field(default_factory=getpass.getuser)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> SshdDevice:
+        self.root.mkdir(parents=True, exist_ok=True)
+        host_key = keygen(self.root / "host_key", "device-host")
+        self.login_key = keygen(self.root / "broker_login_key", "broker")
+        authorized = self.root / "authorized_keys"
+        authorized.write_text((self.root / "broker_login_key.pub").read_text())
+        authorized.chmod(0o600)
+        self.port = free_port()
+        config = self.root / "sshd_config"
+        config.write_text(textwrap.dedent(f"""\
+            Port {self.port}
+            ListenAddress 127.0.0.1
+            HostKey {host_key}
+            PidFile {self.root / 'sshd.pid'}
+            AuthorizedKeysFile {authorized}
+            StrictModes no
+            UsePAM no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            PubkeyAuthentication yes
+            Subsystem sftp internal-sftp
+            LogLevel ERROR
+            """))
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class BrokerProcess:
+    """`broker init` in a temp dir, then `broker serve` as a subprocess."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "broker.toml"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.tech_keys: dict[str, Path] = {}
+
+    def init(self) -> BrokerProcess:
+        run = subprocess.run([BROKER, "init", "--dir", str(self.root)], capture_output=True,
+                             text=True)
+        assert run.returncode == 0, run.stderr
+        self.config.write_text(self.config.read_text().replace(
+            'listen = "0.0.0.0:2222"', f'listen = "127.0.0.1:{self.port}"'))
+        return self
+
+    def serve(self) -> BrokerProcess:
+        self.log = open(self.root / "serve.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([BROKER, "serve", "--config", str(self.config)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def serve_log(self) -> str:
+        return (self.root / "serve.log").read_text(errors="replace")
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> Result:
+        run = subprocess.run([BROKER, *args, "--config", str(self.config)], capture_output=True,
+                             text=True, env={**os.environ, **(env or {})}, timeout=60)
+        if check:
+            assert run.returncode == 0, f"broker {' '.join(args)}: {run.stderr}"
+        return Result(run.returncode, run.stdout, run.stderr)
+
+    def cli_json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").out)
+
+    # -- fixtures of the directory ---------------------------------------------------------
+    def add_tech(self, name: str, vendor: str = "Acme Medical") -> Path:
+        key = keygen(self.root / f"{name}_key", name)
+        self.cli("tech", "add", name, "--vendor", vendor, "--key", f"{key}.pub")
+        self.tech_keys[name] = key
+        return key
+
+    def add_sshd_device(self, name: str, device: SshdDevice) -> None:
+        self.cli("device", "add", name, "--host", "127.0.0.1", "--port", str(device.port),
+                 "--user", device.user, "--key", str(device.login_key), "--model", "TestBox",
+                 "--department", "Biomed")
+
+    def grant(self, tech: str, device: str, duration: str = "10m", *extra: str) -> int:
+        request = self.cli_json("request", "create", "--tech", tech, "--device", device,
+                                "--for", duration, "--reason", "integration test", *extra)
+        assert isinstance(request, dict)
+        decision = self.cli_json("request", "approve", str(request["id"]), "--as", "approver")
+        assert isinstance(decision, dict) and decision["grant"], decision
+        return int(decision["grant"])
+
+    # -- the technician's side ---------------------------------------------------------------
+    def ssh_args(self, user: str, tech: str, *, tty: bool = False) -> list[str]:
+        return ["ssh", "-p", str(self.port), "-i", str(self.tech_keys[tech]),
+                "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                "-o", "BatchMode=yes", *(["-tt"] if tty else ["-T"]),
+                "-l", user, "127.0.0.1"]
+
+    def ssh(self, user: str, *command: str, tech: str | None = None, tty: bool = False,
+            input: str | None = None, timeout: float = 30) -> Result:
+        tech = tech or user.split("+")[0]
+        run = subprocess.run([*self.ssh_args(user, tech, tty=tty), *command],
+                             capture_output=True, input=input, timeout=timeout,
+                             text=True, errors="replace")
+        return Result(run.returncode, run.stdout, run.stderr)
+
+    def popen_ssh(self, user: str, *command: str, tech: str | None = None) -> subprocess.Popen:
+        tech = tech or user.split("+")[0]
+        return subprocess.Popen([*self.ssh_args(user, tech), *command],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def recordings(self) -> list[Path]:
+        return sorted(p for p in (self.root / "recordings").iterdir() if p.is_dir())
