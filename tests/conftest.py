@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +46,7 @@ def run_broker(args: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | 
 
 
 class Cli:
-    """``cli("tech", "list", "--json")`` runs ``broker --config DIR/broker.toml tech list --json``."""
+    """``cli("tech", "list")`` runs ``broker --config DIR/broker.toml tech list``."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -62,6 +62,18 @@ class Cli:
         """Run independent commands concurrently (each start-up costs ~1 s of imports)."""
         with ThreadPoolExecutor(max_workers=(os.cpu_count() or 2) + 1) as pool:
             return list(pool.map(lambda argv: self(*argv, env=env), commands))
+
+
+@pytest.fixture(scope="session")
+def broker_run() -> Callable[..., CliResult]:
+    """``broker_run([args...], env=..., cwd=...)``: the console script without ``--config``."""
+    return run_broker
+
+
+@pytest.fixture(scope="session")
+def cli_for() -> Callable[[Path], Cli]:
+    """``cli_for(directory)``: a :class:`Cli` on a broker directory a test made itself."""
+    return Cli
 
 
 @pytest.fixture(scope="session")

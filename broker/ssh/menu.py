@@ -1,47 +1,133 @@
-"""``ssh TECH@broker`` with no device: the technician's own grants, and how to ask for more."""
+"""``ssh TECH@broker [COMMAND]`` with no device: the technician's grants, and asking for one.
+
+    ssh -p 2222 TECH@broker                       list your grants
+    ssh -p 2222 TECH@broker request DEVICE --for 2h --reason "..." [--wait]
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import asyncssh
 
+from broker.domain.durations import DurationError, format_duration, parse_duration
+from broker.errors import BrokerError
 from broker.services.grants import grants_of
+from broker.services.requests import Requests
 
 if TYPE_CHECKING:
     from broker.ssh.connection import BrokerConnection
 
+WAIT_POLL = 1.0
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(message)
+
+
+def _request_parser() -> _Parser:
+    parser = _Parser(prog="request", add_help=False)
+    parser.add_argument("device")
+    parser.add_argument("--for", dest="duration", required=True)
+    parser.add_argument("--reason", required=True)
+    parser.add_argument("--wait", action="store_true")
+    return parser
+
+
+class Menu:
+    def __init__(self, conn: BrokerConnection,
+                 process: asyncssh.SSHServerProcess[bytes]) -> None:
+        self.conn, self.process = conn, process
+        self.end = "\r\n" if process.get_terminal_type() is not None else "\n"
+        self.host, self.port = conn.services.public_host, conn.services.public_port
+
+    def say(self, text: str = "") -> None:
+        self.process.stdout.write((text + self.end).encode())
+
+    def fail(self, text: str, status: int = 1) -> int:
+        self.process.stderr.write((f"broker: {text}" + self.end).encode())
+        return status
+
+    async def run(self) -> int:
+        try:
+            words = shlex.split(self.process.command or "")
+        except ValueError as exc:
+            return self.fail(f"cannot parse the command: {exc}", 2)
+        if not words or words[0] in ("grants", "list"):
+            return await self.grants()
+        if words[0] == "request":
+            return await self.request(words[1:])
+        if words[0] == "help":
+            return self.help()
+        return self.fail(f"unknown command {words[0]!r}; commands: grants, request, help", 2)
+
+    def help(self) -> int:
+        me = f"ssh -p {self.port} {self.conn.technician}"
+        self.say(f"{me}@{self.host}                     list your grants")
+        self.say(f"{me}@{self.host} request DEVICE --for 2h --reason \"...\" [--wait]")
+        self.say(f"{me}+DEVICE@{self.host}              open a shell on DEVICE")
+        self.say(f"{me}+DEVICE@{self.host} CMD          run CMD on DEVICE")
+        return 0
+
+    async def grants(self) -> int:
+        tech = self.conn.technician
+        rows = await grants_of(self.conn.ctx, tech)
+        if not rows:
+            self.say(f"{tech}: you have no current or upcoming grants.")
+            return 0
+        self.say(f"{tech}: your grants")
+        for row in rows:
+            g = row.grant
+            self.say(f"  grant {g.id}  {row.device.name:<20} {g.state:<9} "
+                     f"{g.start:%Y-%m-%d %H:%M}Z - {g.end:%Y-%m-%d %H:%M}Z  "
+                     f"{','.join(g.protocols)}")
+            self.say(f"      connect: ssh -p {self.port} {tech}+{row.device.name}@{self.host}")
+        return 0
+
+    async def request(self, args: list[str]) -> int:
+        try:
+            parsed = _request_parser().parse_args(args)
+            duration = parse_duration(parsed.duration)
+        except (_ArgumentError, DurationError) as exc:
+            return self.fail(f"request: {exc}; usage: request DEVICE --for 2h --reason \"...\""
+                             " [--wait]", 2)
+        tech = self.conn.technician
+        requests = Requests(self.conn.ctx, f"technician:{tech}")
+        try:
+            created = await requests.create(tech, parsed.device, duration, parsed.reason)
+        except BrokerError as exc:
+            return self.fail(str(exc))
+        self.say(f"request {created.id} filed: {parsed.device} for {format_duration(duration)};"
+                 " the approvers have been asked.")
+        if not parsed.wait:
+            return 0
+        self.say("waiting for the decision (Ctrl-C stops waiting, not the request)...")
+        return await self.wait(requests, created.id or 0)
+
+    async def wait(self, requests: Requests, ident: int) -> int:
+        while True:
+            view = await requests.show(ident)
+            state = view.request.state
+            if state == "approved" and view.grant is not None:
+                g = view.grant
+                self.say(f"request {ident} approved: grant {g.id}, {g.start:%H:%M:%S}Z -"
+                         f" {g.end:%H:%M:%S}Z. Connect: ssh -p {self.port}"
+                         f" {self.conn.technician}+{view.device.name}@{self.host}")
+                return 0
+            if state != "pending":
+                reasons = [d.comment for d, _ in view.approvals if d.comment]
+                return self.fail(f"request {ident} {state}"
+                                 + (f": {'; '.join(reasons)}" if reasons else ""))
+            await asyncio.sleep(WAIT_POLL)
+
 
 async def run_menu(conn: BrokerConnection, process: asyncssh.SSHServerProcess[bytes]) -> int:
-    pty = process.get_terminal_type() is not None
-    end = "\r\n" if pty else "\n"
-
-    def say(text: str = "", stream: asyncssh.SSHWriter[bytes] | None = None) -> None:
-        (stream or process.stdout).write((text + end).encode())
-
-    try:
-        words = shlex.split(process.command or "")
-    except ValueError as exc:
-        say(f"broker: cannot parse the command: {exc}", process.stderr)
-        return 2
-    if words and words[0] not in ("grants", "list", "help"):
-        say(f"broker: unknown command {words[0]!r}; try: grants, help", process.stderr)
-        return 2
-    host, port = conn.services.public_host, conn.services.public_port
-    if words and words[0] == "help":
-        say(f"ssh -p {port} {conn.technician}@{host}                 list your grants")
-        say(f"ssh -p {port} {conn.technician}+DEVICE@{host}          open a shell on DEVICE")
-        say(f"ssh -p {port} {conn.technician}+DEVICE@{host} CMD      run CMD on DEVICE")
-        return 0
-    rows = await grants_of(conn.ctx, conn.technician)
-    if not rows:
-        say(f"{conn.technician}: you have no current or upcoming grants.")
-        return 0
-    say(f"{conn.technician}: your grants")
-    for row in rows:
-        g = row.grant
-        say(f"  grant {g.id}  {row.device.name:<20} {g.state:<9} "
-            f"{g.start:%Y-%m-%d %H:%M}Z - {g.end:%Y-%m-%d %H:%M}Z  {','.join(g.protocols)}")
-        say(f"      connect: ssh -p {port} {conn.technician}+{row.device.name}@{host}")
-    return 0
+    return await Menu(conn, process).run()

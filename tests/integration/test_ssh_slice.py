@@ -241,3 +241,34 @@ def test_audit_chain_verifies_after_sessions(broker, tech_device):
     broker.ssh(f"{tech}+{device}", "true")
     result = broker.cli("audit", "verify")
     assert result.out.startswith("ok:")
+
+
+def test_in_band_request_and_wait_for_approval(broker, tech_device):
+    tech, device = tech_device
+    proc = broker.popen_ssh(tech, "request", device, "--for", "30m", "--reason",
+                            "'replace sensor'", "--wait")
+    try:
+        deadline = time.monotonic() + 15
+        pending = []
+        while not pending and time.monotonic() < deadline:
+            pending = [r for r in broker.cli_json("request", "list", "--state", "pending")
+                       if r["technician"] == tech]
+            time.sleep(0.2)
+        assert pending and pending[0]["reason"] == "replace sensor"
+        broker.cli("request", "approve", str(pending[0]["id"]), "--as", "approver")
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert f"request {pending[0]['id']} approved" in out
+    assert f"{tech}+{device}" in out
+    assert broker.ssh(f"{tech}+{device}", "true").code == 0
+
+
+def test_in_band_request_bad_arguments(broker, tech_device):
+    tech, device = tech_device
+    result = broker.ssh(tech, "request", device, "--for", "2x", "--reason", "r")
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and "2x" in result.err
+    result = broker.ssh(tech, "request", "no-such-device", "--for", "1h", "--reason", "r")
+    assert result.code == 1 and "no device named" in result.err

@@ -26,9 +26,11 @@ from cryptography.hazmat.primitives import serialization
 from broker.credentials.vault import Vault
 
 if TYPE_CHECKING:
-    from conftest import CliResult
+    from collections.abc import Callable
 
-from conftest import Cli, run_broker
+    from conftest import Cli, CliResult
+
+    Run = Callable[..., CliResult]
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "Pump-S3cret-Passw0rd-4711"
@@ -86,7 +88,7 @@ def test_init_creates_config_database_and_keys(_broker_template: Path) -> None:
     assert (directory / "policies").is_dir() and (directory / "recordings").is_dir()
 
 
-def test_init_twice_never_changes_a_key(broker_dir: Path) -> None:
+def test_init_twice_never_changes_a_key(broker_dir: Path, broker_run: Run) -> None:
     data = broker_dir / "data"
     before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()
               and not p.name.startswith("broker.")}
@@ -94,7 +96,7 @@ def test_init_twice_never_changes_a_key(broker_dir: Path) -> None:
     # a lost private key is re-created, and with it its public half: never a mismatched pair
     (data / "user_ca").unlink()
     (data / "tls.key").unlink()
-    result = run_broker(["init", "--dir", broker_dir])
+    result = broker_run(["init", "--dir", broker_dir])
     assert result.code == 0, result.err
     assert f"kept existing {broker_dir / 'broker.toml'}" in result.out
     assert sorted(line.split("/")[-1] for line in result.out.splitlines()
@@ -122,7 +124,8 @@ class Populated:
 
 @pytest.fixture(scope="module")
 def populated(_broker_template: Path, ssh_keypair: tuple[Path, Path],
-              tmp_path_factory: pytest.TempPathFactory) -> Populated:
+              tmp_path_factory: pytest.TempPathFactory, cli_for: Callable[[Path], Cli]
+              ) -> Populated:
     directory = Path(shutil.copytree(_broker_template, tmp_path_factory.mktemp("pop") / "b"))
     private, public = ssh_keypair
     commands = {
@@ -138,14 +141,14 @@ def populated(_broker_template: Path, ssh_keypair: tuple[Path, Path],
         "ct": ("device", "add", "ct1", "--host", "10.0.0.6", "--port", "2200", "--user", "svc",
                "--key", private, "--json"),
     }
-    results = Cli(directory).many(commands.values(), env={"PUMP_PW": PASSWORD})
+    results = cli_for(directory).many(commands.values(), env={"PUMP_PW": PASSWORD})
     return Populated(directory, dict(zip(commands, results, strict=True)))
 
 
 @pytest.fixture
-def pcli(populated: Populated, tmp_path: Path) -> Cli:
+def pcli(populated: Populated, tmp_path: Path, cli_for: Callable[[Path], Cli]) -> Cli:
     """The CLI on this test's own copy of the populated broker."""
-    return Cli(Path(shutil.copytree(populated.dir, tmp_path / "broker")))
+    return cli_for(Path(shutil.copytree(populated.dir, tmp_path / "broker")))
 
 
 def test_create_commands_print_the_object_with_its_id(populated: Populated,
@@ -210,81 +213,63 @@ def create(tech: str = "alice", device: str = "pump1", duration: str = "2h",
             "--reason", "firmware 4.2 drug library update", "--json", *extra)
 
 
-def test_request_create_list_show_cancel(pcli: Cli) -> None:
-    created = ok_json(pcli(*create("alice", "pump1", "90m", "--protocols", "SSH,sftp")))
-    ident = created["id"]
-    assert isinstance(ident, int) and created["state"] == "pending"
-    assert created["protocols"] == ["sftp", "ssh"] and created["duration_s"] == 5400
-    assert created["policy"] == "default" and created["reason"].startswith("firmware")
-    listed, pending, shown = pcli.many([
-        ("request", "list", "--json"), ("request", "list", "--state", "pending", "--json"),
-        ("request", "show", str(ident)),
-    ])
-    assert [r["id"] for r in ok_json(listed)] == [ident]
-    assert [r["id"] for r in ok_json(pending)] == [ident]
-    assert shown.code == 0 and "pending" in shown.out and "90m" in shown.out
-    cancelled = pcli("request", "cancel", str(ident))
-    assert cancelled.code == 0 and f"request {ident} cancelled" in cancelled.out
-    after, again, none_pending = pcli.many([
-        ("request", "show", str(ident), "--json"), ("request", "cancel", str(ident)),
-        ("request", "list", "--state", "pending", "--json"),
-    ])
-    assert ok_json(after)["state"] == "cancelled"
-    one_line_error(again, 1, f"request {ident}", "cancelled")
-    assert ok_json(none_pending) == []
-
-
-def test_decisions_and_grants(pcli: Cli) -> None:
+def test_requests_decisions_and_grants(pcli: Cli) -> None:
     start = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
-    created = pcli.many([create(), create("alice", "ct1", "1h", "--start", start.isoformat(),
-                                          "--protocols", "ssh"), create(), create()])
-    a, b, c, e = (ok_json(r)["id"] for r in created)
-    approve_a, approve_b, deny_c, self_e = pcli.many([
+    created = pcli.many([
+        create(),
+        create("alice", "ct1", "1h", "--start", start.isoformat(), "--protocols", "ssh"),
+        create(),
+        create("alice", "pump1", "90m", "--protocols", "SSH,sftp"),
+    ])
+    requests = [ok_json(r) for r in created]
+    a, b, c, d = (r["id"] for r in requests)
+    assert len({a, b, c, d}) == 4 and all(isinstance(i, int) for i in (a, b, c, d))
+    assert requests[3]["state"] == "pending" and requests[3]["protocols"] == ["sftp", "ssh"]
+    assert requests[3]["duration_s"] == 5400 and requests[3]["policy"] == "default"
+    assert requests[0]["protocols"] == ["forward", "scp", "sftp", "ssh", "web"]
+    assert requests[0]["reason"] == "firmware 4.2 drug library update"
+
+    approve_a, approve_b, deny_c, cancel_d = pcli.many([
         ("request", "approve", str(a), "--as", "bob", "--json"),
         ("request", "approve", str(b), "--as", "carol", "--json"),
         ("request", "deny", str(c), "--as", "carol", "--comment", "not during rounds", "--json"),
-        ("request", "approve", str(e), "--as", "ALICE"),
+        ("request", "cancel", str(d)),
     ])
-    # the requester may not decide their own request, whatever the case of the name
-    one_line_error(self_e, 1, "ALICE requested this access and cannot decide on it")
     decided_a = ok_json(approve_a)
     assert decided_a["state"] == "approved" and decided_a["still_needed"] == []
     grant_a, grant_b = decided_a["grant"], ok_json(approve_b)["grant"]
-    assert isinstance(grant_a, int) and isinstance(grant_b, int)
+    assert isinstance(grant_a, int) and isinstance(grant_b, int) and grant_a != grant_b
     assert ok_json(deny_c) == {"request": c, "state": "denied", "grant": None,
                                "still_needed": []}
+    assert cancel_d.code == 0 and f"request {d} cancelled" in cancel_d.out
 
-    listed, grants, shown_b, shown_c, twice, revoked = pcli.many([
-        ("request", "list", "--json"), ("grant", "list", "--json"),
-        ("grant", "show", str(grant_b), "--json"), ("request", "show", str(c), "--json"),
-        ("request", "approve", str(a), "--as", "carol"),
+    listed, revoked = pcli.many([
+        ("request", "list", "--json"),
         ("grant", "revoke", str(grant_a), "--reason", "work finished", "--json"),
     ])
-    states = {r["id"]: r["state"] for r in ok_json(listed)}
-    assert states == {a: "approved", b: "approved", c: "denied", e: "pending"}
-    assert {g["id"] for g in ok_json(grants)} == {grant_a, grant_b}
-    scheduled = ok_json(shown_b)
+    by_id = {r["id"]: r for r in ok_json(listed)}
+    assert {i: r["state"] for i, r in by_id.items()} == {
+        a: "approved", b: "approved", c: "denied", d: "cancelled"}
+    assert by_id[a]["grant"] == grant_a and by_id[c]["grant"] is None
+    assert [(x["approver"], x["decision"], x["comment"]) for x in by_id[c]["decisions"]] == [
+        ("carol", "deny", "not during rounds")]
+    assert ok_json(revoked) == {"id": grant_a, "state": "revoked", "reason": "work finished"}
+
+    grants, revoke_again = pcli.many([
+        ("grant", "list", "--json"), ("grant", "revoke", str(grant_a)),
+    ])
+    by_id = {g["id"]: g for g in ok_json(grants)}
+    assert set(by_id) == {grant_a, grant_b}
+    revoked_a, scheduled = by_id[grant_a], by_id[grant_b]
+    assert revoked_a["state"] == "revoked" and revoked_a["revoke_reason"] == "work finished"
+    assert (revoked_a["technician"], revoked_a["device"], revoked_a["request"]) == (
+        "alice", "pump1", a)
     # the window opens at the requested start, not at approval
     assert scheduled["state"] == "scheduled" and scheduled["protocols"] == ["ssh"]
     assert datetime.fromisoformat(scheduled["start"]) == start
     assert datetime.fromisoformat(scheduled["end"]) == start + timedelta(hours=1)
-    denied = ok_json(shown_c)
-    assert denied["state"] == "denied" and denied["grant"] is None
-    assert [(d["approver"], d["decision"], d["comment"]) for d in denied["decisions"]] == [
-        ("carol", "deny", "not during rounds")]
-    one_line_error(twice, 1, f"request {a} is approved")
-    assert ok_json(revoked) == {"id": grant_a, "state": "revoked", "reason": "work finished"}
-
-    shown_a, again, active = pcli.many([
-        ("grant", "show", str(grant_a), "--json"), ("grant", "revoke", str(grant_a)),
-        ("grant", "list", "--active", "--json"),
-    ])
-    grant = ok_json(shown_a)
-    assert grant["state"] == "revoked" and grant["revoke_reason"] == "work finished"
-    assert grant["technician"] == "alice" and grant["device"] == "pump1"
-    assert grant["request"] == a
-    one_line_error(again, 1, f"grant {grant_a} is revoked")
-    assert ok_json(active) == []
+    assert scheduled["device"] == "ct1" and scheduled["request"] == b
+    one_line_error(revoke_again, 1, f"grant {grant_a} is revoked")
 
 
 GROUP_POLICY = """
@@ -298,7 +283,7 @@ GROUP_POLICY = """
     """
 
 
-def test_policy_groups_and_repeat_approvals(pcli: Cli) -> None:
+def test_policy_groups_self_approval_and_repeat_approvals(pcli: Cli) -> None:
     write(pcli.dir / "policies" / "pumps.yaml", GROUP_POLICY)
     created, explained = pcli.many([
         create(), ("policy", "explain", "--tech", "alice", "--device", "pump1"),
@@ -309,25 +294,32 @@ def test_policy_groups_and_repeat_approvals(pcli: Cli) -> None:
     assert "Policy pumps-two-biomed (" in explained.out and "pumps.yaml:2) applies" in explained.out
     assert "Approvals needed: 2 approvals from group biomed" in explained.out
     ident = str(request["id"])
-    outsider, first = pcli.many([
+    outsider, first, own, pending = pcli.many([
         ("request", "approve", ident, "--as", "bob"),
         ("request", "approve", ident, "--as", "carol", "--json"),
+        ("request", "approve", ident, "--as", "ALICE"),
+        ("request", "list", "--state", "pending", "--json"),
     ])
     one_line_error(outsider, 1, "approver bob is in none of the groups this request needs",
                    "biomed")
+    # the requester may not decide their own request, whatever the case of the name
+    one_line_error(own, 1, "ALICE requested this access and cannot decide on it")
     recorded = ok_json(first)
     assert recorded["state"] == "pending" and recorded["grant"] is None
     assert recorded["still_needed"] == ["1 more approval from group biomed"]
-    second, as_json = pcli.many([
-        ("request", "approve", ident, "--as", "carol"),
-        ("policy", "explain", "--tech", "alice", "--device", "ct1", "--json"),
+    assert [r["id"] for r in ok_json(pending)] == [request["id"]]
+    second, shown = pcli.many([
+        ("request", "approve", ident, "--as", "carol"), ("request", "show", ident),
     ])
-    one_line_error(second, 1, "carol already decided on request")
-    explained_ct = ok_json(as_json)
-    assert explained_ct["allowed"] is False and explained_ct["policy"] is None
+    one_line_error(second, 1, f"carol already decided on request {ident}")
+    assert shown.code == 0, shown.err
+    assert "pumps-two-biomed" in shown.out and "pending" in shown.out
+    # only carol's approval counts: the refused attempts left no decision behind
+    assert [" ".join(line.split()[1:]) for line in shown.out.splitlines()
+            if line.startswith("decision:")] == ["approve by carol via cli"]
 
 
-def test_policy_check(tmp_path: Path) -> None:
+def test_policy_check(tmp_path: Path, broker_run: Run) -> None:
     bad = tmp_path / "bad"
     write(bad / "a.yaml", """
         policies:
@@ -335,7 +327,9 @@ def test_policy_check(tmp_path: Path) -> None:
             max_durration: 2h
         """)
     write(bad / "b.yaml", "policies: [\n")
-    good, broken = (run_broker(["policy", "check", path]) for path in (REPO / "policies", bad))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        good, broken = pool.map(lambda path: broker_run(["policy", "check", path]),
+                                (REPO / "policies", bad))
     assert good.code == 0 and good.out.startswith("ok: policies in "), good
     assert good.err == ""
     one_line_error(broken, 1, "2 problem(s)", str(bad))
@@ -348,44 +342,17 @@ def test_policy_check(tmp_path: Path) -> None:
 
 # --- bad input: one line on stderr, starting "broker:", naming what is wrong ----------------
 
-BAD_TOML = "[ssh]\nlisten = \"0.0.0.0:2222\"\nproxy_protocol = maybe\n"
 BAD_VALUE_TOML = "[http]\nlisten = \"everywhere\"\n"
 BAD_POLICY = "policies:\n  - name: broken\n    max_duration: forever\n"
 
 # name: (command, environment, exit status, fragments the one line must contain)
 BAD_INPUT: dict[str, tuple[tuple[str, ...], dict[str, str], int, tuple[str, ...]]] = {
     "unknown device": (create("alice", "nope"), {}, 1, ("no device named 'nope'",)),
-    "unknown technician": (create("zed"), {}, 1, ("no technician named 'zed'",)),
     "bad duration": (create("alice", "pump1", "2x"), {}, 2, ("--for", "'2x'", "2h")),
-    "zero duration": (create("alice", "pump1", "0m"), {}, 2, ("--for", "longer than zero")),
-    "over policy maximum": (create("alice", "pump1", "9h"), {}, 1,
-                            ("policy default", "duration 9h exceeds the maximum of 8h")),
     "missing option": (("request", "create", "--tech", "alice", "--device", "pump1",
                         "--reason", "x"), {}, 2, ("Missing option '--for'",)),
     "bad protocols": (create("alice", "pump1", "1h", "--protocols", "ssh,telnet"), {}, 2,
                       ("--protocols", "unknown protocol 'telnet'")),
-    "bad start": (create("alice", "pump1", "1h", "--start", "tomorrow"), {}, 2,
-                  ("--start", "'tomorrow'", "ISO 8601")),
-    "request not found": (("request", "show", "999"), {}, 1, ("no request with id 999",)),
-    "request id not a number": (("request", "show", "abc"), {}, 2, ("'abc'",)),
-    "unknown approver": (("request", "approve", "1", "--as", "nobody"), {}, 1,
-                         ("no approver named 'nobody'", )),
-    "grant not found": (("grant", "revoke", "42"), {}, 1, ("no grant with id 42",)),
-    "device not found": (("device", "show", "ghost"), {}, 1, ("no device named 'ghost'",)),
-    "bad technician name": (("tech", "add", "bad name", "--vendor", "BD", "--key", "PUBKEY"), {},
-                            2, ("technician name 'bad name' is not valid",)),
-    "not a public key": (("tech", "add", "eve", "--vendor", "BD", "--key", "DIR/not-a-key.pub"),
-                         {}, 2, ("DIR/not-a-key.pub:1: not an OpenSSH public key",)),
-    "both credentials": (("device", "add", "d2", "--host", "h", "--user", "u",
-                          "--password-env", "PUMP_PW", "--key", "KEY"), {"PUMP_PW": "x"}, 2,
-                         ("exactly one of --password-env VAR or --key FILE",)),
-    "password variable unset": (("device", "add", "d2", "--host", "h", "--user", "u",
-                                 "--password-env", "NO_SUCH_VAR"), {}, 2,
-                                ("--password-env", "NO_SUCH_VAR is not set")),
-    "duplicate approver": (("approver", "add", "bob", "--email", "b@x.org"), {}, 1,
-                           ("approver 'bob' already exists",)),
-    "malformed broker.toml": (("--config", "DIR/bad.toml", "tech", "list"), {}, 1,
-                              ("DIR/bad.toml: not valid TOML", "line 3")),
     "bad broker.toml value": (("--config", "DIR/bad-value.toml", "tech", "list"), {}, 1,
                               ("DIR/bad-value.toml: [http] listen", "'everywhere'")),
     "bad environment override": (("tech", "list"), {"BROKER_SSH_LISTEN": "nowhere"}, 1,
@@ -401,27 +368,23 @@ BAD_INPUT: dict[str, tuple[tuple[str, ...], dict[str, str], int, tuple[str, ...]
 
 
 @pytest.fixture(scope="module")
-def bad_input_results(populated: Populated, ssh_keypair: tuple[Path, Path],
-                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, CliResult]:
+def bad_input_results(populated: Populated, tmp_path_factory: pytest.TempPathFactory,
+                      broker_run: Run) -> dict[str, CliResult]:
     """Every bad-input command, run concurrently on one copy of the populated broker.
 
     In commands, DIR stands for that copy's directory; in the results, the directory's path is
     replaced by DIR again so that expected messages can name files.
     """
     directory = Path(shutil.copytree(populated.dir, tmp_path_factory.mktemp("bad") / "b"))
-    write(directory / "not-a-key.pub", "ssh-ed25519 AAAAnope alice\n")
-    write(directory / "bad.toml", BAD_TOML)
     write(directory / "bad-value.toml", BAD_VALUE_TOML)
     write(directory / "bad-policies" / "bad.yaml", BAD_POLICY)
-    places = {"KEY": str(ssh_keypair[0]), "PUBKEY": str(ssh_keypair[1]),
-              "DIR": str(directory)}
 
     def fill(text: str) -> str:
-        return places.get(text) or text.replace("DIR/", f"{directory}/")
+        return text.replace("DIR/", f"{directory}/")
 
     def run(name: str) -> CliResult:
         argv, env, _, _ = BAD_INPUT[name]
-        return run_broker([*map(fill, argv)] if argv[0] == "--config"
+        return broker_run([*map(fill, argv)] if argv[0] == "--config"
                           else ["--config", directory / "broker.toml", *map(fill, argv)],
                           env={k: fill(v) for k, v in env.items()}, cwd=directory,
                           timeout=30)

@@ -1,0 +1,44 @@
+"""Run the simulated device on its own: ``python -m broker.demo --root DIR --port P``.
+
+The password comes from the environment variable named by ``--password-env`` (default
+``DEVICE_PASSWORD``), never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from broker.demo import start_simulated_device
+
+
+async def _main(args: argparse.Namespace) -> None:
+    password = os.environ.get(args.password_env)
+    if not password:
+        sys.exit(f"simulated device: environment variable {args.password_env} is not set")
+    device = await start_simulated_device(Path(args.root), host=args.host, port=args.port,
+                                          password=password)
+    print(f"simulated device listening on {device.host}:{device.port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await device.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m broker.demo")
+    parser.add_argument("--root", required=True, help="the device's file system")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--password-env", default="DEVICE_PASSWORD")
+    try:
+        asyncio.run(_main(parser.parse_args()))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
