@@ -1,0 +1,176 @@
+"""A grant's whole life on a fake clock: approval, warnings at 5 and 1 minutes, the cut at
+its end, a restart after the end. No sleeping: the scheduler waits on FakeClock deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from broker.cli.admin import initialise, migrate_database
+from broker.domain.protocols import Protocol
+from broker.revocation.registry import LiveSessions
+from broker.revocation.scheduler import Scheduler
+from broker.services.context import Context
+from broker.services.directory import Directory
+from broker.services.grants import Grants, check_access
+from broker.services.requests import Requests
+from broker.store.models import Device
+from broker.testing import FakeClock
+
+START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+@dataclass(eq=False)
+class FakeSession:
+    """A live session as the registry sees it, recording what it was told."""
+
+    ctx: Context
+    grant_id: int
+    ends_at: datetime
+    session_id: str = "s1"
+    technician: str = "alice"
+    device: str = "pump-7"
+    warnings: list[str] = field(default_factory=list)
+    ended: str | None = None
+
+    async def still_allowed(self) -> str | None:
+        access = await check_access(self.ctx, self.technician, self.device, Protocol.SSH)
+        return None if access.allowed else access.decision.detail
+
+    async def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    async def terminate(self, reason: str) -> None:
+        self.ended = reason
+
+
+async def make_context(tmp_path: Path, clock: FakeClock) -> Context:
+    config = initialise(tmp_path)
+    await migrate_database(config.database_url)
+    ctx = Context.open(config, clock=clock)
+    directory = Directory(ctx, "test")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    await directory.add_technician("alice", "B. Braun", [key])
+    await directory.add_approver("dana", "dana@hospital.example", ["biomed"])
+    await directory.add_device(Device(name="pump-7", host="127.0.0.1", port=22,
+                                      login_user="service"), "password", b"secret")
+    return ctx
+
+
+async def approved_grant(ctx: Context, minutes: int = 10) -> int:
+    request = await Requests(ctx, "test").create("alice", "pump-7", timedelta(minutes=minutes),
+                                                 "battery check")
+    decision = await Requests(ctx, "approver:dana").decide(request.id or 0, "dana", True)
+    assert decision.grant is not None
+    return decision.grant.id or 0
+
+
+async def settle(clock: FakeClock) -> None:
+    """Let the scheduler finish its round and go back to sleep."""
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await clock.wait_for_sleepers(1)
+
+
+async def test_warnings_then_cut_exactly_at_the_end(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    grant = await approved_grant(ctx, minutes=10)
+    sessions = LiveSessions()
+    session = FakeSession(ctx, grant, START + timedelta(minutes=10))
+    sessions.add(session)
+    scheduler = Scheduler(ctx, sessions)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await settle(clock)
+        assert clock.next_deadline == START + timedelta(minutes=5)
+        clock.set(START + timedelta(minutes=5))
+        await settle(clock)
+        assert session.warnings == ["your access window closes in 5 minutes (at 09:10:00 UTC)"]
+        clock.set(START + timedelta(minutes=9))
+        await settle(clock)
+        assert session.warnings[-1].startswith("your access window closes in 1 minute ")
+        assert session.ended is None
+        clock.set(START + timedelta(minutes=10) - timedelta(microseconds=1))
+        await settle(clock)
+        assert session.ended is None
+        clock.set(START + timedelta(minutes=10))
+        await settle(clock)
+        assert session.ended is not None and "expired" in session.ended
+        shown = await Grants(ctx, "test").show(grant)
+        assert shown.grant.state == "expired"
+    finally:
+        task.cancel()
+        await ctx.close()
+
+
+async def test_revocation_replans_and_cuts(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    grant = await approved_grant(ctx)
+    sessions = LiveSessions()
+    session = FakeSession(ctx, grant, START + timedelta(minutes=10))
+    sessions.add(session)
+    await Grants(ctx, "test").revoke(grant, "incident")
+    assert await sessions.recheck() == 1
+    assert session.ended is not None and "revoked" in session.ended
+    await ctx.close()
+
+
+async def test_a_clock_jump_past_the_end_expires_the_grant(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    grant = await approved_grant(ctx, minutes=10)
+    sessions = LiveSessions()
+    session = FakeSession(ctx, grant, START + timedelta(minutes=10))
+    sessions.add(session)
+    task = asyncio.create_task(Scheduler(ctx, sessions).run())
+    try:
+        await settle(clock)
+        clock.set(START + timedelta(hours=3))  # e.g. the host resumed from suspend
+        await settle(clock)
+        assert session.ended is not None
+        assert session.warnings == []  # no stale "5 minutes left" after the end
+    finally:
+        task.cancel()
+        await ctx.close()
+
+
+async def test_restart_after_the_end_gives_no_access(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    await approved_grant(ctx, minutes=10)
+    await ctx.close()
+    clock.set(START + timedelta(minutes=30))  # the broker was down across the end
+    restarted = Context.open(ctx.config, clock=clock)
+    access = await check_access(restarted, "alice", "pump-7", Protocol.SSH)
+    assert not access.allowed and access.decision.refusal == "expired"
+    await restarted.close()
+
+
+@pytest.mark.parametrize("minutes", [1, 3])
+async def test_short_grants_get_only_the_warnings_that_fit(tmp_path: Path, minutes: int) -> None:
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    grant = await approved_grant(ctx, minutes=minutes)
+    sessions = LiveSessions()
+    session = FakeSession(ctx, grant, START + timedelta(minutes=minutes))
+    sessions.add(session)
+    task = asyncio.create_task(Scheduler(ctx, sessions).run())
+    try:
+        await settle(clock)
+        while session.ended is None:
+            deadline = clock.next_deadline
+            assert deadline is not None
+            clock.set(deadline)
+            await settle(clock)
+        assert not any("5 minutes" in w for w in session.warnings)
+        assert sum("1 minute " in w for w in session.warnings) == 1
+    finally:
+        task.cancel()
+        await ctx.close()
