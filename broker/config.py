@@ -6,7 +6,9 @@ one line naming the file, the key and what is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,15 @@ class BrokerSection(_Section):
     public_url: str = "https://localhost:8443"
     database_url: str = "sqlite:///data/broker.db"
     data_dir: str = "data"
+    node: str = ""  # this node's name in a cluster; empty means the host name
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        if len(value) > 100 or any(not (c.isalnum() or c in "._-") for c in value):
+            raise ValueError(f"expected a short name of letters, digits, '.', '_', '-', got"
+                             f" {value!r}")
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -59,12 +70,23 @@ class BrokerSection(_Section):
 class SSHSection(_Section):
     listen: str = "0.0.0.0:2222"
     proxy_protocol: bool = False
+    proxy_trusted: tuple[str, ...] = ()  # CIDRs allowed to send PROXY headers; empty = any
     host_key: str = "data/ssh_host_ed25519_key"
     user_ca: str = "data/user_ca"
     login_grace: int = Field(default=60, ge=1, le=3600)
     max_auth_tries: int = Field(default=6, ge=1, le=100)
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_listen(v)))
+
+    @field_validator("proxy_trusted")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address or CIDR network") from None
+        return value
 
 
 class HTTPSection(_Section):
@@ -122,6 +144,10 @@ class Config:
     def path(self, value: str) -> Path:
         candidate = Path(value).expanduser()
         return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+    @property
+    def node(self) -> str:
+        return self.settings.broker.node or socket.gethostname()
 
     @property
     def log_file(self) -> Path:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncssh
@@ -20,8 +21,10 @@ from broker.recording import default_flusher
 from broker.revocation.registry import LiveSessions
 from broker.revocation.scheduler import Scheduler
 from broker.services.context import Context
+from broker.services.sessions import mark_interrupted
 from broker.ssh.channel import handle_process
 from broker.ssh.connection import BrokerConnection, ConnectionServices
+from broker.ssh.proxy_protocol import ProxiedAcceptor, listen_with_proxy_protocol
 from broker.ssh.upstream import FAST_CIPHERS
 from broker.store.models import AuditEvent
 
@@ -40,7 +43,7 @@ class Server:
         self.ctx = ctx
         self.sessions = LiveSessions()
         self.scheduler = Scheduler(ctx, self.sessions)
-        self.listener: asyncssh.SSHAcceptor | None = None
+        self.listener: asyncssh.SSHAcceptor | ProxiedAcceptor | None = None
         self.ssh_port = 0
 
     async def start(self) -> None:
@@ -51,20 +54,30 @@ class Server:
         self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
         host, port = split_listen(settings.ssh.listen)
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
-        services = ConnectionServices(self.ctx, self.sessions, public, port,
-                                      on_session_change=self.scheduler.replan)
+        ca_public = keys.user_ca.with_name(keys.user_ca.name + ".pub")
+        services = ConnectionServices(
+            self.ctx, self.sessions, public, port, handle_process,
+            user_ca_public=ca_public.read_text().strip() if ca_public.exists() else None,
+            max_auth_tries=settings.ssh.max_auth_tries, on_session_change=self.scheduler.replan)
+        listen: Any = asyncssh.listen
+        extra: dict[str, Any] = {}
+        if settings.ssh.proxy_protocol:
+            listen = listen_with_proxy_protocol
+            extra["trusted"] = list(settings.ssh.proxy_trusted) or None
         try:
-            self.listener = await asyncssh.listen(
+            self.listener = await listen(
                 host or None, port, server_factory=lambda: BrokerConnection(services),
-                server_host_keys=[host_key], process_factory=handle_process, encoding=None,
+                server_host_keys=[host_key], encoding=None,
                 line_editor=False, agent_forwarding=False, allow_scp=False,
                 x11_forwarding=False, compression_algs=None,
                 encryption_algs=FAST_CIPHERS, login_timeout=settings.ssh.login_grace,
-                reuse_address=True, server_version="VendorAccessBroker")
+                reuse_address=True, server_version="VendorAccessBroker", **extra)
         except OSError as exc:
             raise ConfigError(f"[ssh] listen = {settings.ssh.listen!r}: cannot listen: "
                               f"{exc.strerror or exc}") from None
         self.ssh_port = self.listener.sockets[0].getsockname()[1]
+        for row in await mark_interrupted(self.ctx):
+            log.warning("session interrupted by the last stop", session=row.id)
         services.public_port = port or self.ssh_port
         await self.scheduler.tick()
         log.info("serving", ssh=f"{host}:{self.ssh_port}", database=self.ctx.store.display_url,
@@ -82,11 +95,11 @@ class Server:
             await self.close()
 
     async def close(self) -> None:
+        await asyncio.gather(*(session.terminate("the broker is shutting down")
+                               for session in self.sessions), return_exceptions=True)
         if self.listener is not None:
             self.listener.close()
             await self.listener.wait_closed()
-        for session in self.sessions:
-            await session.terminate("the broker is shutting down")
         await default_flusher().stop()
         await self.ctx.close()
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from broker.cli import access, admin, auditing, devices, people, recordings
+from broker.cli import access, admin, auditing, certs, devices, people, recordings
 from broker.cli._base import stderr_line
 from broker.errors import BrokerError
 
@@ -22,7 +22,7 @@ def cli(config_file: str | None) -> None:
 
 for command in (admin.init, admin.migrate, admin.serve, admin.demo, people.tech,
                 people.approver, devices.device, access.request, access.grant, auditing.audit,
-                auditing.policy, recordings.recordings, recordings.replay_command):
+                auditing.policy, recordings.recordings, recordings.replay_command, certs.cert):
     cli.add_command(command)
 
 

@@ -8,6 +8,7 @@ import click
 
 from broker.cli import _render as render
 from broker.cli._base import actor, common, emit, fields, run, table
+from broker.cli.certs import totp
 from broker.errors import UsageError
 from broker.services.directory import Directory, parse_public_keys
 
@@ -15,6 +16,9 @@ from broker.services.directory import Directory, parse_public_keys
 @click.group("tech")
 def tech() -> None:
     """Vendor technicians."""
+
+
+tech.add_command(totp)
 
 
 @tech.command("add")

@@ -31,3 +31,16 @@ __all__ = [
     "read_cast",
     "replay",
 ]
+
+from .oplog import OpLog
+from .scp import SCPCommand, SCPRecorder, is_scp_command, parse_scp_command
+from .sftp import SFTPRecorder
+
+__all__ += [
+    "OpLog",
+    "SCPCommand",
+    "SCPRecorder",
+    "SFTPRecorder",
+    "is_scp_command",
+    "parse_scp_command",
+]

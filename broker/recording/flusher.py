@@ -36,6 +36,8 @@ class FlushedFile:
         return self._file.closed
 
     def write(self, text: str) -> None:
+        if self._file.closed:
+            return  # sealed: a channel still winding down after its session closed
         self._file.write(text.encode("utf-8"))
         self._unsynced = True
 

@@ -15,11 +15,14 @@ log = structlog.get_logger("broker.revocation")
 class LiveSession(Protocol):
     """What the registry needs of a session (implemented by the SSH connection)."""
 
-    session_id: str
-    technician: str
-    device: str
-    grant_id: int
-    ends_at: datetime
+    @property
+    def technician(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def ends_at(self) -> datetime: ...
 
     async def still_allowed(self) -> str | None:
         """None while the session may go on, else the reason it must end."""
@@ -31,22 +34,20 @@ class LiveSession(Protocol):
 
 class LiveSessions:
     def __init__(self) -> None:
-        self._sessions: dict[str, LiveSession] = {}
-        self._warned: dict[str, set[int]] = {}
+        # session -> the warning lead times (minutes) it has been given
+        self._warned: dict[LiveSession, set[int]] = {}
 
     def add(self, session: LiveSession) -> None:
-        self._sessions[session.session_id] = session
-        self._warned[session.session_id] = set()
+        self._warned.setdefault(session, set())
 
     def remove(self, session: LiveSession) -> None:
-        self._sessions.pop(session.session_id, None)
-        self._warned.pop(session.session_id, None)
+        self._warned.pop(session, None)
 
     def __iter__(self) -> Iterator[LiveSession]:
-        return iter(list(self._sessions.values()))
+        return iter(list(self._warned))
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._warned)
 
     async def recheck(self) -> int:
         """Ask every live session whether it may go on; end those that may not."""
@@ -55,7 +56,8 @@ class LiveSessions:
         for session, verdict in zip(list(self), verdicts, strict=True):
             if isinstance(verdict, BaseException):
                 log.error("recheck failed; ending session to fail closed",
-                          session=session.session_id, error=str(verdict))
+                          technician=session.technician, device=session.device,
+                          error=str(verdict))
                 verdict = "the broker could not confirm the grant"
             if verdict is not None:
                 ending.append(session.terminate(verdict))
@@ -68,8 +70,8 @@ class LiveSessions:
         for session in self:
             for minutes in lead_minutes:
                 remaining = (session.ends_at - now).total_seconds()
-                if remaining <= minutes * 60 and minutes not in self._warned[session.session_id]:
-                    self._warned[session.session_id].add(minutes)
+                if remaining <= minutes * 60 and minutes not in self._warned[session]:
+                    self._warned[session].add(minutes)
                     if remaining > 0 and remaining > (minutes - 1) * 60 - 30:
                         due.append((session, minutes))
         return due
@@ -78,5 +80,5 @@ class LiveSessions:
         from datetime import timedelta
 
         moments = [s.ends_at - timedelta(minutes=m) for s in self for m in lead_minutes
-                   if m not in self._warned.get(s.session_id, set())]
+                   if m not in self._warned.get(s, set())]
         return min(moments, default=None)

@@ -35,7 +35,8 @@ class Context:
 
     @classmethod
     def open(cls, config: Config, clock: Clock | None = None) -> Context:
-        return cls(config=config, store=Store(config.database_url), clock=clock or SystemClock())
+        return cls(config=config, store=Store(config.database_url), clock=clock or SystemClock(),
+                   node=config.node)
 
     async def close(self) -> None:
         await self.store.close()

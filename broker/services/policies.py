@@ -16,6 +16,8 @@ from broker.domain.policy import (
 )
 from broker.errors import Refused
 from broker.policy.explain import describe_hours
+from broker.services.context import Context
+from broker.services.lookup import maybe_by_name
 from broker.store.models import Device, Technician
 
 
@@ -48,3 +50,14 @@ def inside_hours(rules: Rules, moment: datetime) -> bool:
 
 def hours_text(rules: Rules) -> str:
     return describe_hours(rules.hours)
+
+
+async def totp_required(ctx: Context, tech_name: str, device_name: str) -> bool:
+    """Does the policy for this technician and device demand a TOTP code at login?"""
+    async with ctx.store.session() as db:
+        tech = await maybe_by_name(db, Technician, tech_name)
+        device = await maybe_by_name(db, Device, device_name)
+    if tech is None or device is None:
+        return False
+    decision = decide(ctx.policies(), tech, device)
+    return bool(decision.allowed and decision.policy and decision.policy.rules.require_totp)

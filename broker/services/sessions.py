@@ -92,7 +92,23 @@ async def close_session(ctx: Context, session_id: str, reason: str,
         row = await db.get(Session, session_id)
         if row is None or row.ended_at is not None:
             return
-        row.ended_at, row.end_reason, row.state = ctx.now(), reason, "closed"
+        row.ended_at, row.end_reason = ctx.now(), reason
+        if row.state == "live":
+            row.state = "closed"
         db.add(row)
         await ctx.audit(db, "session.ended", "broker", f"session:{session_id}", reason=reason,
                         exit_status=exit_status)
+
+
+async def mark_interrupted(ctx: Context) -> list[Session]:
+    """Sessions this node left live when it stopped (crash, kill -9): mark them
+    interrupted, so that they are never mistaken for running ones."""
+    async with ctx.store.session() as db:
+        rows = (await db.exec(select(Session).where(Session.node == ctx.node,
+                                                    Session.state == "live"))).all()
+        for row in rows:
+            row.state, row.ended_at, row.end_reason = "interrupted", ctx.now(), "broker stopped"
+            db.add(row)
+            await ctx.audit(db, "session.interrupted", "broker", f"session:{row.id}",
+                            node=ctx.node, recording=row.recording)
+    return list(rows)

@@ -1,26 +1,31 @@
-"""One SSH channel from a technician: refuse it with a reason, or relay it to the device
-and record it. Shell channels are recorded as asciicast, exec channels as exec logs."""
+"""One SSH session channel from a technician: refuse it with a reason, or relay it to the
+device and record it. Shells are recorded as asciicast, exec channels as exec logs, SFTP
+(which OpenSSH 9's scp uses too) and legacy scp as file-operation logs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 import asyncssh
 import structlog
+from broker.recording.scp import SCPRecorder, is_scp_command
+from broker.recording.sftp import SFTPRecorder
 
 from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
 from broker.errors import BrokerError
 from broker.recording import SessionRecording
-from broker.services.sessions import audit_event, new_session_id, open_session
 from broker.ssh.connection import BrokerConnection
 from broker.ssh.menu import run_menu
 from broker.ssh.streams import SSHReceive, SSHSend, pump
 
 log = structlog.get_logger("broker.ssh")
 NOTICE_TIMEOUT = 0.3
+CLOSE_TIMEOUT = 0.4
 FORWARDED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
 
 
@@ -30,27 +35,63 @@ async def handle_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
     await Channel(owner, process).run()
 
 
+def _ignore(_data: bytes) -> None:
+    return None
+
+
+def _ignore_resize(_width: int, _height: int) -> None:
+    return None
+
+
+@dataclass
+class Taps:
+    """Where a channel's bytes go besides the other side."""
+
+    from_client: Callable[[bytes], None]
+    stdout: Callable[[bytes], None]
+    stderr: Callable[[bytes], None]
+    finish: Callable[[int | None, str | None], None]
+    resize: Callable[[int, int], None] = _ignore_resize
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # shell | exec | sftp | scp
+    protocols: tuple[Protocol, ...]  # any one of them lets the channel in
+
+
+def classify(process: asyncssh.SSHServerProcess[bytes]) -> Kind | None:
+    if process.subsystem is not None:
+        # OpenSSH >= 9 scp speaks SFTP: the subsystem serves grants for either protocol.
+        return Kind("sftp", (Protocol.SFTP, Protocol.SCP)) if process.subsystem == "sftp" \
+            else None
+    command = process.command
+    if command is None:
+        return Kind("shell", (Protocol.SSH,))
+    if is_scp_command(command):
+        return Kind("scp", (Protocol.SCP,))
+    return Kind("exec", (Protocol.SSH,))
+
+
 class Channel:
     def __init__(self, conn: BrokerConnection, process: asyncssh.SSHServerProcess[bytes]) -> None:
         self.conn, self.process = conn, process
         self.pty = process.get_terminal_type() is not None
         self.upstream: asyncssh.SSHClientProcess[bytes] | None = None
-        self.closed = asyncio.Event()
 
-    # -- entry -----------------------------------------------------------------------------
     async def run(self) -> None:
         target = self.conn.target
         assert target is not None
         try:
             if target.device is None:
-                status = await run_menu(self.conn, self.process)
-                self.process.exit(status)
+                self.process.exit(await run_menu(self.conn, self.process))
                 return
-            if self.process.subsystem is not None:
+            kind = classify(self.process)
+            if kind is None:
                 await self.refuse(f"the {self.process.subsystem!r} subsystem is not available"
                                   " through the broker", "subsystem")
                 return
-            await self.relay()
+            await self.relay(kind)
         except BrokerError as exc:
             await self.refuse(str(exc), "error")
         except (asyncssh.Error, OSError, ConnectionError) as exc:
@@ -60,96 +101,88 @@ class Channel:
             log.exception("channel failed", session=self.conn.session_id)
             await self.refuse("internal error in the broker; the event is logged", "error")
 
-    async def relay(self) -> None:
+    async def relay(self, kind: Kind) -> None:
         conn = self.conn
-        access = await conn.access(Protocol.SSH)
+        access = await conn.access(*kind.protocols)
         if not access.allowed:
             await self.refuse_access(access.decision.refusal, access.decision.detail)
             return
-        assert access.grant is not None and access.device is not None
-        assert access.technician is not None
-        conn.device_id = access.device.id
-        conn.grant_id, conn.ends_at = access.grant.id or 0, access.grant.end
+        assert access.grant is not None
+        upstream = await conn.upstream_connection(access)
+        await conn.ensure_session(access, kind.name)
         if conn.closing is not None:
             return
-        upstream = await conn.upstream_connection()
-        await self._open_session_once(access)
         await self._banner(access.grant.end)
-        command = self.process.command
         width, height, _, _ = self.process.get_terminal_size()
-        self.upstream = await upstream.create_process(
-            command, term_type=self.process.get_terminal_type(),
-            term_size=(width, height) if self.pty else None,
-            env={k: v for k, v in self.process.env.items() if k in FORWARDED_ENV},
-            encoding=None)
+        if kind.name == "sftp":
+            self.upstream = await upstream.create_process(subsystem="sftp", encoding=None)
+        else:
+            self.upstream = await upstream.create_process(
+                self.process.command, term_type=self.process.get_terminal_type(),
+                term_size=(width, height) if self.pty else None,
+                env={k: v for k, v in self.process.env.items() if k in FORWARDED_ENV},
+                encoding=None)
+        assert conn.recording is not None
+        taps = self._taps(kind, conn.recording, width, height)
         conn.channels.add(self)
         try:
-            await self._pump(command, width, height)
+            await self._pump(taps)
         finally:
             conn.channels.discard(self)
-            self.closed.set()
 
-    async def _open_session_once(self, access: Any) -> None:
-        conn = self.conn
-        if conn.session_id is not None:
-            return
-        now = conn.ctx.now()
-        conn.session_id = new_session_id(now)
-        conn.recording = SessionRecording.create(
-            conn.ctx.config.recordings_dir, conn.session_id, now,
-            {"technician": access.technician.name, "vendor": access.technician.vendor,
-             "device": access.device.name, "grant": access.grant.id, "client": conn.peer,
-             "node": conn.ctx.node})
-        await open_session(conn.ctx, access.grant, access.technician, access.device, conn.peer,
-                           "shell" if self.process.command is None else "exec",
-                           conn.recording.path.name, conn.session_id)
-        conn.services.sessions.add(conn)  # type: ignore[arg-type]
-        hook = conn.services.on_session_change
-        if callable(hook):
-            hook()
-
-    async def _pump(self, command: str | None, width: int, height: int) -> None:
-        up, conn = self.upstream, self.conn
-        assert up is not None and conn.recording is not None
-        channel_no = conn.next_channel_number()
+    def _taps(self, kind: Kind, recording: SessionRecording, width: int, height: int) -> Taps:
+        number = self.conn.next_channel_number()
+        command = self.process.command
+        if kind.name == "sftp":
+            sftp = SFTPRecorder(recording.add_file(f"sftp-{number}", ".jsonl"))
+            return Taps(sftp.from_client, sftp.from_server, _ignore,
+                        lambda _status, _signal: sftp.close())
+        if kind.name == "scp" and command is not None and not self.pty:
+            scp = SCPRecorder(recording.add_file(f"scp-{number}", ".jsonl"), command)
+            return Taps(scp.from_client, scp.from_server, _ignore,
+                        lambda status, _signal: scp.close(status))
         if command is None or self.pty:
             # A PTY request may carry 0x0 (no real terminal); players need a size.
-            cast = conn.recording.terminal(channel_no, width=width or 80, height=height or 24,
-                                           term=self.process.get_terminal_type() or "",
-                                           env=dict(self.process.env), command=command)
-            on_in, on_out, on_err = cast.input, cast.output, cast.output
-            on_resize, finish = cast.resize, cast.close
-            closer: Any = None
-        else:
-            log_ = conn.recording.exec_log(channel_no, command)
-            on_in, on_out, on_err = log_.stdin, log_.stdout, log_.stderr
-            on_resize, finish, closer = _ignore_resize, log_.close, log_
+            cast = recording.terminal(number, width=width or 80, height=height or 24,
+                                      term=self.process.get_terminal_type() or "",
+                                      env=dict(self.process.env), command=command)
+            return Taps(cast.input, cast.output, cast.output,
+                        lambda _status, _signal: cast.close(), cast.resize)
+        exec_log = recording.exec_log(number, command)
+
+        def finish_exec(status: int | None, signal: str | None) -> None:
+            exec_log.exit(status, signal)
+            exec_log.close()
+
+        return Taps(exec_log.stdin, exec_log.stdout, exec_log.stderr, finish_exec)
+
+    async def _pump(self, taps: Taps) -> None:
+        up = self.upstream
+        assert up is not None
 
         def control(event: Exception) -> None:
             if isinstance(event, asyncssh.TerminalSizeChanged):
                 up.change_terminal_size(event.width, event.height)
-                on_resize(event.width, event.height)
+                taps.resize(event.width, event.height)
             elif isinstance(event, asyncssh.BreakReceived):
                 up.send_break(event.msec)
             elif isinstance(event, asyncssh.SignalReceived):
                 up.send_signal(event.signal)
 
         inbound = asyncio.ensure_future(pump(SSHReceive(self.process.stdin, control),
-                                             SSHSend(up.stdin), on_in))
+                                             SSHSend(up.stdin), taps.from_client))
         try:
             await asyncio.gather(
-                pump(SSHReceive(up.stdout), _NoEOF(self.process.stdout), on_out),
-                pump(SSHReceive(up.stderr), _NoEOF(self.process.stderr), on_err))
+                pump(SSHReceive(up.stdout), _NoEOF(self.process.stdout), taps.stdout),
+                pump(SSHReceive(up.stderr), _NoEOF(self.process.stderr), taps.stderr))
             await up.wait_closed()
         finally:
             inbound.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await inbound
-        status, signal = up.exit_status, up.exit_signal
-        if closer is not None:
-            closer.exit(status, signal[0] if signal else None)
-        finish()
-        if conn.closing is not None:
+            status, signal = up.exit_status, up.exit_signal
+            taps.finish(status, signal[0] if signal else None)
+        if self.conn.closing is not None:
             return  # close_with() is ending the channel with its notice
         if signal:
             self.process.exit_with_signal(*signal)
@@ -157,20 +190,22 @@ class Channel:
             self.process.exit(status if status is not None else 255)
 
     # -- notices ---------------------------------------------------------------------------
-    def _line(self, text: str) -> str:
-        return f"{text}\r\n" if self.pty else f"{text}\n"
+    def _line(self, text: str) -> bytes:
+        return f"{text}\r\n".encode() if self.pty else f"{text}\n".encode()
 
-    async def _banner(self, ends: Any) -> None:
-        if self.process.command is not None:
+    async def _banner(self, ends: datetime) -> None:
+        if self.process.command is not None or self.process.subsystem is not None:
             return
         conn = self.conn
         self.process.stdout.write(self._line(
             f"broker: connected to {conn.device} as {conn.technician}; this session is"
-            f" recorded; your access window closes at {ends:%Y-%m-%d %H:%M:%S} UTC.").encode())
+            f" recorded; your access window closes at {ends:%Y-%m-%d %H:%M:%S} UTC."))
 
     async def notice(self, text: str) -> None:
+        if self.process.subsystem is not None:
+            return  # SFTP's stderr is not shown to the user; the exit says enough
         self.process.stderr.write(self._line(f"\r\nbroker: {text}" if self.pty
-                                             else f"broker: {text}").encode())
+                                             else f"broker: {text}"))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.stderr.drain(), NOTICE_TIMEOUT)
 
@@ -179,6 +214,10 @@ class Channel:
         if self.upstream is not None:
             self.upstream.close()
         self.process.exit(1)
+        # Let the exit status and channel close reach the client before the connection
+        # is dropped, so that it exits with 1 and the notice rather than "disconnected".
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.process.channel.wait_closed(), CLOSE_TIMEOUT)
 
     async def refuse_access(self, refusal: Refusal | None, detail: str) -> None:
         conn = self.conn
@@ -191,17 +230,11 @@ class Channel:
                           str(refusal))
 
     async def refuse(self, message: str, reason: str) -> None:
-        await audit_event(self.conn.ctx, "session.refused",
-                          f"technician:{self.conn.technician}", self.conn.device or None,
-                          reason=reason, detail=message, client=self.conn.peer)
-        self.process.stderr.write(self._line(f"broker: {message}").encode())
+        await self.conn.audit("session.refused", reason=reason, detail=message)
+        self.process.stderr.write(self._line(f"broker: {message}"))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.stderr.drain(), NOTICE_TIMEOUT)
         self.process.exit(1)
-
-
-def _ignore_resize(width: int, height: int) -> None:
-    return None
 
 
 class _NoEOF(SSHSend):

@@ -1,39 +1,70 @@
-"""One technician's SSH connection: authentication, the grant behind it, and its end.
-
-asyncssh calls the small protocol callbacks below; everything that needs the store goes
-through services. A connection is one recorded session, however many channels it opens.
-"""
+"""One technician's SSH connection: authentication, the grant behind it, port forwards,
+and its end. asyncssh calls the small protocol callbacks below; everything that needs the
+store goes through services. A connection is one recorded session, however many channels
+it opens."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import asyncssh
 import structlog
+from asyncssh.stream import SSHTCPStreamSession
 
 from broker.domain.grants import AccessDecision, Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.usernames import Target, UsernameError, parse_username
+from broker.errors import BrokerError
 from broker.recording import SessionRecording
+from broker.recording.forward import ForwardLog
 from broker.revocation.registry import LiveSessions
+from broker.services import totp
+from broker.services.certs import user_ca_authorized_keys_line
 from broker.services.context import Context
 from broker.services.grants import Access, check_access
-from broker.services.sessions import audit_event, close_session, technician_keys
+from broker.services.policies import applicable_rules, totp_required
+from broker.services.sessions import (
+    audit_event,
+    close_session,
+    new_session_id,
+    open_session,
+    technician_keys,
+)
+from broker.ssh.process import Handler, RelayProcess
+from broker.ssh.streams import SSHReceive, SSHSend, pump
 
 log = structlog.get_logger("broker.ssh")
+DEVICE_ALIASES = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_UNAUTHENTICATED_PER_SOURCE = 10
+
+
+class ClosableChannel(TypingProtocol):
+    async def notice(self, text: str) -> None: ...
+
+    async def close_with(self, reason: str) -> None: ...
 
 
 class ConnectionServices:
     """What every connection shares: the context, the live-session registry, hooks."""
 
     def __init__(self, ctx: Context, sessions: LiveSessions, public_host: str,
-                 public_port: int, on_session_change: object = None) -> None:
+                 public_port: int, process_handler: Handler, user_ca_public: str | None = None,
+                 max_auth_tries: int = 6, on_session_change: Any = None) -> None:
         self.ctx, self.sessions = ctx, sessions
+        self.user_ca_public = user_ca_public
+        self.max_auth_tries = max_auth_tries
+        self.process_handler = process_handler
         self.public_host, self.public_port = public_host, public_port
         self.on_session_change = on_session_change
+        # unauthenticated connections per source address (pre-auth flood limit)
+        self.unauthenticated: Counter[str] = Counter()
+        self.max_unauthenticated = MAX_UNAUTHENTICATED_PER_SOURCE
 
 
 class BrokerConnection(asyncssh.SSHServer):
@@ -42,37 +73,50 @@ class BrokerConnection(asyncssh.SSHServer):
         self.ctx = services.ctx
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = "unknown"
+        self.source = ""
         self.username = ""
         self.target: Target | None = None
         self.authenticated = False
+        self.auth_failures = 0
+        self.totp_required = False
+        self.key_proven = False
+        self.device_id: int | None = None
         self.upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
+        self._session_lock = asyncio.Lock()
         self.recording: SessionRecording | None = None
         self.session_id: str | None = None
         self.grant_id = 0
-        self.ends_at: datetime | None = None
-        self.channels: set[object] = set()
+        self.ends_at: datetime = datetime.max
+        self.channels: set[ClosableChannel] = set()
         self.closing: str | None = None
         self._protocols_used: set[Protocol] = set()
         self._channel_count = 0
 
-    def next_channel_number(self) -> int:
-        self._channel_count += 1
-        return self._channel_count - 1
-
-    # -- asyncssh callbacks ----------------------------------------------------------------
+    # -- asyncssh callbacks: connection and authentication ---------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        _wrap_key_validation(conn, self)
         peer = conn.get_extra_info("peername") or ("unknown", 0)
-        self.peer = f"{peer[0]}:{peer[1]}"
+        host = str(peer[0])
+        self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        self.source = host
+        pending = self.services.unauthenticated
+        pending[self.source] += 1
+        if pending[self.source] > self.services.max_unauthenticated:
+            _background(audit_event(self.ctx, "login.throttled", f"ssh:{self.peer}", None,
+                                    client=self.peer, pending=pending[self.source]))
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                            "broker: too many unauthenticated connections from your address")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_pending()
         if not self.authenticated and self.username:
             _background(audit_event(
                 self.ctx, "login.failed", f"ssh:{self.peer}", _shown(self.username),
                 client=self.peer))
         _background(self._finish("connection closed" if exc is None
-                                           else f"connection lost: {exc}"))
+                                 else f"connection lost: {exc}"))
 
     async def begin_auth(self, username: str) -> bool:
         assert self.conn is not None
@@ -82,10 +126,56 @@ class BrokerConnection(asyncssh.SSHServer):
         except UsernameError as exc:
             self.conn.send_auth_banner(f"broker: {exc}\r\n")
             return True  # still demand auth, which cannot succeed: fail closed
-        keys = await technician_keys(self.ctx, self.target.technician)
-        if keys:
-            self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(keys)))
+        tech = self.target.technician
+        keys = await technician_keys(self.ctx, tech)
+        if keys is None:
+            return True  # unknown technician: no key can match; say nothing that tells so
+        if self.services.user_ca_public:
+            keys.append(user_ca_authorized_keys_line(self.services.user_ca_public, tech))
+        self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(keys)))
+        if self.target.device is not None:
+            self.totp_required = await totp_required(self.ctx, tech, self.target.device)
+            if self.totp_required and not await totp.enrolled(self.ctx, tech):
+                self.conn.send_auth_banner(
+                    f"broker: {self.target.device} requires a TOTP code and {tech} has none;"
+                    f" ask an administrator to run 'broker tech totp enroll {tech}'\r\n")
         return True
+
+    def key_validated(self, valid: bool, signed: bool) -> bool:
+        """Called for each public key the client offers (see ``_wrap_key_validation``).
+        Returns whether asyncssh should accept it."""
+        if not valid:
+            self._failed_attempt()
+            return False
+        if signed and self.totp_required:
+            self.key_proven = True  # proven, but the policy also wants a TOTP code
+            return False
+        return True
+
+    def kbdint_auth_supported(self) -> bool:
+        return self.key_proven
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str
+                             ) -> tuple[str, str, str, list[tuple[str, bool]]]:
+        return ("Vendor access broker", f"{self.device} requires a one-time code.", "",
+                [("TOTP code: ", False)])
+
+    async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
+        if not self.key_proven or len(responses) != 1:
+            return False
+        if await totp.verify(self.ctx, self.technician, responses[0]):
+            return True
+        self._failed_attempt()
+        return False
+
+    def _failed_attempt(self) -> None:
+        self.auth_failures += 1
+        if self.auth_failures >= self.services.max_auth_tries and self.conn is not None:
+            _background(audit_event(self.ctx, "login.throttled", f"ssh:{self.peer}",
+                                    _shown(self.username), client=self.peer,
+                                    failures=self.auth_failures))
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                                 "broker: too many authentication failures")
 
     def public_key_auth_supported(self) -> bool:
         return True
@@ -93,29 +183,100 @@ class BrokerConnection(asyncssh.SSHServer):
     def password_auth_supported(self) -> bool:
         return False
 
+    def _leave_pending(self) -> None:
+        if self.source and not self.authenticated:
+            pending = self.services.unauthenticated
+            pending[self.source] -= 1
+            if pending[self.source] <= 0:
+                del pending[self.source]
+
     async def auth_completed(self) -> None:
+        self._leave_pending()
         self.authenticated = True
         assert self.target is not None
         await audit_event(self.ctx, "login.succeeded", f"technician:{self.target.technician}",
-                          self.target.device, client=self.peer, method="publickey")
+                          self.target.device, client=self.peer,
+                          method="publickey+totp" if self.key_proven else "publickey")
 
+    def session_requested(self) -> RelayProcess:
+        return RelayProcess(self.services.process_handler)
+
+    # -- port forwarding -------------------------------------------------------------------
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> bool:
-        _background(self._refused_channel("forward", f"{dest_host}:{dest_port}"))
-        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                        "broker: port forwarding is not allowed here")
+                             orig_port: int) -> Any:
+        return self._open_forward(dest_host, dest_port, f"{orig_host}:{orig_port}")
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        _background(self._refused_channel("remote-forward", f"{listen_host}:{listen_port}"))
+        _background(self.audit("channel.refused", channel="remote-forward",
+                               destination=f"{listen_host}:{listen_port}"))
         return False
 
-    # -- access ----------------------------------------------------------------------------
-    async def access(self, protocol: Protocol) -> Access:
+    async def _open_forward(self, host: str, port: int, origin: str) -> SSHTCPStreamSession[bytes]:
+        where = f"{host}:{port}"
+
+        async def refuse(reason: str) -> None:
+            await self.audit("channel.refused", channel="forward", destination=where,
+                             reason=reason)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            f"broker: {reason}")
+
+        if self.target is None or self.target.device is None:
+            await refuse("connect as TECH+DEVICE to forward ports to a device")
+        access = await self.access(Protocol.FORWARD)
+        if not access.allowed:
+            await refuse(access.decision.detail)
+        assert access.technician is not None and access.device is not None
+        if host not in DEVICE_ALIASES | {access.device.name}:
+            await refuse(f"forwarding reaches only {access.device.name} (use localhost:PORT),"
+                         f" not {host}")
+        _, rules = applicable_rules(self.ctx.policies(), access.technician, access.device)
+        if port not in rules.forward_ports:
+            allowed = ", ".join(map(str, sorted(rules.forward_ports))) or "none"
+            await refuse(f"port {port} is not allowed on {access.device.name}"
+                         f" (allowed: {allowed})")
+        upstream = await self.upstream_connection(access)
+        await self.ensure_session(access, "forward")
+        try:
+            up_reader, up_writer = await upstream.open_connection("localhost", port)
+        except (asyncssh.Error, OSError) as exc:
+            await self.audit("forward.failed", destination=where, error=str(exc))
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            f"broker: the device refused port {port}") from None
+        assert self.recording is not None
+        record = ForwardLog(self.recording.add_file(f"forward-{self.next_channel_number()}",
+                                                    ".jsonl"),
+                            destination=access.device.name, port=port, origin=origin)
+
+        async def relay(reader: asyncssh.SSHReader[bytes],
+                        writer: asyncssh.SSHWriter[bytes]) -> None:
+            try:
+                await asyncio.gather(pump(SSHReceive(reader), SSHSend(up_writer),
+                                          record.to_device),
+                                     pump(SSHReceive(up_reader), SSHSend(writer),
+                                          record.from_device))
+                record.close()
+            except (asyncssh.Error, OSError) as exc:
+                record.close(f"error: {exc}")
+            finally:
+                writer.close()
+                up_writer.close()
+
+        return SSHTCPStreamSession(relay)
+
+    # -- access, upstream, session ---------------------------------------------------------
+    async def access(self, *protocols: Protocol) -> Access:
+        """The first of ``protocols`` the technician's grant allows, or why none is."""
         assert self.target is not None and self.target.device is not None
-        result = await check_access(self.ctx, self.target.technician, self.target.device,
-                                    protocol)
-        if result.allowed:
-            self._protocols_used.add(protocol)
+        result: Access | None = None
+        for protocol in protocols:
+            result = await check_access(self.ctx, self.target.technician, self.target.device,
+                                        protocol)
+            if result.allowed:
+                self._protocols_used.add(protocol)
+                return result
+            if result.decision.refusal is not Refusal.PROTOCOL:
+                return result
+        assert result is not None
         return result
 
     async def still_allowed(self) -> str | None:
@@ -131,18 +292,47 @@ class BrokerConnection(asyncssh.SSHServer):
                 self.ends_at = result.grant.end
         return None
 
-    async def upstream_connection(self) -> asyncssh.SSHClientConnection:
+    async def upstream_connection(self, access: Access) -> asyncssh.SSHClientConnection:
+        """The connection to the device, shared by every channel of this session."""
         from broker.ssh.upstream import connect_device
 
         async with self._upstream_lock:
             if self.upstream is None:
-                assert self.device_id is not None
-                self.upstream = await connect_device(self.ctx, self.device_id)
+                assert access.device is not None and access.device.id is not None
+                self.device_id = access.device.id
+                self.upstream = await connect_device(self.ctx, access.device.id)
             return self.upstream
 
-    device_id: int | None = None
+    async def ensure_session(self, access: Access, channel: str) -> None:
+        """Open the session row and its recording with the first channel."""
+        assert access.grant is not None and access.technician is not None
+        assert access.device is not None
+        async with self._session_lock:
+            self.grant_id, self.ends_at = access.grant.id or 0, access.grant.end
+            if self.session_id is not None:
+                return
+            now = self.ctx.now()
+            self.session_id = new_session_id(now)
+            self.recording = SessionRecording.create(
+                self.ctx.config.recordings_dir, self.session_id, now,
+                {"technician": access.technician.name, "vendor": access.technician.vendor,
+                 "device": access.device.name, "grant": access.grant.id, "client": self.peer,
+                 "node": self.ctx.node})
+            await open_session(self.ctx, access.grant, access.technician, access.device,
+                               self.peer, channel, self.recording.path.name, self.session_id)
+            self.services.sessions.add(self)
+            if callable(self.services.on_session_change):
+                self.services.on_session_change()
 
-    # -- the live session ------------------------------------------------------------------
+    def next_channel_number(self) -> int:
+        self._channel_count += 1
+        return self._channel_count - 1
+
+    async def audit(self, kind: str, **data: object) -> None:
+        await audit_event(self.ctx, kind, f"technician:{self.technician}", self.device or None,
+                          client=self.peer, **data)
+
+    # -- the live session, as the registry sees it -----------------------------------------
     @property
     def technician(self) -> str:
         return self.target.technician if self.target else ""
@@ -154,32 +344,31 @@ class BrokerConnection(asyncssh.SSHServer):
     async def warn(self, text: str) -> None:
         for channel in list(self.channels):
             with contextlib.suppress(Exception):
-                await channel.notice(text)  # type: ignore[attr-defined]
+                await channel.notice(text)
 
     async def terminate(self, reason: str) -> None:
         """Close every channel with a one-line notice, then the connection."""
         if self.closing is not None:
             return
         self.closing = reason
-        await asyncio.gather(*(channel.close_with(reason)  # type: ignore[attr-defined]
-                               for channel in list(self.channels)), return_exceptions=True)
+        await asyncio.gather(*(channel.close_with(reason) for channel in list(self.channels)),
+                             return_exceptions=True)
         if self.conn is not None:
             self.conn.close()
         if self.upstream is not None:
             self.upstream.close()
 
     async def _finish(self, reason: str) -> None:
-        self.services.sessions.remove(self)  # type: ignore[arg-type]
+        self.services.sessions.remove(self)
         if self.upstream is not None:
             self.upstream.close()
-        if self.recording is not None:
-            await self.recording.close(self.closing or reason)
-        if self.session_id is not None:
-            await close_session(self.ctx, self.session_id, self.closing or reason)
-
-    async def _refused_channel(self, kind: str, where: str) -> None:
-        await audit_event(self.ctx, "channel.refused", f"technician:{self.technician}",
-                          self.device or None, channel=kind, destination=where, client=self.peer)
+        try:
+            if self.recording is not None:
+                await self.recording.close(self.closing or reason)
+            if self.session_id is not None:
+                await close_session(self.ctx, self.session_id, self.closing or reason)
+        except (BrokerError, OSError) as exc:
+            log.error("closing the session failed", session=self.session_id, error=str(exc))
 
 
 _tasks: set[asyncio.Future[object]] = set()
@@ -190,6 +379,23 @@ def _background(work: Coroutine[object, object, object]) -> None:
     task = asyncio.ensure_future(work)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+def _wrap_key_validation(conn: asyncssh.SSHServerConnection, owner: BrokerConnection) -> None:
+    """Let the owner see the outcome of each key check, signature included, and veto it.
+
+    asyncssh has no "partial success": publickey AND keyboard-interactive is built by
+    refusing a proven key (remembered by the owner) and then offering keyboard-interactive.
+    The signature check lives in the connection's own ``validate_public_key``, so it is
+    wrapped on this instance.
+    """
+    original = conn.validate_public_key
+
+    async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
+        valid = await original(username, key_data, msg, signature)
+        return owner.key_validated(valid, signed=bool(msg))
+
+    conn.validate_public_key = validate  # type: ignore[method-assign]
 
 
 def _closing_text(decision: AccessDecision) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from broker.store.types import UTCDateTime
@@ -21,6 +21,7 @@ class Technician(SQLModel, table=True):
     email: str | None = Field(default=None, max_length=320)
     disabled: bool = False
     totp_secret: bytes | None = Field(default=None, sa_type=LargeBinary)  # vault-encrypted
+    totp_last_step: int | None = None  # newest TOTP time step accepted (replay protection)
     created_at: datetime = _utc()  # type: ignore[assignment]
 
 
@@ -145,3 +146,19 @@ class AuditEvent(SQLModel, table=True):
     data: str  # canonical JSON
     prev_hash: str = Field(max_length=64, unique=True)
     hash: str = Field(max_length=64)
+
+
+class IssuedCertificate(SQLModel, table=True):
+    """A short-lived OpenSSH user certificate the broker signed for one grant."""
+
+    __tablename__ = "issued_certificate"
+    id: int | None = Field(default=None, primary_key=True)
+    serial: int = Field(sa_type=BigInteger, unique=True)
+    grant_id: int = Field(foreign_key="grant.id", index=True)
+    technician_id: int = Field(foreign_key="technician.id")
+    key_fingerprint: str = Field(max_length=100)
+    key_id: str = Field(max_length=200)
+    valid_after: datetime = _utc()  # type: ignore[assignment]
+    valid_before: datetime = _utc()  # type: ignore[assignment]
+    issued_at: datetime = _utc()  # type: ignore[assignment]
+    issued_by: str = Field(max_length=200)

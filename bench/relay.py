@@ -1,0 +1,150 @@
+"""Relay benchmark: the broker against a plain OpenSSH ProxyJump bastion, side by side.
+
+    .venv/bin/python bench/relay.py [--size-mib 200] [--rounds 3] [--latency-runs 20]
+
+Starts, on loopback: a device (real sshd), a bastion (a second real sshd used as ProxyJump)
+and `broker serve` with recording on. Measures scp upload/download wall time (SFTP-based scp
+and legacy `scp -O`), `ssh ... true` setup latency, and the broker's peak RSS (VmHWM).
+Writes bench/results/relay-<UTC time>.json and prints a summary with ratios vs the bastion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.integration.harness import BrokerProcess, SshdDevice
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, timeout=600)
+    return time.perf_counter() - start
+
+
+class Paths:
+    """The three ways to reach the device, as ssh/scp argument lists."""
+
+    def __init__(self, work: Path, device: SshdDevice, bastion: SshdDevice,
+                 broker: BrokerProcess, tech_key: Path) -> None:
+        user = device.user
+        self.config = work / "ssh_config"
+        self.config.write_text(
+            "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+            "  LogLevel ERROR\n  BatchMode yes\n  IdentitiesOnly yes\n"
+            f"  IdentityFile {tech_key}\n"
+            f"Host bastion\n  HostName 127.0.0.1\n  Port {bastion.port}\n  User {user}\n"
+            f"Host device-direct device-via-bastion\n  HostName 127.0.0.1\n"
+            f"  Port {device.port}\n  User {user}\n"
+            f"Host device-via-bastion\n  ProxyJump bastion\n"
+            f"Host broker\n  HostName 127.0.0.1\n  Port {broker.port}\n  User tech+dev\n")
+
+    def ssh(self, host: str, *command: str) -> list[str]:
+        return ["ssh", "-F", str(self.config), host, *command]
+
+    def scp(self, legacy: bool, src: str, dst: str) -> list[str]:
+        return ["scp", "-F", str(self.config), *(["-O"] if legacy else []), src, dst]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=20)
+    args = parser.parse_args()
+
+    with TemporaryDirectory(prefix="broker-bench-") as tmp:
+        work = Path(tmp)
+        device = SshdDevice(work / "device").start()
+        bastion = SshdDevice(work / "bastion").start()
+        broker = BrokerProcess(work / "broker").init()
+        try:
+            broker.cli("approver", "add", "approver", "--email", "a@hospital.example")
+            tech_key = broker.add_tech("tech")
+            broker.add_sshd_device("dev", device)
+            broker.grant("tech", "dev", "8h")
+            for sshd in (device, bastion):
+                authorized = sshd.root / "authorized_keys"
+                authorized.write_text(authorized.read_text()
+                                      + Path(f"{tech_key}.pub").read_text())
+            broker.serve()
+            assert broker.proc is not None
+            paths = Paths(work, device, bastion, broker, tech_key)
+            result = run(paths, work, args, broker.proc.pid)
+        finally:
+            broker.stop()
+            bastion.stop()
+            device.stop()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"relay-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    print(f"written to {out}")
+
+
+def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> dict:
+    source = work / "payload.bin"
+    with source.open("wb") as handle:
+        for _ in range(args.size_mib):
+            handle.write(os.urandom(1 << 20))
+    routes = {"direct": "device-direct", "bastion": "device-via-bastion", "broker": "broker"}
+    remote = f"/tmp/broker-bench-{os.getpid()}.bin"
+    transfers: dict[str, dict[str, list[float]]] = {}
+    for legacy in (False, True):
+        mode = "scp-legacy" if legacy else "scp-sftp"
+        for name in routes:
+            for direction in ("upload", "download"):
+                transfers.setdefault(f"{mode}/{direction}", {}).setdefault(name, [])
+        for _ in range(args.rounds):
+            for name, host in routes.items():
+                up = timed(paths.scp(legacy, str(source), f"{host}:{remote}"))
+                down = timed(paths.scp(legacy, f"{host}:{remote}", str(work / "back.bin")))
+                transfers[f"{mode}/upload"][name].append(up)
+                transfers[f"{mode}/download"][name].append(down)
+    os.unlink(remote)
+    latency: dict[str, list[float]] = {name: [] for name in routes}
+    for _ in range(args.latency_runs):
+        for name, host in routes.items():
+            latency[name].append(timed(paths.ssh(host, "true")))
+    best = {k: {n: min(v) for n, v in by.items()} for k, by in transfers.items()}
+    median_latency = {n: statistics.median(v) for n, v in latency.items()}
+    summary = {
+        "size_mib": args.size_mib,
+        "transfer_seconds_best": best,
+        "broker_throughput_vs_bastion": {
+            k: round(v["bastion"] / v["broker"], 2) for k, v in best.items()},
+        "broker_time_vs_direct": {k: round(v["broker"] / v["direct"], 2)
+                                  for k, v in best.items()},
+        "setup_latency_median_s": {n: round(v, 4) for n, v in median_latency.items()},
+        "broker_setup_vs_bastion": round(median_latency["broker"] / median_latency["bastion"],
+                                         2),
+        "broker_peak_rss_mib": round(peak_rss_mib(broker_pid), 1),
+    }
+    return {"benchmark": "relay", "when": datetime.now(UTC).isoformat(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "openssh": subprocess.run(["ssh", "-V"], capture_output=True,
+                                                  text=True).stderr.strip()},
+            "raw": {"transfers": transfers, "latency": latency}, "summary": summary}
+
+
+if __name__ == "__main__":
+    main()

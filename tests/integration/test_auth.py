@@ -1,0 +1,150 @@
+"""Technician authentication with the stock client: broker-issued certificates (valid only
+for the grant's window and principal, useless once revoked) and TOTP when a policy asks."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from tests.integration.harness import BrokerProcess, SshdDevice, keygen
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
+           ) -> Iterator[BrokerProcess]:
+    proc = BrokerProcess(tmp_path_factory.mktemp("broker")).init()
+    (proc.root / "policies" / "auth.yaml").write_text(
+        "policies:\n"
+        "  - name: totp-devices\n    devices: {tags: [totp]}\n    require_totp: true\n"
+        "  - name: others\n    max_duration: 8h\n")
+    proc.cli("approver", "add", "approver", "--email", "a@hospital.example")
+    for tech in ("alice", "bob", "carol"):
+        proc.add_tech(tech)
+    proc.add_sshd_device("dev", sshd_device)
+    proc.cli("device", "add", "secure-dev", "--host", "127.0.0.1", "--port",
+             str(sshd_device.port), "--user", sshd_device.user, "--key",
+             str(sshd_device.login_key), "--tag", "totp")
+    proc.serve()
+    yield proc
+    proc.stop()
+
+
+def cert_ssh(broker: BrokerProcess, user: str, key: Path, cert: Path, *command: str
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-p", str(broker.port), "-i", str(key), "-o", f"CertificateFile={cert}",
+         "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+         "-l", user, "127.0.0.1", *command], capture_output=True, text=True, timeout=30)
+
+
+def issue(broker: BrokerProcess, grant: int, key: Path) -> Path:
+    cert = key.with_name(f"{key.name}-grant{grant}-cert.pub")
+    broker.cli("cert", "issue", "--grant", str(grant), "--key", f"{key}.pub", "--out",
+               str(cert))
+    return cert
+
+
+def test_certificate_login_for_the_grant(broker, tmp_path):
+    grant = broker.grant("alice", "dev")
+    key = keygen(tmp_path / "laptop_key")  # not alice's registered key: only the cert works
+    run = cert_ssh(broker, "alice+dev", key, issue(broker, grant, key), "echo via-cert")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "via-cert\n"
+    bare = subprocess.run([*broker.ssh_args("alice+dev", "alice")[:1], "-p", str(broker.port),
+                           "-i", str(key), "-o", "IdentitiesOnly=yes", "-o",
+                           "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                           "-o", "BatchMode=yes", "-l", "alice+dev", "127.0.0.1", "true"],
+                          capture_output=True, text=True, timeout=30)
+    assert bare.returncode == 255 and "Permission denied" in bare.stderr
+
+
+def test_certificate_for_another_principal_is_refused(broker, tmp_path):
+    grant = broker.grant("bob", "dev")
+    key = keygen(tmp_path / "bob_laptop")
+    cert = issue(broker, grant, key)
+    run = cert_ssh(broker, "alice+dev", key, cert, "true")  # bob's cert, alice's name
+    assert run.returncode == 255 and "Permission denied" in run.stderr
+
+
+def test_certificate_after_revoke_is_refused(broker, tmp_path):
+    grant = broker.grant("carol", "dev")
+    key = keygen(tmp_path / "carol_laptop")
+    cert = issue(broker, grant, key)
+    assert cert_ssh(broker, "carol+dev", key, cert, "true").returncode == 0
+    broker.cli("grant", "revoke", str(grant))
+    run = cert_ssh(broker, "carol+dev", key, cert, "true")
+    assert run.returncode != 0
+    assert "revoked" in run.stderr
+
+
+def test_expired_certificate_is_refused(broker, tmp_path):
+    grant = broker.grant("bob", "dev", "3s")
+    key = keygen(tmp_path / "bob_short")
+    cert = issue(broker, grant, key)
+    time.sleep(3.5)
+    run = cert_ssh(broker, "bob+dev", key, cert, "true")
+    assert run.returncode == 255 and "Permission denied" in run.stderr
+
+
+def askpass(tmp_path: Path, code_source: str) -> Path:
+    script = tmp_path / f"askpass-{len(list(tmp_path.iterdir()))}.py"
+    script.write_text(f"#!{sys.executable}\n{code_source}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def totp_ssh(broker: BrokerProcess, user: str, tech: str, script: Path, *command: str
+             ) -> subprocess.CompletedProcess[str]:
+    args = ["BatchMode=no" if a == "BatchMode=yes" else a for a in broker.ssh_args(user, tech)]
+    return subprocess.run([*args, *command], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, "SSH_ASKPASS": str(script),
+                               "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"})
+
+
+def enroll(broker: BrokerProcess, tech: str) -> str:
+    data = broker.cli_json("tech", "totp", "enroll", tech)
+    assert isinstance(data, dict)
+    return str(data["secret"])
+
+
+def test_totp_required_by_policy(broker, tmp_path):
+    secret = enroll(broker, "alice")
+    broker.grant("alice", "secure-dev")
+    good = askpass(tmp_path, f"import pyotp; print(pyotp.TOTP({secret!r}).now())")
+    run = totp_ssh(broker, "alice+secure-dev", "alice", good, "echo with-totp")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "with-totp\n"
+    tail = json.loads(broker.cli("audit", "tail", "-n", "15", "--json").out)
+    assert any(e["kind"] == "login.succeeded" and e["data"]["method"] == "publickey+totp"
+               for e in tail)
+
+
+def test_wrong_or_replayed_totp_is_refused(broker, tmp_path):
+    secret = enroll(broker, "bob")
+    broker.grant("bob", "secure-dev")
+    wrong = askpass(tmp_path, "print('000000')")
+    run = totp_ssh(broker, "bob+secure-dev", "bob", wrong, "true")
+    assert run.returncode == 255 and "Permission denied" in run.stderr
+    code = pyotp.TOTP(secret).now()
+    fixed = askpass(tmp_path, f"print({code!r})")
+    first = totp_ssh(broker, "bob+secure-dev", "bob", fixed, "true")
+    second = totp_ssh(broker, "bob+secure-dev", "bob", fixed, "true")
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 255, "a TOTP code must work only once"
+
+
+def test_key_alone_is_not_enough_when_totp_is_required(broker):
+    broker.grant("carol", "secure-dev")
+    run = broker.ssh("carol+secure-dev", "true")  # BatchMode: no keyboard-interactive
+    assert run.code == 255 and "Permission denied" in run.err
