@@ -71,6 +71,9 @@ class SSHSection(_Section):
     listen: str = "0.0.0.0:2222"
     proxy_protocol: bool = False
     proxy_trusted: tuple[str, ...] = ()  # CIDRs allowed to send PROXY headers; empty = any
+    # Offered to technicians' clients. AES-GCM is one C call per packet in asyncssh; offering
+    # chacha20 or CTR would let OpenSSH clients pick them first (their preference wins).
+    ciphers: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
     host_key: str = "data/ssh_host_ed25519_key"
     user_ca: str = "data/user_ca"
     login_grace: int = Field(default=60, ge=1, le=3600)

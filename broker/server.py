@@ -25,11 +25,11 @@ from broker.services.sessions import mark_interrupted
 from broker.ssh.channel import handle_process
 from broker.ssh.connection import BrokerConnection, ConnectionServices
 from broker.ssh.proxy_protocol import ProxiedAcceptor, listen_with_proxy_protocol
-from broker.ssh.upstream import FAST_CIPHERS
 from broker.store.models import AuditEvent
 
 log = structlog.get_logger("broker.server")
 FEED_INTERVAL = 0.25
+RELAY_WINDOW = 8 * 1024 * 1024
 RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved")
 
 
@@ -70,7 +70,8 @@ class Server:
                 server_host_keys=[host_key], encoding=None,
                 line_editor=False, agent_forwarding=False, allow_scp=False,
                 x11_forwarding=False, compression_algs=None,
-                encryption_algs=FAST_CIPHERS, login_timeout=settings.ssh.login_grace,
+                encryption_algs=list(settings.ssh.ciphers), window=RELAY_WINDOW,
+                login_timeout=settings.ssh.login_grace,
                 reuse_address=True, server_version="VendorAccessBroker", **extra)
         except OSError as exc:
             raise ConfigError(f"[ssh] listen = {settings.ssh.listen!r}: cannot listen: "

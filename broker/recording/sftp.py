@@ -36,7 +36,6 @@ Paths are decoded as UTF-8 with ``\\xNN`` escapes for other bytes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import struct
 import time
@@ -44,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .flusher import Flusher
+from .hashing import BackgroundSHA256
 from .oplog import OpLog, decode_path
 
 __all__ = ["SFTPRecorder"]
@@ -107,7 +107,7 @@ class _OrderedHash:
     __slots__ = ("broken", "heap", "limit", "next", "pending", "seq", "sha", "start")
 
     def __init__(self, limit: int) -> None:
-        self.sha = hashlib.sha256()
+        self.sha = BackgroundSHA256()
         self.start: int | None = None
         self.next = 0
         self.heap: list[tuple[int, int, bytes]] = []

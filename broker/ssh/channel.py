@@ -12,13 +12,13 @@ from datetime import datetime
 
 import asyncssh
 import structlog
-from broker.recording.scp import SCPRecorder, is_scp_command
-from broker.recording.sftp import SFTPRecorder
 
 from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
 from broker.errors import BrokerError
 from broker.recording import SessionRecording
+from broker.recording.scp import SCPRecorder, is_scp_command
+from broker.recording.sftp import SFTPRecorder
 from broker.ssh.connection import BrokerConnection
 from broker.ssh.menu import run_menu
 from broker.ssh.streams import SSHReceive, SSHSend, pump
