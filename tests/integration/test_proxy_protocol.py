@@ -10,20 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.harness import BrokerProcess, SshdDevice
-
-RELAY = """\
-import socket, sys, threading
-sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-sock.sendall(bytes.fromhex(sys.argv[3]))
-def upstream():
-    while data := sys.stdin.buffer.read1(65536):
-        sock.sendall(data)
-    sock.shutdown(socket.SHUT_WR)
-threading.Thread(target=upstream, daemon=True).start()
-while data := sock.recv(65536):
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-"""
+from tests.proxy_relay import RELAY
 
 
 @pytest.fixture(scope="module")

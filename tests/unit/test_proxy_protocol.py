@@ -31,6 +31,7 @@ from broker.ssh.proxy_protocol import (
     parse_v2,
     read_proxy_header,
 )
+from tests.proxy_relay import RELAY
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 SSH_BYTES = b"SSH-2.0-OpenSSH_9.6\r\n\x00\x00\x01\x0c\x0a\x14"
@@ -507,7 +508,7 @@ async def test_openssh_client_through_a_proxy_command(start: Start, tmp_path: Pa
     CLIENT_KEY.write_private_key(str(key))
     key.chmod(0o600)
     helper = tmp_path / "proxy.py"
-    helper.write_text(PROXY_HELPER)
+    helper.write_text(RELAY)
     header = v2(("198.51.100.77", 50123), tlvs=tlv(0x04, b"")).hex()
     proc = await asyncio.create_subprocess_exec(
         "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
@@ -521,16 +522,3 @@ async def test_openssh_client_through_a_proxy_command(start: Start, tmp_path: Pa
     assert out.decode().strip() == "198.51.100.77:50123"
 
 
-PROXY_HELPER = """\
-import socket, sys, threading
-sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-sock.sendall(bytes.fromhex(sys.argv[3]))
-def upstream():
-    while data := sys.stdin.buffer.read1(65536):
-        sock.sendall(data)
-    sock.shutdown(socket.SHUT_WR)
-threading.Thread(target=upstream, daemon=True).start()
-while data := sock.recv(65536):
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-"""
