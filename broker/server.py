@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
 from typing import Any
@@ -133,10 +132,14 @@ async def run_server(config: Config) -> None:
     configure_logging()
     server = Server(Context.open(config))
     await server.start()
+    print(f"broker: serving SSH on port {server.ssh_port}", flush=True)
+    await server.run(stop_on_signals())
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (POSIX only, like the rest of the broker)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    print(f"broker: serving SSH on port {server.ssh_port}", flush=True)
-    await server.run(stop)
+        loop.add_signal_handler(sig, stop.set)
+    return stop

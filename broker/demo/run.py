@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import secrets
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +17,7 @@ from broker.audit.logging import log_to_file
 from broker.cli.admin import initialise, migrate_database
 from broker.config import load_config
 from broker.demo import start_simulated_device
-from broker.server import Server
+from broker.server import Server, stop_on_signals
 from broker.services.context import Context
 from broker.services.directory import Directory, parse_public_keys
 from broker.store.models import Device
@@ -69,13 +66,8 @@ async def _demo(root: Path, ssh_port: int) -> None:
         f"  IdentityFile {tech_key}\n  IdentitiesOnly yes\n"
         f"  UserKnownHostsFile {known_hosts}\n  HostKeyAlias [localhost]:{server.ssh_port}\n")
     click.echo(walkthrough(root, server.ssh_port))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await server.run(stop)
+        await server.run(stop_on_signals())
     finally:
         await device.close()
 

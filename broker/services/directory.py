@@ -12,6 +12,7 @@ from sqlmodel import col, select
 from broker.domain.usernames import UsernameError, check_name
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
+from broker.services.grants import revoke_all_on_device
 from broker.services.lookup import by_name, maybe_by_name
 from broker.store.models import (
     Approver,
@@ -173,8 +174,6 @@ class Directory:
             await self.ctx.audit(db, f"device.{_state_event(state)}", self.actor, name,
                                  previous=previous)
             if state == "retired":
-                from broker.services.grants import revoke_all_on_device
-
                 await revoke_all_on_device(self.ctx, db, device, self.actor,
                                            reason="device retired")
         return device
