@@ -16,7 +16,7 @@ from broker.audit.logging import configure_logging
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.errors import ConfigError
-from broker.recording import default_flusher
+from broker.recording import default_flusher, seal_interrupted, signer_for
 from broker.revocation.registry import LiveSessions
 from broker.revocation.scheduler import Scheduler
 from broker.services.context import Context
@@ -29,6 +29,8 @@ from broker.store.models import AuditEvent
 log = structlog.get_logger("broker.server")
 FEED_INTERVAL = 0.25
 RELAY_WINDOW = 8 * 1024 * 1024
+# The largest packet we accept: peers that allow it (OpenSSH does) send fewer, larger packets.
+RELAY_PACKET = 256 * 1024
 RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved")
 
 
@@ -51,6 +53,7 @@ class Server:
         keys = KeyPaths.of(self.ctx.config)
         host_key = load_ssh_key(keys.host_key, "the SSH host key")
         self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
+        signer_for(self.ctx.config)  # likewise the recording signing key
         host, port = split_listen(settings.ssh.listen)
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
         ca_public = keys.user_ca.with_name(keys.user_ca.name + ".pub")
@@ -70,6 +73,7 @@ class Server:
                 line_editor=False, agent_forwarding=False, allow_scp=False,
                 x11_forwarding=False, compression_algs=None,
                 encryption_algs=list(settings.ssh.ciphers), window=RELAY_WINDOW,
+                max_pktsize=RELAY_PACKET,
                 login_timeout=settings.ssh.login_grace,
                 reuse_address=True, server_version="VendorAccessBroker", **extra)
         except OSError as exc:
@@ -78,6 +82,7 @@ class Server:
         self.ssh_port = self.listener.sockets[0].getsockname()[1]
         for row in await mark_interrupted(self.ctx):
             log.warning("session interrupted by the last stop", session=row.id)
+            await seal_interrupted(self.ctx.config, row.recording)
         services.public_port = port or self.ssh_port
         await self.scheduler.tick()
         log.info("serving", ssh=f"{host}:{self.ssh_port}", database=self.ctx.store.display_url,

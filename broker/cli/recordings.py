@@ -1,4 +1,4 @@
-"""``broker recordings list|show`` and ``broker replay``."""
+"""``broker recordings list|show|verify|pubkey`` and ``broker replay``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ from typing import Any
 import click
 
 from broker.cli._base import common, config_of, emit, fields, table
-from broker.errors import NotFound, UsageError
-from broker.recording import RecordingError, SessionInfo, iter_sessions, read_cast, replay
+from broker.errors import NotFound, Refused, UsageError
+from broker.recording import (
+    RecordingError,
+    SessionInfo,
+    Signer,
+    iter_sessions,
+    read_cast,
+    replay,
+    verify_all,
+    verify_session,
+)
 
 
 @click.group("recordings")
@@ -71,6 +80,45 @@ def recordings_show(ident: str, config_file: str | None, as_json: bool) -> None:
          ("started", d["started_at"]), ("ended", d["ended_at"]),
          ("end reason", d["end_reason"]), ("directory", d["directory"])]
         + [("file", name) for name in d["files"]]))
+
+
+@recordings.command("verify")
+@click.argument("ident", metavar="ID", required=False)
+@click.option("--all", "all_sessions", is_flag=True,
+              help="every session, and the chain linking them")
+@common()
+def recordings_verify(ident: str | None, all_sessions: bool, config_file: str | None,
+                      as_json: bool) -> None:
+    """Check a session's signed manifest: prints ok, or exactly what was altered."""
+    if (ident is None) == (not all_sessions):
+        raise UsageError("give either a session ID or --all (exactly one)")
+    config = config_of(config_file)
+    public_key = Signer.from_config(config).public_key
+    if ident is not None:
+        session = find_session(config_file, ident)
+        problems = verify_session(session.path, public_key)
+        emit(as_json, {"session": session.session_id, "directory": str(session.path),
+                       "ok": not problems, "problems": problems},
+             "\n".join(problems) or "ok")
+        if problems:
+            raise Refused(f"session {session.session_id} does not verify: {len(problems)} "
+                          f"problem{'s' if len(problems) > 1 else ''}")
+        return
+    results = verify_all(config.recordings_dir, public_key)
+    bad = {s: p for s, p in results.items() if p}
+    emit(as_json, {"ok": not bad, "sessions": [{"session": s, "ok": not p, "problems": p}
+                                                for s, p in results.items()]},
+         "\n".join(f"{s}: {line}" for s, p in bad.items() for line in p) or "ok")
+    if bad:
+        raise Refused(f"{len(bad)} of {len(results)} sessions do not verify")
+
+
+@recordings.command("pubkey")
+@common(json_output=False)
+def recordings_pubkey(config_file: str | None) -> None:
+    """Print the recording public key (PEM), to verify manifests elsewhere."""
+    click.echo(Signer.from_config(config_of(config_file)).public_pem().decode("ascii"),
+               nl=False)
 
 
 @click.command("replay")

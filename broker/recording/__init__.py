@@ -32,6 +32,16 @@ __all__ = [
     "replay",
 ]
 
+from .manifest import (
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    Signer,
+    seal_directory,
+    seal_interrupted,
+    signer_for,
+    verify_all,
+    verify_session,
+)
 from .oplog import OpLog
 from .scp import SCPCommand, SCPRecorder, is_scp_command, parse_scp_command
 from .sftp import SFTPRecorder
@@ -43,4 +53,15 @@ __all__ += [
     "SFTPRecorder",
     "is_scp_command",
     "parse_scp_command",
+]
+
+__all__ += [
+    "MANIFEST_FILE",
+    "SIGNATURE_FILE",
+    "Signer",
+    "seal_directory",
+    "seal_interrupted",
+    "signer_for",
+    "verify_all",
+    "verify_session",
 ]

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .asciicast import AsciicastWriter, Clock, ExecLog
-from .flusher import Flusher
+from .flusher import Flusher, default_flusher
+
+if TYPE_CHECKING:
+    from .manifest import Signer
+
+log = logging.getLogger(__name__)
 
 METADATA_FILE = "session.json"
 DIR_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -46,8 +53,10 @@ class SessionRecording:
         flusher: Flusher | None = None,
         clock: Clock = time.monotonic,
         now: Callable[[], datetime] = _utc_now,
+        signer: Signer | None = None,
     ) -> None:
         self._path = path
+        self._signer = signer
         self._metadata = metadata
         self._flusher = flusher
         self._clock = clock
@@ -67,12 +76,14 @@ class SessionRecording:
         flusher: Flusher | None = None,
         clock: Clock = time.monotonic,
         now: Callable[[], datetime] = _utc_now,
+        signer: Signer | None = None,
     ) -> SessionRecording:
         """Create the session directory and its ``session.json``.
 
         ``metadata`` should name ``technician``, ``vendor``, ``device``, ``grant`` and
         ``client`` (address); ``session``, ``started_at``, ``ended_at`` and ``end_reason``
-        are filled in here.
+        are filled in here. With a ``signer`` (the recording key), :meth:`close` seals the
+        directory: ``manifest.json`` and ``manifest.sig`` (see :mod:`.manifest`).
         """
         root.mkdir(mode=0o750, parents=True, exist_ok=True)
         path = root / directory_name(started_at, session_id)
@@ -85,7 +96,7 @@ class SessionRecording:
             "ended_at": None,
             "end_reason": None,
         }
-        recording = cls(path, full, flusher=flusher, clock=clock, now=now)
+        recording = cls(path, full, flusher=flusher, clock=clock, now=now, signer=signer)
         _write_json_atomically(path / METADATA_FILE, full, sync=False)
         recording._files.append(path / METADATA_FILE)
         return recording
@@ -153,12 +164,14 @@ class SessionRecording:
         return log
 
     async def close(self, end_reason: str) -> None:
-        """Close every writer, record the end in ``session.json`` and sync it all to disk."""
+        """Close every writer, record the end in ``session.json`` and sync it all to disk;
+        with a signer, seal the directory (a failure to seal is logged, not raised)."""
         if self._closed:
             return
         self._closed = True
         for writer in self._writers:
             writer.close()
+        self._close_other_files()
         self._metadata["ended_at"] = self._now().astimezone(UTC).isoformat()
         self._metadata["end_reason"] = end_reason
         await asyncio.to_thread(self._finish, dict(self._metadata))
@@ -169,6 +182,22 @@ class SessionRecording:
                 _fsync_path(path)
         _write_json_atomically(self._path / METADATA_FILE, metadata, sync=True)
         _fsync_path(self._path.parent)
+        if self._signer is not None:
+            from .manifest import seal_directory
+
+            try:
+                seal_directory(self._path, self._signer, sealed_by="close", now=self._now)
+            except (OSError, ValueError):
+                log.exception("recording: cannot seal %s", self._path)
+
+    def _close_other_files(self) -> None:
+        """Close the logs other recorders opened in this directory (SFTP, scp, forwards), so
+        nothing is appended after the session ends (and, sealed, the manifest stays true)."""
+        flushers = {id(f): f for f in (self._flusher, default_flusher()) if f is not None}
+        for flusher in flushers.values():
+            for file in list(flusher._files):
+                if file.path.parent == self._path:
+                    file.close()
 
     def _broker_header(self, channel: int) -> dict[str, object]:
         md = self._metadata

@@ -21,7 +21,7 @@ from broker.domain.grants import AccessDecision, Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.usernames import Target, UsernameError, parse_username
 from broker.errors import BrokerError
-from broker.recording import SessionRecording
+from broker.recording import SessionRecording, signer_for
 from broker.recording.forward import ForwardLog
 from broker.revocation.registry import LiveSessions
 from broker.services import totp
@@ -317,7 +317,8 @@ class BrokerConnection(asyncssh.SSHServer):
                 self.ctx.config.recordings_dir, self.session_id, now,
                 {"technician": access.technician.name, "vendor": access.technician.vendor,
                  "device": access.device.name, "grant": access.grant.id, "client": self.peer,
-                 "node": self.ctx.node})
+                 "node": self.ctx.node},
+                signer=signer_for(self.ctx.config))
             await open_session(self.ctx, access.grant, access.technician, access.device,
                                self.peer, channel, self.recording.path.name, self.session_id)
             self.services.sessions.add(self)

@@ -21,7 +21,7 @@ async def connect_device(ctx: Context, device_id: int,
         connection = await asyncssh.connect(
             login.host, login.port, username=login.user, known_hosts=_known_hosts(login),
             encryption_algs=FAST_CIPHERS, compression_algs=None, agent_path=None,
-            window=8 * 1024 * 1024,
+            window=8 * 1024 * 1024, max_pktsize=256 * 1024,
             agent_forwarding=False, connect_timeout=timeout, config=None,
             **_auth(login))
     except asyncssh.HostKeyNotVerifiable:

@@ -1,0 +1,365 @@
+"""Sealing recorded sessions: a signed manifest per session, chained from one session to the next.
+
+When a session ends, ``manifest.json`` lists every file of its directory with its size and
+SHA-256, the session's metadata, and a link to the previously sealed session (its id and the
+SHA-256 of its ``manifest.json`` bytes). ``manifest.sig`` is the Ed25519 signature (base64) of
+the exact ``manifest.json`` bytes, made with the broker's recording key.
+
+The link follows the order in which sessions were sealed (sessions overlap, so this is not the
+order of their directory names): each seal links to the last one, recorded in
+``.chain-head.json`` in the recordings root, under an exclusive ``flock`` on ``.seal.lock``.
+Deleting a sealed session therefore leaves a dangling link in the next one, and deleting the
+last one leaves the head pointing at nothing; both are reported by :func:`verify_all`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from broker.errors import ConfigError
+
+from .session import METADATA_FILE, _fsync_path, _write_json_atomically
+
+if TYPE_CHECKING:
+    from broker.config import Config
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+LOCK_FILE = ".seal.lock"
+HEAD_FILE = ".chain-head.json"
+MANIFEST_VERSION = 1
+INTERRUPTED = "interrupted"
+_SEAL_FILES = frozenset({MANIFEST_FILE, SIGNATURE_FILE})
+_CHUNK = 1024 * 1024
+
+BAD_SIGNATURE = "manifest signature does not match: the manifest was altered or replaced"
+NOT_SEALED = "not sealed"
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The recording key, which signs manifests."""
+
+    key: Ed25519PrivateKey
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self.key.public_key()
+
+    def public_pem(self) -> bytes:
+        return self.public_key.public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Signer:
+        """Load an Ed25519 PKCS8 PEM private key (``broker init`` creates it)."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: the recording signing key is missing "
+                              "(run 'broker init')") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the recording signing key: "
+                              f"{exc.strerror or exc}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a usable recording signing key ({exc})") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"{path}: the recording signing key must be Ed25519")
+        return cls(key)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Signer:
+        from broker.credentials.keys import KeyPaths
+
+        return cls.from_file(KeyPaths.of(config).recording_key)
+
+
+_signers: dict[Path, Signer] = {}
+
+
+def signer_for(config: Config) -> Signer:
+    """The configured recording key, loaded once per process (raises ConfigError)."""
+    from broker.credentials.keys import KeyPaths
+
+    path = KeyPaths.of(config).recording_key
+    signer = _signers.get(path)
+    if signer is None:
+        signer = _signers[path] = Signer.from_file(path)
+    return signer
+
+
+def public_key_of(config: Config) -> Ed25519PublicKey:
+    return Signer.from_config(config).public_key
+
+
+def canonical(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+                      ).encode("utf-8")
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _session_id(directory: Path) -> str:
+    return directory.name.partition("-")[2] or directory.name
+
+
+def _content_files(directory: Path) -> list[tuple[str, Path]]:
+    """Every file of a session directory (recursively) except the seal itself, by name."""
+    found = []
+    for path in directory.rglob("*"):
+        name = path.relative_to(directory).as_posix()
+        if name in _SEAL_FILES or not path.is_file() or path.is_symlink():
+            continue
+        found.append((name, path))
+    return sorted(found)
+
+
+def _file_entries(directory: Path) -> list[dict[str, Any]]:
+    entries = []
+    for name, path in _content_files(directory):
+        size, digest = _sha256_file(path)
+        entries.append({"name": name, "size": size, "sha256": digest})
+    return entries
+
+
+@contextlib.contextmanager
+def _chain_lock(root: Path) -> Iterator[None]:
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _last_sealed(root: Path, exclude: str) -> dict[str, Any] | None:
+    """The head of the chain: the session sealed last, as ``previous`` names it."""
+    head = _read_json(root / HEAD_FILE)
+    if head is not None and head.get("directory") != exclude:
+        return {"session": head.get("session"), "manifest_sha256": head.get("manifest_sha256")}
+    # No head yet (or it was lost): the sealed session with the latest seal time.
+    best: tuple[str, str, dict[str, Any]] | None = None
+    for directory in sorted(root.iterdir()):
+        if directory.name == exclude or not (directory / MANIFEST_FILE).is_file():
+            continue
+        data = (directory / MANIFEST_FILE).read_bytes()
+        manifest = _read_json(directory / MANIFEST_FILE) or {}
+        key = (str(manifest.get("sealed_at") or ""), directory.name)
+        if best is None or key > best[:2]:
+            best = (*key, {"session": _session_id(directory),
+                           "manifest_sha256": hashlib.sha256(data).hexdigest()})
+    return best[2] if best is not None else None
+
+
+def seal_directory(path: Path, signer: Signer, *, sealed_by: str = "recovery",
+                   now: Callable[[], datetime] | None = None) -> bool:
+    """Write ``manifest.json`` and ``manifest.sig`` for a session directory.
+
+    A session that is not marked ended in ``session.json`` (the broker stopped under it) is
+    first marked ended now, with end reason ``interrupted``. A directory that is already
+    sealed is left alone (re-sealing would break the link from the session after it).
+    Returns whether a seal was written.
+    """
+    moment = (now or (lambda: datetime.now(UTC)))()
+    root = path.parent
+    with _chain_lock(root):
+        if (path / MANIFEST_FILE).exists():
+            return False
+        metadata = _read_json(path / METADATA_FILE)
+        if metadata is None or not metadata.get("ended_at"):
+            metadata = {"session": _session_id(path), **(metadata or {})}
+            metadata["ended_at"] = moment.astimezone(UTC).isoformat()
+            metadata["end_reason"] = metadata.get("end_reason") or INTERRUPTED
+            _write_json_atomically(path / METADATA_FILE, metadata, sync=True)
+        previous = _last_sealed(root, exclude=path.name) or {}
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "session": _session_id(path),
+            "metadata": metadata,
+            "files": _file_entries(path),
+            "previous": {"session": previous.get("session"),
+                         "manifest_sha256": previous.get("manifest_sha256")},
+            "sealed_at": moment.astimezone(UTC).isoformat(),
+            "sealed_by": sealed_by,
+        }
+        data = canonical(manifest)
+        signature = base64.b64encode(signer.sign(data)) + b"\n"
+        # The signature first: a directory counts as sealed once manifest.json exists.
+        _write_atomically(path / SIGNATURE_FILE, signature)
+        _write_atomically(path / MANIFEST_FILE, data)
+        _fsync_path(path)
+        head = {"directory": path.name, "session": manifest["session"],
+                "manifest_sha256": hashlib.sha256(data).hexdigest()}
+        _write_atomically(root / HEAD_FILE, canonical(head) + b"\n")
+        _fsync_path(root)
+    return True
+
+
+async def seal_interrupted(config: Config, recording: str | None) -> None:
+    """Seal the recording a stopped broker left open (``Server.start``); never raises."""
+    import asyncio
+
+    if not recording:
+        return
+    path = config.recordings_dir / recording
+    try:
+        if not path.is_dir():
+            log.warning("recording: interrupted session %s has no directory", recording)
+            return
+        signer = signer_for(config)
+        await asyncio.to_thread(seal_directory, path, signer, sealed_by="recovery")
+    except Exception:
+        log.exception("recording: cannot seal interrupted session %s", recording)
+
+
+# -- verification --------------------------------------------------------------------------
+
+def _check_signature(path: Path, public_key: Ed25519PublicKey) -> tuple[bytes | None, list[str]]:
+    manifest_path, sig_path = path / MANIFEST_FILE, path / SIGNATURE_FILE
+    if not manifest_path.is_file():
+        return None, [NOT_SEALED]
+    data = manifest_path.read_bytes()
+    try:
+        signature = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
+    except FileNotFoundError:
+        return data, [f"{SIGNATURE_FILE} is missing: the manifest cannot be trusted"]
+    except (OSError, ValueError, binascii.Error):
+        return data, [BAD_SIGNATURE]
+    try:
+        public_key.verify(signature, data)
+    except InvalidSignature:
+        return data, [BAD_SIGNATURE]
+    return data, []
+
+
+def verify_session(path: Path, public_key: Ed25519PublicKey) -> list[str]:
+    """What is wrong with a sealed session directory; empty when it is intact."""
+    data, problems = _check_signature(path, public_key)
+    if data is None or problems:
+        return problems
+    try:
+        manifest = json.loads(data)
+        listed = {f["name"]: f for f in manifest["files"]}
+    except (ValueError, KeyError, TypeError):
+        return ["manifest is signed but unreadable (not a version 1 manifest)"]
+    if manifest.get("session") != _session_id(path):
+        problems.append(f"manifest belongs to session {manifest.get('session')}, "
+                        f"not {_session_id(path)} (the directory was renamed or replaced)")
+    present = dict(_content_files(path))
+    for name, entry in sorted(listed.items()):
+        file = present.get(name)
+        if file is None:
+            problems.append(f"file {name} listed in the manifest is missing")
+            continue
+        size, digest = _sha256_file(file)
+        if size < entry["size"]:
+            problems.append(f"file {name} was truncated ({size} bytes, manifest says "
+                            f"{entry['size']})")
+        elif size > entry["size"]:
+            problems.append(f"file {name} grew ({size} bytes, manifest says {entry['size']})")
+        elif digest != entry["sha256"]:
+            problems.append(f"file {name} was changed (sha256 differs)")
+    for name in sorted(present.keys() - listed.keys()):
+        problems.append(f"file {name} is not in the manifest (added after sealing)")
+    return problems
+
+
+def _chain_broken(previous: str, session: str) -> str:
+    return f"session {previous} before {session} is missing or its manifest changed (chain broken)"
+
+
+def verify_all(root: Path, public_key: Ed25519PublicKey) -> dict[str, list[str]]:
+    """Every session under ``root`` (by session id, oldest first) with its problems.
+
+    Besides each session's own check, each sealed session's link must name a session that
+    exists with exactly the manifest it was linked to, and the chain head must too. Sessions
+    still running (not ended, not sealed) are left out.
+    """
+    results: dict[str, list[str]] = {}
+    hashes: dict[str, str] = {}
+    links: dict[str, dict[str, Any]] = {}
+    if not root.is_dir():
+        return results
+    for directory in sorted(root.iterdir()):
+        if not directory.is_dir() or "-" not in directory.name:
+            continue
+        session = _session_id(directory)
+        if not (directory / MANIFEST_FILE).exists():
+            metadata = _read_json(directory / METADATA_FILE) or {}
+            if not metadata.get("ended_at"):
+                continue  # live
+        problems = verify_session(directory, public_key)
+        results[session] = problems
+        data, signature_problems = _check_signature(directory, public_key)
+        if data is None:
+            continue
+        hashes[session] = hashlib.sha256(data).hexdigest()
+        if not signature_problems:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                previous = json.loads(data).get("previous")
+                if isinstance(previous, dict):
+                    links[session] = previous
+    for session, previous in links.items():
+        before = previous.get("session")
+        if before is not None and hashes.get(before) != previous.get("manifest_sha256"):
+            results[session].append(_chain_broken(before, session))
+    head = _read_json(root / HEAD_FILE)
+    if head is not None and head.get("session"):
+        last = head["session"]
+        if hashes.get(last) != head.get("manifest_sha256"):
+            results.setdefault(last, []).append(
+                f"session {last}, the last one sealed, is missing or its manifest changed "
+                "(chain broken)")
+    return results
