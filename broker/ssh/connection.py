@@ -106,8 +106,8 @@ class BrokerConnection(asyncssh.SSHServer):
         if pending[self.source] > self.services.max_unauthenticated:
             _background(audit_event(self.ctx, "login.throttled", f"ssh:{self.peer}", None,
                                     client=self.peer, pending=pending[self.source]))
-            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                            "broker: too many unauthenticated connections from your address")
+            # Before the version exchange no message can be shown: close at once, cheaply.
+            conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave_pending()

@@ -148,3 +148,41 @@ def test_key_alone_is_not_enough_when_totp_is_required(broker):
     broker.grant("carol", "secure-dev")
     run = broker.ssh("carol+secure-dev", "true")  # BatchMode: no keyboard-interactive
     assert run.code == 255 and "Permission denied" in run.err
+
+
+def test_too_many_authentication_failures_disconnect(broker, tmp_path):
+    keys = [keygen(tmp_path / f"stranger{i}") for i in range(8)]
+    args = ["ssh", "-p", str(broker.port), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=INFO"]
+    for key in keys:
+        args += ["-i", str(key)]
+    run = subprocess.run([*args, "-l", "alice+dev", "127.0.0.1", "true"], capture_output=True,
+                         text=True, timeout=30)
+    assert run.returncode == 255
+    assert "too many authentication failures" in run.stderr
+    tail = json.loads(broker.cli("audit", "tail", "-n", "10", "--json").out)
+    assert any(e["kind"] == "login.throttled" for e in tail)
+
+
+def test_unauthenticated_connection_flood_from_one_source_is_cut(broker):
+    import socket
+
+    idle = []
+    try:
+        for _ in range(10):  # the limit: ten connections may sit unauthenticated
+            sock = socket.create_connection(("127.0.0.1", broker.port))
+            sock.sendall(b"SSH-2.0-idle\r\n")
+            idle.append(sock)
+        time.sleep(0.5)
+        run = broker.ssh("alice+dev", "true")
+        assert run.code == 255
+        assert "closed by remote host" in run.err or "reset" in run.err
+        tail = json.loads(broker.cli("audit", "tail", "-n", "10", "--json").out)
+        assert any(e["kind"] == "login.throttled" and e["data"].get("pending") == 11
+                   for e in tail)
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.5)
+    assert broker.ssh("alice+dev", "true").code in (0, 1)  # served again once they left
