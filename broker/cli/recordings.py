@@ -1,14 +1,16 @@
-"""``broker recordings list|show|verify|pubkey`` and ``broker replay``."""
+"""``broker recordings list|search|show|verify|export|pubkey|hold|prune`` and ``broker replay``."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
 
-from broker.cli._base import common, config_of, emit, fields, table
+from broker.cli._base import actor, common, config_of, emit, fields, run, since, table
 from broker.errors import NotFound, Refused, UsageError
 from broker.recording import (
     RecordingError,
@@ -20,6 +22,8 @@ from broker.recording import (
     verify_all,
     verify_session,
 )
+from broker.recording.manifest import SIGNATURE_FILE, signer_for
+from broker.services.context import Context
 
 
 @click.group("recordings")
@@ -53,33 +57,127 @@ def find_session(config_file: str | None, ident: str) -> SessionInfo:
 
 
 @recordings.command("list")
-@click.option("--tech", default=None)
-@click.option("--device", "device_name", default=None)
+@click.option("--tech", default=None, help="technician name")
+@click.option("--device", "device_name", default=None, help="device name")
+@click.option("--vendor", default=None, help="the technician's vendor")
+@click.option("--grant", "grant_id", type=int, default=None, help="grant ID")
+@click.option("--since", "since_text", metavar="S", default=None,
+              help="started at or after (ISO 8601, or a duration like 7d: that long ago)")
+@click.option("--until", "until_text", metavar="S", default=None,
+              help="started before (ISO 8601, or a duration like 1d: that long ago)")
 @common()
-def recordings_list(tech: str | None, device_name: str | None, config_file: str | None,
-                    as_json: bool) -> None:
+def recordings_list(tech: str | None, device_name: str | None, vendor: str | None,
+                    grant_id: int | None, since_text: str | None, until_text: str | None,
+                    config_file: str | None, as_json: bool) -> None:
     """List recorded sessions, oldest first."""
-    data = [_info(s) for s in _sessions(config_file)
-            if (tech is None or s.metadata.get("technician") == tech)
-            and (device_name is None or s.metadata.get("device") == device_name)]
+    now = datetime.now(UTC)
+    start, end = since("--since", since_text, now), since("--until", until_text, now)
+    config = config_of(config_file)
+    holds = _holds(config.recordings_dir)
+    data = []
+    for s in _sessions(config_file):
+        meta = s.metadata
+        if ((tech is not None and meta.get("technician") != tech)
+                or (device_name is not None and meta.get("device") != device_name)
+                or (vendor is not None and meta.get("vendor") != vendor)
+                or (grant_id is not None and str(meta.get("grant")) != str(grant_id))
+                or (start is not None and s.started_at < start)
+                or (end is not None and s.started_at >= end)):
+            continue
+        data.append({**_info(s), "sealed": (s.path / SIGNATURE_FILE).is_file(),
+                     "hold": s.session_id in holds})
     emit(as_json, data, lambda: table(
-        [(d["id"], d["started_at"], d["technician"], d["device"], d["grant"],
-          d["end_reason"] or "live") for d in data],
-        ["id", "started", "technician", "device", "grant", "ended"]))
+        [(d["id"], d["started_at"], d["technician"], d["vendor"], d["device"], d["grant"],
+          d["end_reason"] or "live", d["sealed"], d["hold"]) for d in data],
+        ["id", "started", "technician", "vendor", "device", "grant", "ended", "sealed",
+         "hold"]))
+
+
+def _holds(root: Path) -> dict[str, dict[str, Any]]:
+    from broker.recording.retention import read_holds
+
+    try:
+        return read_holds(root)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
+@recordings.command("search")
+@click.argument("text")
+@common()
+def recordings_search(text: str, config_file: str | None, as_json: bool) -> None:
+    """Find sessions whose terminal, exec or file-transfer logs contain TEXT (any case)."""
+    from broker.recording.search import format_offset, search
+
+    if not text:
+        raise UsageError("TEXT: give something to search for")
+    root = config_of(config_file).recordings_dir
+    if as_json:
+        try:
+            hits = [hit.as_dict() for hit in search(root, text)]
+        except RecordingError as exc:
+            raise Refused(str(exc)) from None
+        emit(True, hits)
+        return
+    try:
+        for hit in search(root, text):
+            click.echo(f"{hit.session}  {format_offset(hit.offset)}  "
+                       f"{hit.technician or '?'}@{hit.device or '?'}  {hit.file}  "
+                       f"{hit.snippet}")
+    except RecordingError as exc:
+        raise Refused(str(exc)) from None
 
 
 @recordings.command("show")
 @click.argument("ident", metavar="ID")
 @common()
 def recordings_show(ident: str, config_file: str | None, as_json: bool) -> None:
-    """Show a recorded session's metadata and files."""
-    d = _info(find_session(config_file, ident))
-    emit(as_json, d, lambda: fields(
-        [("session", d["id"]), ("technician", f"{d['technician']} ({d['vendor']})"),
-         ("device", d["device"]), ("grant", d["grant"]), ("client", d["client"]),
-         ("started", d["started_at"]), ("ended", d["ended_at"]),
-         ("end reason", d["end_reason"]), ("directory", d["directory"])]
-        + [("file", name) for name in d["files"]]))
+    """Show a recorded session: metadata, files, verification, request and approvals."""
+    from broker.services.evidence import session_records
+
+    session = find_session(config_file, ident)
+    config = config_of(config_file)
+    problems = verify_session(session.path, signer_for(config).public_key)
+
+    async def body(ctx: Context) -> dict[str, Any]:
+        return await session_records(ctx, session.session_id, session.metadata.get("grant"))
+
+    records = run(config_file, body)
+    request = records["request"]
+    d = {**_info(session), "verified": not problems, "problems": problems,
+         "hold": session.session_id in _holds(config.recordings_dir),
+         "request": request, "approvals": records["approvals"],
+         "in_database": records["session"] is not None}
+
+    def human() -> None:
+        pairs: list[tuple[str, Any]] = [
+            ("session", d["id"]), ("technician", f"{d['technician']} ({d['vendor']})"),
+            ("device", d["device"]), ("grant", d["grant"]), ("client", d["client"]),
+            ("started", d["started_at"]), ("ended", d["ended_at"]),
+            ("end reason", d["end_reason"]), ("directory", d["directory"]),
+            ("verify", "ok" if not problems else "; ".join(problems)),
+            ("legal hold", d["hold"])]
+        if not d["in_database"]:
+            pairs.append(("database", "no session row (recording only)"))
+        if request is not None:
+            pairs += [("request", request["id"]), ("reason", request["reason"]),
+                      ("requested", _hours(request["duration_s"])),
+                      ("requested at", request["created_at"])]
+        pairs += [("approval", f"{a['approver']} {a['decision']} at {a['at']}"
+                   + (f": {a['comment']}" if a["comment"] else ""))
+                  for a in d["approvals"]]
+        pairs += [("file", name) for name in d["files"]]
+        fields(pairs)
+
+    emit(as_json, d, human)
+
+
+def _hours(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
 
 
 @recordings.command("verify")
@@ -119,6 +217,107 @@ def recordings_pubkey(config_file: str | None) -> None:
     """Print the recording public key (PEM), to verify manifests elsewhere."""
     click.echo(Signer.from_config(config_of(config_file)).public_pem().decode("ascii"),
                nl=False)
+
+
+@recordings.command("export")
+@click.argument("ident", metavar="ID")
+@click.option("--out", "out", metavar="FILE.tar", required=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@common()
+def recordings_export(ident: str, out: Path, config_file: str | None, as_json: bool) -> None:
+    """Write a self-contained evidence bundle (tar) with a standalone verify.py."""
+    import hashlib
+
+    from broker.recording.evidence import write_bundle
+    from broker.services.evidence import session_records
+
+    session = find_session(config_file, ident)
+    if out.exists() or out.is_symlink():
+        raise Refused(f"--out {out}: already exists, not overwriting it")
+    config = config_of(config_file)
+    signer = signer_for(config)
+
+    async def body(ctx: Context) -> dict[str, Any]:
+        evidence = await session_records(ctx, session.session_id,
+                                         session.metadata.get("grant"))
+        evidence = {"recording": session.path.name, "exported_at": ctx.now().isoformat(),
+                    "exported_by": actor(), **evidence}
+        try:
+            await asyncio.to_thread(write_bundle, out, session.path, signer.public_pem(),
+                                    evidence)
+        except FileExistsError:
+            raise Refused(f"--out {out}: already exists, not overwriting it") from None
+        except OSError as exc:
+            raise Refused(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+        digest = hashlib.sha256(out.read_bytes()).hexdigest()
+        async with ctx.store.session() as db:
+            await ctx.audit(db, "recording.exported", actor(), f"session:{session.session_id}",
+                            out=str(out.resolve()), sha256=digest)
+        return {"session": session.session_id, "out": str(out), "sha256": digest}
+
+    result = run(config_file, body)
+    emit(as_json, result, f"exported session {result['session']} to {result['out']} "
+                          f"(sha256 {result['sha256']})")
+
+
+@recordings.command("hold")
+@click.argument("ident", metavar="ID")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@common()
+def recordings_hold(ident: str, state: str, config_file: str | None, as_json: bool) -> None:
+    """Put a session on legal hold (prune keeps it) or release it."""
+    from broker.recording.retention import set_hold
+
+    session = find_session(config_file, ident)
+    root = config_of(config_file).recordings_dir
+    on = state == "on"
+
+    async def body(ctx: Context) -> bool:
+        try:
+            changed = set_hold(root, session.session_id, on, actor(), ctx.now())
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        if changed:
+            async with ctx.store.session() as db:
+                await ctx.audit(db, "recording.hold", actor(), f"session:{session.session_id}",
+                                hold=on)
+        return changed
+
+    changed = run(config_file, body)
+    emit(as_json, {"session": session.session_id, "hold": on, "changed": changed},
+         f"session {session.session_id}: legal hold {state}"
+         + ("" if changed else " (already)"))
+
+
+@recordings.command("prune")
+@click.option("--dry-run", is_flag=True, help="only say what would be deleted")
+@common()
+def recordings_prune(dry_run: bool, config_file: str | None, as_json: bool) -> None:
+    """Delete sealed sessions older than [recording] retain_days, except those on hold."""
+    from broker.recording.retention import prune
+
+    config = config_of(config_file)
+    days = config.settings.recording.retain_days
+    signer = signer_for(config)
+
+    async def body(ctx: Context) -> Any:
+        try:
+            result = prune(config.recordings_dir, signer, days, ctx.now(), dry_run=dry_run)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        if not dry_run and (result.deleted or result.held):
+            async with ctx.store.session() as db:
+                await ctx.audit(db, "recording.pruned", actor(), None, retain_days=days,
+                                deleted=result.deleted, held=result.held)
+        return result
+
+    result = run(config_file, body)
+    verb = "would delete" if dry_run else "deleted"
+    lines = [f"{verb} {s}" for s in result.deleted]
+    lines += [f"kept {s} (legal hold)" for s in result.held]
+    emit(as_json, {"retain_days": days, "dry_run": dry_run, "deleted": result.deleted,
+                   "held": result.held},
+         "\n".join(lines) or f"nothing older than {days} days")
 
 
 @click.command("replay")

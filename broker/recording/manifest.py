@@ -48,6 +48,7 @@ MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 LOCK_FILE = ".seal.lock"
 HEAD_FILE = ".chain-head.json"
+PRUNED_FILE = ".pruned.json"
 MANIFEST_VERSION = 1
 INTERRUPTED = "interrupted"
 _SEAL_FILES = frozenset({MANIFEST_FILE, SIGNATURE_FILE})
@@ -316,6 +317,40 @@ def verify_session(path: Path, public_key: Ed25519PublicKey) -> list[str]:
     return problems
 
 
+def record_pruned(root: Path, signer: Signer, sessions: dict[str, str]) -> None:
+    """Add sessions (id -> manifest SHA-256) to the signed list of sessions deleted by the
+    retention rule, so the links to them still verify. Call under :func:`chain_lock`."""
+    known = dict(read_pruned(root, signer.public_key)[0])
+    known.update(sessions)
+    body = {"sessions": dict(sorted(known.items()))}
+    signature = base64.b64encode(signer.sign(canonical(body))).decode("ascii")
+    _write_atomically(root / PRUNED_FILE, canonical({**body, "signature": signature}) + b"\n")
+    _fsync_path(root)
+
+
+def read_pruned(root: Path, public_key: Ed25519PublicKey) -> tuple[dict[str, str], list[str]]:
+    """The sessions pruned by retention (id -> manifest SHA-256), and what is wrong with the
+    list (an unsigned or altered list is not trusted at all)."""
+    path = root / PRUNED_FILE
+    if not path.exists():
+        return {}, []
+    value = _read_json(path)
+    sessions = value.get("sessions") if value else None
+    if not isinstance(sessions, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in sessions.items()):
+        return {}, [f"{PRUNED_FILE} is unreadable: links to pruned sessions cannot be checked"]
+    try:
+        signature = base64.b64decode(str(value.get("signature") if value else ""), validate=True)
+        public_key.verify(signature, canonical({"sessions": sessions}))
+    except (ValueError, binascii.Error, InvalidSignature):
+        return {}, [f"{PRUNED_FILE} signature does not match: the list of pruned sessions "
+                    "was altered"]
+    return sessions, []
+
+
+chain_lock = _chain_lock
+
+
 def _chain_broken(previous: str, session: str) -> str:
     return f"session {previous} before {session} is missing or its manifest changed (chain broken)"
 
@@ -351,14 +386,20 @@ def verify_all(root: Path, public_key: Ed25519PublicKey) -> dict[str, list[str]]
                 previous = json.loads(data).get("previous")
                 if isinstance(previous, dict):
                     links[session] = previous
+    # Sessions deleted by the retention rule (``broker recordings prune``) are listed, signed,
+    # with their manifest hashes; a link to one of them is intact.
+    pruned, pruned_problems = read_pruned(root, public_key)
+    if pruned_problems:
+        results[PRUNED_FILE] = pruned_problems
+    known = {**pruned, **hashes}
     for session, previous in links.items():
         before = previous.get("session")
-        if before is not None and hashes.get(before) != previous.get("manifest_sha256"):
+        if before is not None and known.get(before) != previous.get("manifest_sha256"):
             results[session].append(_chain_broken(before, session))
     head = _read_json(root / HEAD_FILE)
     if head is not None and head.get("session"):
         last = head["session"]
-        if hashes.get(last) != head.get("manifest_sha256"):
+        if known.get(last) != head.get("manifest_sha256"):
             results.setdefault(last, []).append(
                 f"session {last}, the last one sealed, is missing or its manifest changed "
                 "(chain broken)")

@@ -1,0 +1,126 @@
+"""What the database knows about a recorded session, and a self-contained evidence bundle.
+
+The bundle (``broker recordings export``) is an uncompressed tar holding the session directory
+as it is on disk (manifest and signature included), the recording public key, ``evidence.json``
+(the session row, its grant, the request and its approvals, and every audit row about them),
+and ``verify.py``, which needs only Python and ``cryptography`` to check it all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+PUBLIC_KEY_FILE = "recording-public-key.pem"
+EVIDENCE_FILE = "evidence.json"
+VERIFY_FILE = "verify.py"
+
+
+def write_bundle(out: Path, session_dir: Path, public_pem: bytes,
+                 evidence: dict[str, Any]) -> None:
+    """Write the evidence tar to ``out``, which must not exist (FileExistsError)."""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w",
+                                                    format=tarfile.PAX_FORMAT) as tar:
+            tar.add(session_dir, arcname=session_dir.name, recursive=True)
+            _add_bytes(tar, PUBLIC_KEY_FILE, public_pem)
+            _add_bytes(tar, EVIDENCE_FILE, json.dumps(evidence, indent=2, sort_keys=True,
+                                                      ensure_ascii=False).encode() + b"\n")
+            _add_bytes(tar, VERIFY_FILE, VERIFY_SCRIPT.encode(), mode=0o755)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+VERIFY_SCRIPT = '''#!/usr/bin/env python3
+"""Check this evidence bundle: the session manifest's Ed25519 signature (with the bundled
+recording-public-key.pem) and the size and SHA-256 of every file it lists.
+
+Usage: python verify.py [BUNDLE_DIR]   (default: the directory holding this script)
+Needs Python 3.8+ and the 'cryptography' package. Prints "ok", or one line per problem
+(exit status 1). Compare the public key with 'broker recordings pubkey' on the broker.
+"""
+import base64
+import binascii
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+SEAL = {"manifest.json", "manifest.sig"}
+
+
+def sha256(path):
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def check(bundle):
+    key = load_pem_public_key((bundle / "recording-public-key.pem").read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        return ["recording-public-key.pem is not an Ed25519 public key"]
+    sessions = [p for p in sorted(bundle.iterdir()) if (p / "manifest.json").is_file()]
+    if len(sessions) != 1:
+        return ["expected one session directory with a manifest.json, found %d" % len(sessions)]
+    directory = sessions[0]
+    data = (directory / "manifest.json").read_bytes()
+    try:
+        key.verify(base64.b64decode((directory / "manifest.sig").read_bytes().strip(),
+                                    validate=True), data)
+    except (OSError, ValueError, binascii.Error, InvalidSignature):
+        return ["manifest signature does not match: the manifest was altered or replaced"]
+    manifest = json.loads(data)
+    problems = []
+    if manifest.get("session") != directory.name.partition("-")[2]:
+        problems.append("manifest belongs to session %s, not %s"
+                        % (manifest.get("session"), directory.name))
+    listed = {f["name"]: f for f in manifest["files"]}
+    present = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*")
+               if p.is_file() and not p.is_symlink()}
+    for name in SEAL:
+        present.pop(name, None)
+    for name, entry in sorted(listed.items()):
+        if name not in present:
+            problems.append("file %s listed in the manifest is missing" % name)
+            continue
+        size, digest = sha256(present[name])
+        if size != entry["size"]:
+            problems.append("file %s has %d bytes, the manifest says %d"
+                            % (name, size, entry["size"]))
+        elif digest != entry["sha256"]:
+            problems.append("file %s was changed (sha256 differs)" % name)
+    for name in sorted(set(present) - set(listed)):
+        problems.append("file %s is not in the manifest (added after sealing)" % name)
+    return problems
+
+
+def main():
+    bundle = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    problems = check(bundle)
+    print("\\n".join(problems) or "ok")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
