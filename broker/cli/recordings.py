@@ -23,6 +23,7 @@ from broker.recording import (
     verify_session,
 )
 from broker.recording.manifest import SIGNATURE_FILE, signer_for
+from broker.recording.player import play_in_terminal
 from broker.services.context import Context
 
 
@@ -341,6 +342,10 @@ def replay_command(ident: str, speed: float, channel: int | None,
         cast = read_cast(casts[0])
     except RecordingError as exc:
         raise UsageError(str(exc)) from None
-    asyncio.run(replay(cast, sys.stdout.buffer, speed=speed))
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        click.echo("space: pause/resume, left/right: -/+5 s, q: quit", err=True)
+        play_in_terminal(cast, speed, sys.stdout.buffer, sys.stdin.fileno())
+    else:
+        asyncio.run(replay(cast, sys.stdout.buffer, speed=speed))
     sys.stdout.buffer.write(b"\r\n")
 
