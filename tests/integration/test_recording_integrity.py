@@ -49,6 +49,10 @@ def test_session_is_sealed_and_verifies_then_tampering_is_named(broker):
     (session,) = wait_for(lambda: [p for p in broker.recordings() if p not in before
                                    and (p / "manifest.sig").exists()])
     ident = session_id(session)
+    hits = broker.cli_json("recordings", "search", f"sealed-{marker}")
+    assert isinstance(hits, list)
+    streams = {h["stream"] for h in hits if h["session"] == ident}
+    assert {"input", "output"} <= streams, hits  # typed by the technician, printed by the device
     ok = broker.cli("recordings", "verify", ident)
     assert ok.out.strip() == "ok"
     (cast,) = session.glob("term-*.cast")
