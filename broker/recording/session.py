@@ -134,9 +134,7 @@ class SessionRecording:
         env: dict[str, str],
         command: str | None = None,
     ) -> AsciicastWriter:
-        header_env = {"TERM": term}
-        if "SHELL" in env:
-            header_env["SHELL"] = env["SHELL"]
+        header_env = {**env, "TERM": term}  # what the device was given
         md = self._metadata
         writer = AsciicastWriter(
             self.add_file(f"term-{channel}", ".cast"),

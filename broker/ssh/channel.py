@@ -78,6 +78,8 @@ class Channel:
         self.conn, self.process = conn, process
         self.pty = process.get_terminal_type() is not None
         self.upstream: asyncssh.SSHClientProcess[bytes] | None = None
+        # the technician's environment variables passed on to the device (locale only)
+        self.device_env = {k: v for k, v in process.env.items() if k in FORWARDED_ENV}
 
     async def run(self) -> None:
         target = self.conn.target
@@ -119,8 +121,7 @@ class Channel:
         else:
             self.upstream = await upstream.create_process(
                 self.process.command, term_type=self.process.get_terminal_type(),
-                term_size=(width, height) if self.pty else None,
-                env={k: v for k, v in self.process.env.items() if k in FORWARDED_ENV},
+                term_size=(width, height) if self.pty else None, env=self.device_env,
                 encoding=None)
         assert conn.recording is not None
         taps = self._taps(kind, conn.recording, width, height)
@@ -145,7 +146,7 @@ class Channel:
             # A PTY request may carry 0x0 (no real terminal); players need a size.
             cast = recording.terminal(number, width=width or 80, height=height or 24,
                                       term=self.process.get_terminal_type() or "",
-                                      env=dict(self.process.env), command=command)
+                                      env=self.device_env, command=command)
             return Taps(cast.input, cast.output, cast.output,
                         lambda _status, _signal: cast.close(), cast.resize)
         exec_log = recording.exec_log(number, command)

@@ -394,7 +394,7 @@ async def test_session_directory_metadata_and_close(tmp_path, flusher):
 
     cast = read_cast(term.path)  # closed by the session: everything on disk
     assert output_text(cast) == "hello"
-    assert cast.header["env"] == {"TERM": "xterm", "SHELL": "/bin/sh"}
+    assert cast.header["env"] == {"TERM": "xterm", "SHELL": "/bin/sh", "X": "y"}  # as given
     assert cast.header["title"] == "alice@pump-7"
     assert cast.header["timestamp"] == int(ended.timestamp())
     assert cast.header["broker"] == {
