@@ -8,12 +8,10 @@ own ``scp`` run by ``sh -c`` in the device directory, as sshd would, or an async
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import random
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,25 +22,28 @@ from hypothesis import strategies as st
 
 from broker.recording import Flusher
 from broker.recording.scp import SCPRecorder, is_scp_command, parse_scp_command
-
-DEVICE_PASSWORD = "device-secret"
-SSH_OPTIONS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-               "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-               "-o", "LogLevel=ERROR"]
+from tests.unit.recorder_kit import (
+    DEVICE_PASSWORD,
+    SSH_OPTIONS,
+    read_log,
+    rechunk,
+    sha,
+    start_device,
+)
 
 needs_scp = pytest.mark.skipif(shutil.which("scp") is None, reason="OpenSSH scp not installed")
 
 
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
+
+
+STEPS = (1, 2, 3, 7, 11, 100, 4096, 70_000)
 
 def strip_times(lines: list[dict]) -> list[dict]:
     return [{k: v for k, v in line.items() if k != "t"} for line in lines]
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+
 
 
 def files_of(lines: list[dict]) -> dict[str, dict]:
@@ -136,19 +137,7 @@ class Relay:
         process.exit(status or 0)
 
 
-async def start_device(root: Path) -> asyncssh.SSHAcceptor:
-    class Device(asyncssh.SSHServer):
-        def password_auth_supported(self) -> bool:
-            return True
 
-        def validate_password(self, username: str, password: str) -> bool:
-            return password == DEVICE_PASSWORD
-
-    return await asyncssh.listen(
-        "127.0.0.1", 0, server_factory=Device,
-        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=os.fsencode(root)),
-        allow_scp=True)
 
 
 def asyncssh_upstream(port: int) -> Callable[[str], Awaitable[Upstream]]:
@@ -373,19 +362,7 @@ def replay(events: list[tuple[str, bytes]], command: str, path: Path) -> list[di
     return lines
 
 
-def rechunk(events: list[tuple[str, bytes]], rng: random.Random) -> Iterator[tuple[str, bytes]]:
-    merged: list[tuple[str, bytearray]] = []
-    for direction, chunk in events:
-        if merged and merged[-1][0] == direction and rng.random() < 0.5:
-            merged[-1][1].extend(chunk)
-        else:
-            merged.append((direction, bytearray(chunk)))
-    for direction, chunk in merged:
-        pos = 0
-        while pos < len(chunk):
-            step = rng.choice((1, 2, 3, 7, 11, 100, 4096, 70_000))
-            yield direction, bytes(chunk[pos:pos + step])
-            pos += step
+
 
 
 def test_captured_upload_is_logged(captured: tuple[Session, dict[str, bytes]]) -> None:
@@ -404,7 +381,7 @@ def test_any_chunking_gives_the_same_log(captured: tuple[Session, dict[str, byte
     command = read_log(session.log)[0]["command"]
     expected = replay(session.events, command, tmp_path / "ref.jsonl")
     assert expected == strip_times(read_log(session.log))
-    cut = list(rechunk(session.events, random.Random(seed)))
+    cut = list(rechunk(session.events, random.Random(seed), STEPS))
     assert replay(cut, command, tmp_path / "cut.jsonl") == expected
 
 

@@ -8,13 +8,11 @@ OpenSSH's own ``sftp-server`` as a subprocess) and feeding copies to :class:`SFT
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import random
 import shutil
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +26,16 @@ from hypothesis import strategies as st
 
 from broker.recording import Flusher
 from broker.recording.sftp import SFTPRecorder
+from tests.unit.recorder_kit import (
+    DEVICE_PASSWORD,
+    SSH_OPTIONS,
+    read_log,
+    rechunk,
+    sha,
+    start_device,
+)
 
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
-DEVICE_PASSWORD = "device-secret"
-SSH_OPTIONS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-               "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-               "-o", "LogLevel=ERROR"]
 
 needs_openssh = pytest.mark.skipif(
     shutil.which("sftp") is None or not SFTP_SERVER.exists(),
@@ -42,16 +44,16 @@ needs_openssh = pytest.mark.skipif(
 
 # -- helpers ------------------------------------------------------------------------------
 
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
+
+
+STEPS = (1, 3, 4, 5, 9, 13, 100, 4096, 40_000, 1 << 20)
 
 def strip_times(lines: list[dict]) -> list[dict]:
     return [{k: v for k, v in line.items() if k not in ("t", "opened")} for line in lines]
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+
 
 
 def only(lines: list[dict], **match: object) -> dict:
@@ -189,19 +191,7 @@ class Relay:
         process.exit(status)
 
 
-async def start_device(root: Path) -> asyncssh.SSHAcceptor:
-    class Device(asyncssh.SSHServer):
-        def password_auth_supported(self) -> bool:
-            return True
 
-        def validate_password(self, username: str, password: str) -> bool:
-            return password == DEVICE_PASSWORD
-
-    return await asyncssh.listen(
-        "127.0.0.1", 0, server_factory=Device,
-        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=os.fsencode(root)),
-        allow_scp=True, sftp_version=6)
 
 
 @pytest.fixture
@@ -251,7 +241,7 @@ def openssh_upstream(root: Path) -> Callable[[], Awaitable[Upstream]]:
 async def relay(request, tmp_path: Path, device_root: Path, flusher: Flusher):
     device = None
     if request.param == "asyncssh-device":
-        device = await start_device(device_root)
+        device = await start_device(device_root, sftp_version=6)
         upstream = await asyncssh_upstream(device.sockets[0].getsockname()[1])
         # asyncssh talking to asyncssh uses the draft's SYMLINK order (link, target).
         target_first = False
@@ -424,7 +414,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Session:
         root.mkdir()
         (base / "logs").mkdir()
         files = make_files(base / "local", {"a": 0, "b": 40_000, "c": 200_000, "d": 3})
-        device = await start_device(root)
+        device = await start_device(root, sftp_version=6)
         flusher = Flusher(interval=3600)
         relay = Relay(base / "logs", flusher,
                       await asyncssh_upstream(device.sockets[0].getsockname()[1]), False)
@@ -461,20 +451,7 @@ def replay(events: list[tuple[str, bytes]], path: Path) -> list[dict]:
     return lines
 
 
-def rechunk(events: list[tuple[str, bytes]], rng: random.Random) -> Iterator[tuple[str, bytes]]:
-    """The same bytes per direction, in the same order, cut and merged at random places."""
-    merged: list[tuple[str, bytearray]] = []
-    for direction, chunk in events:
-        if merged and merged[-1][0] == direction and rng.random() < 0.5:
-            merged[-1][1].extend(chunk)
-        else:
-            merged.append((direction, bytearray(chunk)))
-    for direction, chunk in merged:
-        pos = 0
-        while pos < len(chunk):
-            step = rng.choice((1, 3, 4, 5, 9, 13, 100, 4096, 40_000, 1 << 20))
-            yield direction, bytes(chunk[pos:pos + step])
-            pos += step
+
 
 
 def test_captured_session_is_logged_correctly(captured: Session, tmp_path: Path) -> None:
@@ -492,7 +469,7 @@ def test_captured_session_is_logged_correctly(captured: Session, tmp_path: Path)
 @given(seed=st.integers(0, 2**64))
 def test_any_chunking_gives_the_same_log(captured: Session, tmp_path: Path, seed: int) -> None:
     expected = replay(captured.events, tmp_path / "ref.jsonl")
-    cut = list(rechunk(captured.events, random.Random(seed)))
+    cut = list(rechunk(captured.events, random.Random(seed), STEPS))
     assert replay(cut, tmp_path / "cut.jsonl") == expected
 
 
