@@ -78,10 +78,7 @@ def main() -> None:
         bastion = SshdDevice(work / "bastion").start()
         broker = BrokerProcess(work / "broker").init()
         try:
-            broker.cli("approver", "add", "approver", "--email", "a@hospital.example")
-            tech_key = broker.add_tech("tech")
-            broker.add_sshd_device("dev", device)
-            broker.grant("tech", "dev", "8h")
+            tech_key = broker.one_grant(device, "8h")
             for sshd in (device, bastion):
                 authorized = sshd.root / "authorized_keys"
                 authorized.write_text(authorized.read_text()

@@ -26,8 +26,7 @@ def sshd_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdDevice
 def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
            ) -> Iterator[BrokerProcess]:
     proc = BrokerProcess(tmp_path_factory.mktemp("broker")).init()
-    proc.cli("approver", "add", "approver", "--email", "approver@hospital.example",
-             "--group", "biomed")
+    proc.add_approver()
     proc.serve()
     yield proc
     proc.stop()

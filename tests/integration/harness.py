@@ -151,10 +151,23 @@ class BrokerProcess:
         self.tech_keys[name] = key
         return key
 
-    def add_sshd_device(self, name: str, device: SshdDevice) -> None:
+    def add_sshd_device(self, name: str, device: SshdDevice, *extra: str) -> None:
         self.cli("device", "add", name, "--host", "127.0.0.1", "--port", str(device.port),
                  "--user", device.user, "--key", str(device.login_key), "--model", "TestBox",
-                 "--department", "Biomed")
+                 "--department", "Biomed", *extra)
+
+    def add_approver(self) -> None:
+        """The approver every test grant is approved by (`grant()` decides as it)."""
+        self.cli("approver", "add", "approver", "--email", "approver@hospital.example",
+                 "--group", "biomed")
+
+    def one_grant(self, device: SshdDevice, duration: str = "2h") -> Path:
+        """Technician `tech` with an approved grant on `dev` (the sshd); returns tech's key."""
+        self.add_approver()
+        key = self.add_tech("tech")
+        self.add_sshd_device("dev", device)
+        self.grant("tech", "dev", duration)
+        return key
 
     def grant(self, tech: str, device: str, duration: str = "10m", *extra: str) -> int:
         request = self.cli_json("request", "create", "--tech", tech, "--device", device,

@@ -26,13 +26,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
         "policies:\n"
         "  - name: totp-devices\n    devices: {tags: [totp]}\n    require_totp: true\n"
         "  - name: others\n    max_duration: 8h\n")
-    proc.cli("approver", "add", "approver", "--email", "a@hospital.example")
+    proc.add_approver()
     for tech in ("alice", "bob", "carol"):
         proc.add_tech(tech)
     proc.add_sshd_device("dev", sshd_device)
-    proc.cli("device", "add", "secure-dev", "--host", "127.0.0.1", "--port",
-             str(sshd_device.port), "--user", sshd_device.user, "--key",
-             str(sshd_device.login_key), "--tag", "totp")
+    proc.add_sshd_device("secure-dev", sshd_device, "--tag", "totp")
     proc.serve()
     yield proc
     proc.stop()

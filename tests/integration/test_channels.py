@@ -59,10 +59,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice,
     (proc.root / "policies" / "test.yaml").write_text(
         "policies:\n  - name: test-all\n    max_duration: 8h\n"
         f"    forward_ports: [{echo.port}]\n    breakglass_max: 1h\n")
-    proc.cli("approver", "add", "approver", "--email", "a@hospital.example")
-    proc.add_tech("tech")
-    proc.add_sshd_device("dev", sshd_device)
-    proc.grant("tech", "dev", "2h")
+    proc.one_grant(sshd_device)
     proc.serve()
     yield proc
     proc.stop()

@@ -19,10 +19,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
     proc = BrokerProcess(tmp_path_factory.mktemp("broker")).init()
     proc.config.write_text(proc.config.read_text().replace("proxy_protocol = false",
                                                            "proxy_protocol = true"))
-    proc.cli("approver", "add", "approver", "--email", "a@hospital.example")
-    proc.add_tech("tech")
-    proc.add_sshd_device("dev", sshd_device)
-    proc.grant("tech", "dev")
+    proc.one_grant(sshd_device)
     proc.serve()
     yield proc
     proc.stop()

@@ -19,10 +19,7 @@ from tests.integration.harness import BrokerProcess, SshdDevice
 def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
            ) -> Iterator[BrokerProcess]:
     proc = BrokerProcess(tmp_path_factory.mktemp("broker")).init()
-    proc.cli("approver", "add", "approver", "--email", "a@hospital.example")
-    proc.add_tech("tech")
-    proc.add_sshd_device("dev", sshd_device)
-    proc.grant("tech", "dev", "2h")
+    proc.one_grant(sshd_device)
     proc.serve()
     yield proc
     proc.stop()
