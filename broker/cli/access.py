@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 
 from broker.cli import _render as render
@@ -68,8 +70,6 @@ def request_list(state: str | None, config_file: str | None, as_json: bool) -> N
 
 
 def format_duration_s(seconds: int) -> str:
-    from datetime import timedelta
-
     return format_duration(timedelta(seconds=seconds))
 
 

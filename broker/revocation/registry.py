@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -77,8 +77,6 @@ class LiveSessions:
         return due
 
     def next_warning(self, lead_minutes: tuple[int, ...]) -> datetime | None:
-        from datetime import timedelta
-
         moments = [s.ends_at - timedelta(minutes=m) for s in self for m in lead_minutes
                    if m not in self._warned.get(s, set())]
         return min(moments, default=None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import col, or_, select
+from sqlmodel import and_, col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.domain.grants import (
@@ -119,7 +119,8 @@ async def refresh_states(ctx: Context) -> list[StateChange]:
     async with ctx.store.session() as db:
         due = (await db.exec(select(Grant).where(
             col(Grant.state).in_(LIVE_STATES),
-            or_(Grant.end <= now, Grant.state == GrantState.SCHEDULED.value)))).all()
+            or_(Grant.end <= now, and_(Grant.state == GrantState.SCHEDULED.value,
+                                       Grant.start <= now))))).all()
         for grant in due:
             state = state_at(Window(grant.start, grant.end), now, revoked=False)
             if state.value == grant.state:
@@ -136,9 +137,11 @@ async def refresh_states(ctx: Context) -> list[StateChange]:
 async def next_deadline(ctx: Context) -> datetime | None:
     """The earliest start or end among grants that are not over yet."""
     async with ctx.store.session() as db:
-        grants = (await db.exec(select(Grant).where(col(Grant.state).in_(LIVE_STATES)))).all()
-    moments = [g.start if g.state == GrantState.SCHEDULED.value else g.end for g in grants]
-    return min(moments, default=None)
+        first_start = (await db.exec(select(func.min(Grant.start)).where(
+            Grant.state == GrantState.SCHEDULED.value))).one()
+        first_end = (await db.exec(select(func.min(Grant.end)).where(
+            col(Grant.state).in_(LIVE_STATES)))).one()
+    return min((m for m in (first_start, first_end) if m is not None), default=None)
 
 
 async def check_access(ctx: Context, tech_name: str, device_name: str,

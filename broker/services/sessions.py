@@ -10,7 +10,14 @@ from sqlmodel import col, select
 
 from broker.errors import DeviceError
 from broker.services.context import Context
-from broker.store.models import Device, DeviceCredential, Grant, Session, Technician
+from broker.store.models import (
+    Device,
+    DeviceCredential,
+    Grant,
+    Session,
+    Technician,
+    TechnicianKey,
+)
 
 
 def new_session_id(now: datetime) -> str:
@@ -33,8 +40,6 @@ class DeviceLogin:
 
 async def technician_keys(ctx: Context, tech_name: str) -> list[str] | None:
     """The public keys of an enabled technician, or None if there is no such technician."""
-    from broker.store.models import TechnicianKey
-
     async with ctx.store.session() as db:
         tech = (await db.exec(select(Technician).where(Technician.name == tech_name))).first()
         if tech is None:

@@ -38,6 +38,7 @@ from broker.services.sessions import (
 )
 from broker.ssh.process import Handler, RelayProcess
 from broker.ssh.streams import SSHReceive, SSHSend, pump
+from broker.ssh.upstream import connect_device
 
 log = structlog.get_logger("broker.ssh")
 DEVICE_ALIASES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -86,7 +87,6 @@ class BrokerConnection(asyncssh.SSHServer):
         self._session_lock = asyncio.Lock()
         self.recording: SessionRecording | None = None
         self.session_id: str | None = None
-        self.grant_id = 0
         self.ends_at: datetime = datetime.max
         self.channels: set[ClosableChannel] = set()
         self.closing: str | None = None
@@ -294,8 +294,6 @@ class BrokerConnection(asyncssh.SSHServer):
 
     async def upstream_connection(self, access: Access) -> asyncssh.SSHClientConnection:
         """The connection to the device, shared by every channel of this session."""
-        from broker.ssh.upstream import connect_device
-
         async with self._upstream_lock:
             if self.upstream is None:
                 assert access.device is not None and access.device.id is not None
@@ -308,7 +306,7 @@ class BrokerConnection(asyncssh.SSHServer):
         assert access.grant is not None and access.technician is not None
         assert access.device is not None
         async with self._session_lock:
-            self.grant_id, self.ends_at = access.grant.id or 0, access.grant.end
+            self.ends_at = access.grant.end
             if self.session_id is not None:
                 return
             now = self.ctx.now()

@@ -174,3 +174,29 @@ async def test_short_grants_get_only_the_warnings_that_fit(tmp_path: Path, minut
     finally:
         task.cancel()
         await ctx.close()
+
+
+async def test_a_scheduled_grant_activates_at_its_start_and_only_then(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    opens = START + timedelta(hours=2)
+    request = await Requests(ctx, "test").create("alice", "pump-7", timedelta(minutes=30),
+                                                 "planned service", start=opens)
+    decision = await Requests(ctx, "approver:dana").decide(request.id or 0, "dana", True)
+    assert decision.grant is not None and decision.grant.state == "scheduled"
+    grant = decision.grant.id or 0
+    task = asyncio.create_task(Scheduler(ctx, LiveSessions()).run())
+    try:
+        await settle(clock)
+        while clock.now() < opens:  # wake-ups (capped at 10 min each) never open it early
+            assert (await Grants(ctx, "test").show(grant)).grant.state == "scheduled"
+            deadline = clock.next_deadline
+            assert deadline is not None and deadline <= opens
+            clock.set(deadline)
+            await settle(clock)
+        assert (await Grants(ctx, "test").show(grant)).grant.state == "active"
+        wake = clock.next_deadline
+        assert wake is not None and opens < wake <= opens + timedelta(minutes=30)
+    finally:
+        task.cancel()
+        await ctx.close()
