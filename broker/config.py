@@ -81,6 +81,17 @@ class SSHSection(_Section):
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_listen(v)))
 
+    @field_validator("ciphers")
+    @classmethod
+    def _ciphers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from asyncssh.encryption import get_encryption_algs
+
+        known = {name.decode() for name in get_encryption_algs()}
+        unknown = [name for name in value if name not in known]
+        if unknown or not value:
+            raise ValueError(f"unknown cipher {unknown[0]!r}" if unknown else "no cipher given")
+        return value
+
     @field_validator("proxy_trusted")
     @classmethod
     def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:

@@ -156,6 +156,10 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     ("[ssh]\nproxy_protocol = 'perhaps'\n", ["[ssh] proxy_protocol", "boolean"]),
     ("ssh = 5\n", ["[ssh]", "5"]),
     ("[log]\nlevel = 'verbose'\n", ["[log] level", "debug, info, warning or error", "verbose"]),
+    ("[ssh]\nciphers = ['aes128-gcm@openssh.com', 'rot13']\n", ["[ssh] ciphers", "'rot13'"]),
+    ("[ssh]\nciphers = []\n", ["[ssh] ciphers", "no cipher given"]),
+    ("[ssh]\nproxy_trusted = ['10.0.0.0/33']\n", ["[ssh] proxy_trusted", "CIDR"]),
+    ("[broker]\nnode = 'node one'\n", ["[broker] node", "'node one'"]),
     ("[ssh]\nlisten = 'x'\nbogus = 1\n[log]\nlevel = 'loud'\n", ["[ssh]", "(and 2 more)"]),
 ])
 def test_bad_file(tmp_path: Path, text: str, fragments: list[str]) -> None:
