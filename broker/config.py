@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from broker.errors import ConfigError
 
@@ -105,10 +112,18 @@ class SSHSection(_Section):
 
 class HTTPSection(_Section):
     listen: str = "0.0.0.0:8443"
-    tls_cert: str = "data/tls.crt"
+    tls_cert: str = "data/tls.crt"  # both empty: plain HTTP (behind a TLS-terminating proxy)
     tls_key: str = "data/tls.key"
+    secret_key: str = "data/web.key"  # signs approval links, cookies and CSRF tokens
+    max_body: int = Field(default=1024 * 1024, ge=1024)  # bytes, for the portal and the API
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_listen(v)))
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HTTPSection:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must both be set, or both be empty")
+        return self
 
 
 class RecordingSection(_Section):
@@ -288,6 +303,7 @@ user_ca = "data/user_ca"
 listen = "0.0.0.0:8443"
 tls_cert = "data/tls.crt"
 tls_key = "data/tls.key"
+secret_key = "data/web.key"
 
 [recording]
 dir = "recordings"

@@ -16,6 +16,7 @@ from broker.audit.logging import configure_logging
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.errors import ConfigError
+from broker.http import WebSite, create_app
 from broker.recording import default_flusher, seal_interrupted, signer_for
 from broker.revocation.registry import LiveSessions
 from broker.revocation.scheduler import Scheduler
@@ -46,6 +47,7 @@ class Server:
         self.scheduler = Scheduler(ctx, self.sessions)
         self.listener: asyncssh.SSHAcceptor | ProxiedAcceptor | None = None
         self.ssh_port = 0
+        self.web: WebSite | None = None
 
     async def start(self) -> None:
         settings = self.ctx.config.settings
@@ -84,9 +86,11 @@ class Server:
             log.warning("session interrupted by the last stop", session=row.id)
             await seal_interrupted(self.ctx.config, row.recording)
         services.public_port = port or self.ssh_port
+        self.web = WebSite(create_app(self.ctx, self.sessions), self.ctx.config)
+        await self.web.start()
         await self.scheduler.tick()
-        log.info("serving", ssh=f"{host}:{self.ssh_port}", database=self.ctx.store.display_url,
-                 node=self.ctx.node)
+        log.info("serving", ssh=f"{host}:{self.ssh_port}", http=self.web.port,
+                 tls=self.web.tls, database=self.ctx.store.display_url, node=self.ctx.node)
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.ensure_future(self.scheduler.run()),
@@ -105,6 +109,8 @@ class Server:
         if self.listener is not None:
             self.listener.close()
             await self.listener.wait_closed()
+        if self.web is not None:
+            await self.web.close()
         await default_flusher().stop()
         await self.ctx.close()
 
@@ -137,7 +143,10 @@ async def run_server(config: Config) -> None:
     configure_logging()
     server = Server(Context.open(config))
     await server.start()
-    print(f"broker: serving SSH on port {server.ssh_port}", flush=True)
+    assert server.web is not None
+    scheme = "HTTPS" if server.web.tls else "HTTP"
+    print(f"broker: serving SSH on port {server.ssh_port}, {scheme} on port {server.web.port}",
+          flush=True)
     await server.run(stop_on_signals())
 
 

@@ -8,6 +8,11 @@ command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 \
   && command -v sftp >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v asciinema >/dev/null 2>&1 || need+=(asciinema)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# PostgreSQL server binaries: tests start throwaway clusters with initdb/pg_ctl
+command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+  || need+=(postgresql)
+# Debian's Chromium, driven by Playwright in the browser tests
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -83,8 +83,9 @@ def serve(config_file: str | None) -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="keep the demo here instead of a temporary directory")
 @click.option("--ssh-port", type=int, default=2222, show_default=True)
-def demo(directory: Path | None, ssh_port: int) -> None:
+@click.option("--http-port", type=int, default=8443, show_default=True)
+def demo(directory: Path | None, ssh_port: int, http_port: int) -> None:
     """A broker with a simulated device, and a walk-through to paste."""
     from broker.demo.run import run_demo
 
-    asyncio.run(run_demo(directory, ssh_port))
+    asyncio.run(run_demo(directory, ssh_port, http_port))

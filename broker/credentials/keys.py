@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,10 @@ class KeyPaths:
     host_key: Path
     user_ca: Path
     recording_key: Path
-    tls_cert: Path
-    tls_key: Path
+    tls_cert: Path | None  # None: the portal serves plain HTTP
+    tls_key: Path | None
     vault_key: Path
+    web_key: Path
 
     @classmethod
     def of(cls, config: Config) -> KeyPaths:
@@ -35,9 +37,10 @@ class KeyPaths:
             host_key=config.path(s.ssh.host_key),
             user_ca=config.path(s.ssh.user_ca),
             recording_key=config.path(s.recording.signing_key),
-            tls_cert=config.path(s.http.tls_cert),
-            tls_key=config.path(s.http.tls_key),
+            tls_cert=config.path(s.http.tls_cert) if s.http.tls_cert else None,
+            tls_key=config.path(s.http.tls_key) if s.http.tls_key else None,
             vault_key=config.path(s.vault.key_file),
+            web_key=config.path(s.http.secret_key),
         )
 
 
@@ -62,7 +65,9 @@ def create_keys(paths: KeyPaths, hostname: str) -> list[Path]:
         created.append(paths.recording_key)
     if write_secret(paths.vault_key, Fernet.generate_key() + b"\n"):
         created.append(paths.vault_key)
-    if not paths.tls_key.exists():
+    if write_secret(paths.web_key, secrets.token_bytes(32)):
+        created.append(paths.web_key)
+    if paths.tls_key and paths.tls_cert and not paths.tls_key.exists():
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _self_signed(key, hostname)
         write_secret(paths.tls_key, key.private_bytes(
@@ -103,3 +108,15 @@ def load_ssh_key(path: Path, what: str) -> asyncssh.SSHKey:
         raise ConfigError(f"{path}: {what} is missing (run 'broker init')") from None
     except (OSError, asyncssh.KeyImportError) as exc:
         raise ConfigError(f"{path}: cannot load {what}: {exc}") from None
+
+
+def load_secret_bytes(path: Path, what: str, size: int = 32) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} is missing (run 'broker init')") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    if len(data) < size:
+        raise ConfigError(f"{path}: {what} is shorter than {size} bytes")
+    return data

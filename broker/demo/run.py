@@ -25,23 +25,24 @@ from broker.store.models import Device
 ACTOR = "demo-setup"
 
 
-async def run_demo(directory: Path | None, ssh_port: int) -> None:
+async def run_demo(directory: Path | None, ssh_port: int, http_port: int = 8443) -> None:
     temporary = directory is None
     root = Path(tempfile.mkdtemp(prefix="broker-demo-")) if directory is None else directory
     root.mkdir(parents=True, exist_ok=True)
     try:
-        await _demo(root, ssh_port)
+        await _demo(root, ssh_port, http_port)
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
 
 
-async def _demo(root: Path, ssh_port: int) -> None:
-    initialise(root, public_url="https://localhost:8443")
+async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
+    initialise(root, public_url=f"https://localhost:{http_port}")
     config_file = root / "broker.toml"
     text = config_file.read_text()
-    config_file.write_text(text.replace('listen = "0.0.0.0:2222"',
-                                        f'listen = "127.0.0.1:{ssh_port}"', 1))
+    config_file.write_text(
+        text.replace('listen = "0.0.0.0:2222"', f'listen = "127.0.0.1:{ssh_port}"', 1)
+        .replace('listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{http_port}"', 1))
     config = load_config(config_file)
     log_to_file(config.log_file, config.settings.log.level)
     await migrate_database(config.database_url)

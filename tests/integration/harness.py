@@ -103,6 +103,7 @@ class BrokerProcess:
         self.root = root
         self.config = root / "broker.toml"
         self.port = free_port()
+        self.http_port = free_port()
         self.proc: subprocess.Popen | None = None
         self.tech_keys: dict[str, Path] = {}
 
@@ -111,7 +112,8 @@ class BrokerProcess:
                              text=True)
         assert run.returncode == 0, run.stderr
         self.config.write_text(self.config.read_text().replace(
-            'listen = "0.0.0.0:2222"', f'listen = "127.0.0.1:{self.port}"'))
+            'listen = "0.0.0.0:2222"', f'listen = "127.0.0.1:{self.port}"').replace(
+            'listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{self.http_port}"'))
         return self
 
     def serve(self) -> BrokerProcess:

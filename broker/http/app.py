@@ -1,0 +1,43 @@
+"""The aiohttp application: middlewares, templates, static files, and each feature's routes.
+
+Features add themselves with a ``setup(app)`` function called from :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from broker.credentials.keys import KeyPaths, load_secret_bytes
+from broker.http.errors import error_pages
+from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
+from broker.http.security import security_headers
+from broker.revocation.registry import LiveSessions
+from broker.services.context import Context
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+
+def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Application:
+    settings = ctx.config.settings
+    app = web.Application(middlewares=[security_headers, error_pages],
+                          client_max_size=settings.http.max_body)
+    app[CONTEXT] = ctx
+    app[LIVE_SESSIONS] = sessions if sessions is not None else LiveSessions()
+    app[SECRET] = load_secret_bytes(KeyPaths.of(ctx.config).web_key, "the web secret key")
+    aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+    aiohttp_jinja2.get_env(app).globals["static"] = lambda name: f"/static/{name}"
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", STATIC)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "node": request.app[CONTEXT].node})

@@ -1,0 +1,12 @@
+"""Typed application keys shared by the portal's modules."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.revocation.registry import LiveSessions
+from broker.services.context import Context
+
+CONTEXT = web.AppKey("context", Context)
+LIVE_SESSIONS = web.AppKey("live_sessions", LiveSessions)
+SECRET = web.AppKey("secret", bytes)  # the [http] secret_key; use security.subkey(), never raw

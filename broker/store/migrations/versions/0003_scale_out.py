@@ -1,0 +1,24 @@
+"""cluster fan-out and sessions killable from any node
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-24 06:30:00
+"""
+from alembic import op
+import sqlalchemy as sa
+import sqlmodel
+import broker.store.types
+
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
