@@ -21,8 +21,8 @@ import asyncssh
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.script import ScriptDirectory
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel, select
 
 from broker.cli.admin import initialise, migrate_database
