@@ -32,7 +32,7 @@ FEED_INTERVAL = 0.25
 RELAY_WINDOW = 8 * 1024 * 1024
 # The largest packet we accept: peers that allow it (OpenSSH does) send fewer, larger packets.
 RELAY_PACKET = 256 * 1024
-RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved")
+RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved", "session.kill")
 
 
 def split_listen(value: str) -> tuple[str, int]:

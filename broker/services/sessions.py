@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlmodel import col, select
 
-from broker.errors import DeviceError
+from broker.errors import Conflict, DeviceError, NotFound
 from broker.services.context import Context
 from broker.store.models import (
     Device,
@@ -117,3 +117,33 @@ async def mark_interrupted(ctx: Context) -> list[Session]:
             await ctx.audit(db, "session.interrupted", "broker", f"session:{row.id}",
                             node=ctx.node, recording=row.recording)
     return list(rows)
+
+
+async def live_sessions(ctx: Context) -> list[Session]:
+    """Every live session, on every node sharing this database, newest first."""
+    async with ctx.store.session() as db:
+        return list((await db.exec(select(Session).where(Session.state == "live")
+                                   .order_by(col(Session.started_at).desc()))).all())
+
+
+async def kill_session(ctx: Context, session_id: str, actor: str,
+                       reason: str = "an operator ended this session") -> Session:
+    """Ask for a live session to be cut, from any node: the node holding it sees the audit
+    event on its change feed and ends it within a second."""
+    async with ctx.store.session() as db:
+        row = await db.get(Session, session_id)
+        if row is None:
+            raise NotFound(f"no session {session_id!r}")
+        if row.state != "live":
+            raise Conflict(f"session {session_id} is not live (it is {row.state})")
+        row.kill_reason = reason[:300]
+        db.add(row)
+        await ctx.audit(db, "session.kill_requested", actor, f"session:{session_id}",
+                        node=row.node, reason=reason)
+    return row
+
+
+async def kill_reason(ctx: Context, session_id: str) -> str | None:
+    async with ctx.store.session() as db:
+        row = await db.get(Session, session_id)
+        return None if row is None else row.kill_reason

@@ -32,6 +32,7 @@ from broker.services.policies import applicable_rules, totp_required
 from broker.services.sessions import (
     audit_event,
     close_session,
+    kill_reason,
     new_session_id,
     open_session,
     technician_keys,
@@ -283,6 +284,10 @@ class BrokerConnection(asyncssh.SSHServer):
         """None while every protocol this session uses is still granted, else why not."""
         if self.target is None or self.target.device is None:
             return None
+        if self.session_id is not None:
+            killed = await kill_reason(self.ctx, self.session_id)
+            if killed is not None:
+                return killed
         for protocol in self._protocols_used or {Protocol.SSH}:
             result = await check_access(self.ctx, self.target.technician, self.target.device,
                                         protocol)

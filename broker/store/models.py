@@ -134,6 +134,8 @@ class Session(SQLModel, table=True):
     ended_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
     end_reason: str | None = None
     state: str = Field(default="live", max_length=20)  # live | closed | interrupted
+    # Set by any node (CLI, web Kill button, API); the node that holds the session cuts it.
+    kill_reason: str | None = Field(default=None, max_length=300)
 
 
 class AuditEvent(SQLModel, table=True):

@@ -17,8 +17,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table('session') as batch:
+        batch.add_column(sa.Column('kill_reason', sqlmodel.sql.sqltypes.AutoString(length=300),
+                                   nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table('session') as batch:
+        batch.drop_column('kill_reason')
