@@ -98,3 +98,33 @@ async def test_csrf_tokens_are_bound_and_keys_are_separate(broker_dir: Path) -> 
         assert not csrf_ok(app, "session-a", token[:-1] + ("0" if token[-1] != "0" else "1"))
         assert not csrf_ok(app, "session-a", None)
         assert subkey(b"k" * 32, "csrf") != subkey(b"k" * 32, "cookie")
+
+
+def test_rate_limit_refills_over_time() -> None:
+    from broker.http.ratelimit import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(per_minute=6, burst=2, clock=lambda: now[0])
+    assert limit.check("a") == 0 and limit.check("a") == 0
+    assert limit.check("a") == 10.0  # 6/min: one token every 10 s
+    assert limit.check("b") == 0  # another client has its own bucket
+    now[0] = 10.0
+    assert limit.check("a") == 0
+    assert limit.check("a") > 0
+
+
+async def test_rate_limit_answers_429_with_retry_after(broker_dir: Path) -> None:
+    from broker.http.ratelimit import RateLimit
+
+    limit = RateLimit(per_minute=1, burst=1)
+
+    def routes(app: web.Application) -> None:
+        async def guarded(request: web.Request) -> web.Response:
+            limit.enforce(request)
+            return web.Response(text="ok")
+        app.router.add_get("/api/v1/guarded", guarded)
+
+    async with portal(broker_dir, extend=routes) as (client, _ctx):
+        assert (await client.get("/api/v1/guarded")).status == 200
+        refused = await client.get("/api/v1/guarded")
+        assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 59
