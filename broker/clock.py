@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Protocol
 
+CLOCK_SLICE = 1.0  # seconds
+
 
 class Clock(Protocol):
     def now(self) -> datetime:
@@ -20,7 +22,7 @@ class SystemClock:
         return datetime.now(UTC)
 
     async def sleep_until(self, deadline: datetime) -> None:
-        # Sleep in slices of at most a minute so that a wall-clock jump (NTP step, VM
-        # resume) is noticed within a minute rather than after the original interval.
+        # Sleep in slices of at most a second so that a wall-clock jump forward (NTP step,
+        # VM resume) ends what should have ended within a second, not after the interval.
         while (remaining := (deadline - self.now()).total_seconds()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(remaining, 60.0))
+            await asyncio.sleep(min(remaining, CLOCK_SLICE))

@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import pytest
 
+from tests.pg_kit import PostgresCluster
+
 BROKER = Path(sys.executable).with_name("broker")
 
 
@@ -109,3 +111,14 @@ def ssh_keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture
 def ssh_pubkey(ssh_keypair: tuple[Path, Path]) -> Path:
     return ssh_keypair[1]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterable[PostgresCluster]:
+    """A throwaway PostgreSQL cluster for the whole run; ``postgres.create_database()`` gives
+    each test its own database URL."""
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

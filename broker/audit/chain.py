@@ -27,6 +27,7 @@ from broker.store.models import AuditEvent
 GENESIS = "0" * 64
 _ADVISORY_LOCK_ID = 0x62726F6B  # "brok"
 _PENDING = "audit_lines"
+NOTIFY_CHANNEL = "broker_changes"
 _log = structlog.get_logger("broker.audit")
 
 
@@ -59,6 +60,10 @@ async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
                      hash=link_hash(prev, body))
     session.add(row)
     await session.flush()
+    if bind.dialect.name == "postgresql":
+        # Delivered at commit, to every node LISTENing (broker.revocation.feed).
+        await session.exec(text("SELECT pg_notify(:channel, :payload)").bindparams(  # type: ignore[call-overload]
+            channel=NOTIFY_CHANNEL, payload=f"{seq} {kind}"))
     session.sync_session.info.setdefault(_PENDING, []).append(
         {"seq": seq, "kind": kind, "actor": actor, "subject": subject, "hash": row.hash,
          **payload}

@@ -126,6 +126,24 @@ async def live_sessions(ctx: Context) -> list[Session]:
                                    .order_by(col(Session.started_at).desc()))).all())
 
 
+@dataclass(frozen=True)
+class LiveSessionView:
+    session: Session
+    technician: str
+    device: str
+
+
+async def live_session_views(ctx: Context) -> list[LiveSessionView]:
+    """:func:`live_sessions` with the technician's and device's names."""
+    async with ctx.store.session() as db:
+        rows = (await db.exec(
+            select(Session, Technician.name, Device.name)
+            .join(Technician, col(Technician.id) == col(Session.technician_id))
+            .join(Device, col(Device.id) == col(Session.device_id))
+            .where(Session.state == "live").order_by(col(Session.started_at).desc()))).all()
+    return [LiveSessionView(row, tech, device) for row, tech, device in rows]
+
+
 async def kill_session(ctx: Context, session_id: str, actor: str,
                        reason: str = "an operator ended this session") -> Session:
     """Ask for a live session to be cut, from any node: the node holding it sees the audit

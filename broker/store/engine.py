@@ -98,6 +98,16 @@ class Store:
             )
 
     @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The URL for a raw asyncpg connection (the change feed's LISTEN)."""
+        return self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False)
+
+    @property
     def display_url(self) -> str:
         """The URL without a password, fit for messages and logs."""
         return self.engine.url.render_as_string(hide_password=True)

@@ -104,6 +104,7 @@ class BrokerProcess:
         self.config = root / "broker.toml"
         self.port = free_port()
         self.http_port = free_port()
+        self.env: dict[str, str] = {}  # BROKER_* overrides for serve and cli
         self.proc: subprocess.Popen | None = None
         self.tech_keys: dict[str, Path] = {}
 
@@ -116,10 +117,33 @@ class BrokerProcess:
             'listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{self.http_port}"'))
         return self
 
+    def use_database(self, url: str, node: str) -> BrokerProcess:
+        """Point this broker at a shared database (PostgreSQL) under a node name."""
+        self.env.update({"BROKER_BROKER_DATABASE_URL": url, "BROKER_BROKER_NODE": node})
+        self.cli("migrate")
+        return self
+
+    def another_node(self, root: Path, node: str) -> BrokerProcess:
+        """A second node of the same cluster: the same keys, policies and database, its own
+        ports and recordings directory."""
+        shutil.copytree(self.root / "data", root / "data", ignore=shutil.ignore_patterns(
+            "*.db", "*.db-*", "*.log"))
+        if (self.root / "policies").exists():
+            shutil.copytree(self.root / "policies", root / "policies")
+        other = BrokerProcess(root)
+        text = self.config.read_text()
+        other.config.write_text(text.replace(f"127.0.0.1:{self.port}", f"127.0.0.1:{other.port}")
+                                .replace(f"127.0.0.1:{self.http_port}",
+                                         f"127.0.0.1:{other.http_port}"))
+        other.env = {**self.env, "BROKER_BROKER_NODE": node}
+        other.tech_keys = self.tech_keys
+        return other
+
     def serve(self) -> BrokerProcess:
         self.log = open(self.root / "serve.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([BROKER, "serve", "--config", str(self.config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env})
         wait_for_port(self.port, self.proc)
         return self
 
@@ -138,7 +162,8 @@ class BrokerProcess:
 
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> Result:
         run = subprocess.run([BROKER, *args, "--config", str(self.config)], capture_output=True,
-                             text=True, env={**os.environ, **(env or {})}, timeout=60)
+                             text=True, env={**os.environ, **self.env, **(env or {})},
+                             timeout=60)
         if check:
             assert run.returncode == 0, f"broker {' '.join(args)}: {run.stderr}"
         return Result(run.returncode, run.stdout, run.stderr)

@@ -1,0 +1,130 @@
+"""The change feed: how a node learns that something changed on another node (or in a CLI
+process) that its live sessions must re-check.
+
+Every change that matters is an audit event, so the feed follows the audit chain:
+
+* :class:`PollingFeed` reads the chain's head every quarter second (SQLite: one machine).
+* :class:`PostgresFeed` LISTENs on a channel that :func:`broker.audit.chain.record` NOTIFYs
+  in the same transaction, so other nodes hear of a commit within milliseconds. Its listener
+  reconnects with backoff after losing the database, and then asks for a full re-sync,
+  since notifications sent while it was away are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+from sqlmodel import col, func, select
+
+from broker.audit.chain import NOTIFY_CHANNEL as CHANNEL
+from broker.services.context import Context
+from broker.store.models import AuditEvent
+
+POLL_INTERVAL = 0.25
+KEEPALIVE = 5.0  # seconds between checks that the LISTEN connection is alive
+RECONNECT_MAX = 5.0
+log = structlog.get_logger("broker.feed")
+
+OnChange = Callable[[list[str]], Awaitable[None]]  # kinds of the new events
+OnResync = Callable[[], Awaitable[None]]
+
+
+class ChangeFeed(Protocol):
+    async def run(self, on_change: OnChange, on_resync: OnResync) -> None:
+        """Call ``on_change`` with the kinds of new events until cancelled; call
+        ``on_resync`` whenever events may have been missed."""
+
+
+def feed_for(ctx: Context) -> ChangeFeed:
+    return PostgresFeed(ctx) if ctx.store.dialect == "postgresql" else PollingFeed(ctx)
+
+
+class PollingFeed:
+    def __init__(self, ctx: Context, interval: float = POLL_INTERVAL) -> None:
+        self.ctx, self.interval = ctx, interval
+
+    async def run(self, on_change: OnChange, on_resync: OnResync) -> None:
+        last = await self._head()
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                head = await self._head()
+                if head == last:
+                    continue
+                async with self.ctx.store.session() as db:
+                    kinds = (await db.exec(select(AuditEvent.kind).where(
+                        AuditEvent.seq > last, AuditEvent.seq <= head))).all()
+                last = head
+                await on_change(list(kinds))
+            except Exception as exc:
+                log.error("change feed failed", error=str(exc))
+
+    async def _head(self) -> int:
+        async with self.ctx.store.session() as db:
+            return (await db.exec(select(func.max(col(AuditEvent.seq))))).one() or 0
+
+
+class PostgresFeed:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.connected = asyncio.Event()  # for tests and health: the listener is up
+        self.up_once = False  # connected since the last failure: reset the backoff
+
+    async def run(self, on_change: OnChange, on_resync: OnResync) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._listen(on_change, on_resync)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("change feed lost the database; reconnecting",
+                          error=(str(exc).splitlines() or [type(exc).__name__])[0])
+            if self.up_once:
+                delay = 0.1
+                self.up_once = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _listen(self, on_change: OnChange, on_resync: OnResync) -> None:
+        import asyncpg
+
+        queue: asyncio.Queue[str | None] = asyncio.Queue()  # None: the connection is lost
+        conn: Any = await asyncpg.connect(
+            self.ctx.store.asyncpg_dsn, timeout=5,
+            server_settings={"application_name": f"broker-feed:{self.ctx.node}"[:63]})
+        try:
+            conn.add_termination_listener(lambda _conn: queue.put_nowait(None))
+            await conn.add_listener(CHANNEL, lambda *args: queue.put_nowait(args[3]))
+            self.connected.set()
+            self.up_once = True
+            # Whatever happened before LISTEN took effect (start-up, an outage) is caught
+            # up by re-checking everything once.
+            await on_resync()
+            await self._pump(conn, queue, on_change)
+        finally:
+            self.connected.clear()
+            conn.terminate()
+
+    async def _pump(self, conn: Any, queue: asyncio.Queue[str | None],
+                    on_change: OnChange) -> None:
+        while True:
+            try:
+                payload = await asyncio.wait_for(queue.get(), KEEPALIVE)
+            except TimeoutError:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE)
+                continue
+            batch = [payload]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            kinds = [item.partition(" ")[2] for item in batch if item is not None]
+            if kinds:
+                try:
+                    await on_change(kinds)
+                except Exception as exc:
+                    log.error("change handler failed", error=str(exc))
+            if None in batch:
+                raise ConnectionError("the LISTEN connection was closed")
