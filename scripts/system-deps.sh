@@ -11,8 +11,13 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # PostgreSQL server binaries: tests start throwaway clusters with initdb/pg_ctl
 command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
   || need+=(postgresql)
+# HAProxy runs deploy/haproxy.cfg in the integration tests
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # Debian's Chromium, driven by Playwright in the browser tests
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# npm installs asciinema-player (the web UI's recording player) at build time: 'make static'
+command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 

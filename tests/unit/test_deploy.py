@@ -1,0 +1,37 @@
+"""The deployment files stay in step with the code: every BROKER_* variable they set is a
+real setting, and the YAML parses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from broker.config import Settings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+FILES = ["compose.yaml", "kubernetes/broker.yaml", "systemd/broker.service", "Containerfile"]
+
+
+def _settings_keys() -> set[str]:
+    keys = set()
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        for key in model.model_fields:  # type: ignore[union-attr]
+            keys.add(f"BROKER_{section.upper()}_{key.upper()}")
+    return keys
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_broker_variable_is_a_setting(name: str) -> None:
+    text = (DEPLOY / name).read_text()
+    used = set(re.findall(r"\bBROKER_[A-Z]+_[A-Z_]+\b", text)) - {"BROKER_CONFIG"}
+    assert used <= _settings_keys(), used - _settings_keys()
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "kubernetes/broker.yaml"])
+def test_yaml_parses(name: str) -> None:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
+    assert docs
