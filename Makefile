@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+NPM    ?= npm
+# asciinema-player, from the npm registry (pinned in package-lock.json), served by the broker
+# itself: never from a CDN.
+PLAYER := node_modules/asciinema-player/dist/bundle
+VENDOR := broker/http/static/vendor
 
-.PHONY: demo test lint typecheck unit integration system-deps clean
+.PHONY: demo test lint typecheck unit integration system-deps static clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s)" % sys.version.split()[0])'
@@ -16,7 +21,19 @@ $(STAMP): pyproject.toml
 system-deps:
 	@scripts/system-deps.sh
 
-demo: $(STAMP)
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v $(NPM) >/dev/null 2>&1 || { echo "npm is missing (install it with: sudo apt-get install npm)" >&2; exit 1; }
+	$(NPM) ci --no-audit --no-fund
+	@touch $@
+
+$(VENDOR)/asciinema-player.min.js: node_modules/.package-lock.json
+	mkdir -p $(VENDOR)
+	cp $(PLAYER)/asciinema-player.min.js $(PLAYER)/asciinema-player.css $(VENDOR)/
+	cp node_modules/asciinema-player/LICENSE $(VENDOR)/asciinema-player.LICENSE
+
+static: $(VENDOR)/asciinema-player.min.js
+
+demo: $(STAMP) static
 	$(BIN)/broker demo
 
 lint: $(STAMP)
@@ -25,14 +42,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) static
 	$(BIN)/pytest tests/unit
 
-integration: system-deps $(STAMP)
+integration: system-deps $(STAMP) static
 	$(BIN)/pytest tests/integration
 
-test: system-deps $(STAMP) lint typecheck
+test: system-deps $(STAMP) static lint typecheck
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis node_modules $(VENDOR)

@@ -1,0 +1,92 @@
+"""What the staff pages read: live sessions with names, the audit log a page at a time and
+the chain's verify state, recorded sessions on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlmodel import col, func, select
+
+from broker.audit.chain import ChainProblem, iter_events, verify_rows
+from broker.recording.reader import SessionInfo, iter_sessions
+from broker.services.context import Context
+from broker.services.sessions import live_sessions
+from broker.store.models import AuditEvent, Device, Session, Technician
+
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class LiveRow:
+    session: Session
+    technician: str
+    device: str
+
+
+async def live_rows(ctx: Context) -> list[LiveRow]:
+    sessions = await live_sessions(ctx)
+    async with ctx.store.session() as db:
+        techs = dict((await db.exec(select(Technician.id, Technician.name))).all())
+        devices = dict((await db.exec(select(Device.id, Device.name))).all())
+    return [LiveRow(s, techs.get(s.technician_id, "?"), devices.get(s.device_id, "?"))
+            for s in sessions]
+
+
+async def session_row(ctx: Context, session_id: str) -> LiveRow | None:
+    async with ctx.store.session() as db:
+        row = (await db.exec(select(Session, Technician.name, Device.name)
+                             .join(Technician, col(Technician.id) == Session.technician_id)
+                             .join(Device, col(Device.id) == Session.device_id)
+                             .where(Session.id == session_id))).first()
+    return None if row is None else LiveRow(*row)
+
+
+async def audit_page(ctx: Context, offset: int, limit: int,
+                     kind: str | None) -> tuple[list[AuditEvent], int]:
+    """Audit rows newest first, optionally only kinds starting with ``kind``."""
+    async with ctx.store.session() as db:
+        query = select(AuditEvent)
+        count = select(func.count()).select_from(AuditEvent)
+        if kind:
+            query = query.where(col(AuditEvent.kind).startswith(kind, autoescape=True))
+            count = count.where(col(AuditEvent.kind).startswith(kind, autoescape=True))
+        total = (await db.exec(count)).one()
+        rows = (await db.exec(query.order_by(col(AuditEvent.seq).desc())
+                              .offset(offset).limit(limit))).all()
+    return list(rows), int(total)
+
+
+@dataclass(frozen=True)
+class ChainState:
+    rows: int
+    problems: list[ChainProblem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def chain_state(ctx: Context) -> ChainState:
+    """Every link of the audit chain checked, now (never cached: an auditor must see a
+    tampered row the moment it is tampered with)."""
+    async with ctx.store.session() as db:
+        rows = [row async for row in iter_events(db)]
+    count, problems = await asyncio.to_thread(verify_rows, rows)
+    return ChainState(count, problems)
+
+
+def recorded_sessions(root: Path) -> list[SessionInfo]:
+    """Every recorded session, newest first."""
+    return sorted(iter_sessions(root), key=lambda s: s.path.name, reverse=True)
+
+
+def recorded_session(root: Path, session_id: str) -> SessionInfo | None:
+    if not SESSION_ID.fullmatch(session_id) or not root.is_dir():
+        return None
+    for info in iter_sessions(root):
+        if info.session_id == session_id:
+            return info
+    return None
