@@ -7,6 +7,7 @@ PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -71,10 +72,8 @@ class PostgresCluster:
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._run(self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop")
-            except RuntimeError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
