@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -124,10 +124,16 @@ class Requests:
         return request
 
     async def decide(self, ident: int, approver_name: str, approve: bool,
-                     comment: str | None = None, via: str = "cli") -> Decision:
+                     comment: str | None = None, via: str = "cli",
+                     within: Callable[[AsyncSession], Awaitable[None]] | None = None
+                     ) -> Decision:
+        """``within`` runs first in the decision's own transaction (an approval link spends
+        its single-use token there, so that a replay can never decide twice)."""
         await expire_pending(self.ctx)
         policies = self.ctx.policies()
         async with self.ctx.store.session() as db:
+            if within is not None:
+                await within(db)
             request = await by_id(db, AccessRequest, ident)
             approver = await by_name(db, Approver, approver_name)
             tech = await db.get(Technician, request.technician_id)
@@ -149,19 +155,10 @@ class Requests:
                       comment: str | None, via: str) -> Decision:
         if request.state != RequestState.PENDING:
             raise Conflict(f"request {request.id} is {request.state}: there is nothing to decide")
-        if approver.disabled:
-            raise Refused(f"approver {approver.name} is disabled")
-        try:
-            check_decider(tech.name, approver.name)
-        except DomainError as exc:
-            raise Refused(str(exc)) from None
+        refusal = await eligibility_refusal(db, tech, approver, policies, device)
+        if refusal:
+            raise Refused(refusal)
         _, rules = applicable_rules(policies, tech, device)
-        groups = await _groups(db, [approver.id])
-        needed_groups = {g for rule in rules.approvals for g in rule.groups}
-        if approve and needed_groups and not (groups.get(approver.name, frozenset())
-                                              & needed_groups):
-            raise Refused(f"approver {approver.name} is in none of the groups this request needs"
-                          f" ({', '.join(sorted(needed_groups))})")
         existing = (await db.exec(select(Approval).where(
             Approval.request_id == request.id, Approval.approver_id == approver.id))).first()
         if existing:
@@ -209,6 +206,29 @@ class Requests:
         request.state = state.value
         request.decided_at = self.ctx.now()
         db.add(request)
+
+
+async def eligibility_refusal(db: AsyncSession, tech: Technician, approver: Approver,
+                              policies: list[Policy], device: Device) -> str | None:
+    """Why ``approver`` may not decide a request of ``tech`` on ``device`` (None: they may).
+    The requester is recognised by name or by e-mail address; an approver outside every group
+    the policy names may neither approve nor deny."""
+    if approver.disabled:
+        return f"approver {approver.name} is disabled"
+    try:
+        check_decider(tech.name, approver.name)
+    except DomainError as exc:
+        return str(exc)
+    if tech.email and tech.email.strip().casefold() == approver.email.strip().casefold():
+        return (f"{approver.name} has the e-mail address of {tech.name}, who requested this"
+                " access, and cannot decide on it")
+    _, rules = applicable_rules(policies, tech, device)
+    needed_groups = {g for rule in rules.approvals for g in rule.groups}
+    groups = (await _groups(db, [approver.id])).get(approver.name, frozenset())
+    if needed_groups and not groups & needed_groups:
+        return (f"approver {approver.name} is in none of the groups this request needs"
+                f" ({', '.join(sorted(needed_groups))})")
+    return None
 
 
 async def expire_pending(ctx: Context) -> list[int]:

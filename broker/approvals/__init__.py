@@ -1,0 +1,1 @@
+"""Approval links (signed single-use JWTs), the pages behind them, and notifications."""
