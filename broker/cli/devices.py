@@ -9,9 +9,12 @@ import click
 
 from broker.cli import _render as render
 from broker.cli._base import actor, common, emit, fields, run, table
+from broker.cli.rotation import outcome_json, retire_note, rotate_command, rotation_fields
+from broker.credentials.rotation import retire_device
 from broker.errors import UsageError
 from broker.services.directory import Directory
 from broker.store.models import Device
+from broker.webproxy.cli import device_web
 
 
 @click.group("device")
@@ -33,17 +36,19 @@ def device() -> None:
 @click.option("--purpose", default=None, help="clinical purpose")
 @click.option("--tag", "tags", multiple=True)
 @click.option("--rotate", is_flag=True, help="rotate the credential when each grant ends")
+@click.option("--rotate-method", default=None, metavar="METHOD",
+              help="chpasswd | passwd (password) or authorized_key (key); default by kind")
 @common()
 def device_add(name: str, host: str, port: int, login_user: str, password_env: str | None,
                key_file: str | None, web_url: str | None, model: str | None,
                firmware: str | None, department: str | None, purpose: str | None,
-               tags: tuple[str, ...], rotate: bool, config_file: str | None,
-               as_json: bool) -> None:
+               tags: tuple[str, ...], rotate: bool, rotate_method: str | None,
+               config_file: str | None, as_json: bool) -> None:
     """Register a device and the credential the broker uses on it."""
     kind, secret = _credential(password_env, key_file)
     row = Device(name=name, host=host, port=port, login_user=login_user, web_url=web_url,
                  model=model, firmware=firmware, department=department, purpose=purpose,
-                 tags=sorted(set(tags)), rotate=rotate)
+                 tags=sorted(set(tags)), rotate=rotate, rotate_method=rotate_method)
     added = run(config_file, lambda ctx: Directory(ctx, actor()).add_device(row, kind, secret))
     emit(as_json, render.device(added), f"device {name} added ({host}:{port}, {kind} login)")
 
@@ -90,6 +95,7 @@ def device_show(name: str, config_file: str | None, as_json: bool) -> None:
         ("department", d["department"]), ("purpose", d["purpose"]), ("web url", d["web_url"]),
         ("tags", d["tags"]), ("rotate", d["rotate"]), ("host key", "pinned"
                                                        if d["host_key_pinned"] else "not yet seen"),
+        *rotation_fields(d),
     ]))
 
 
@@ -98,8 +104,9 @@ def device_show(name: str, config_file: str | None, as_json: bool) -> None:
 @common()
 def device_retire(name: str, config_file: str | None, as_json: bool) -> None:
     """Retire a device: revoke every grant on it and refuse all access from now on."""
-    row = run(config_file, lambda ctx: Directory(ctx, actor()).set_device_state(name, "retired"))
-    emit(as_json, render.device(row), f"device {name} retired; its grants are revoked")
+    row, outcome = run(config_file, lambda ctx: retire_device(ctx, name, actor()))
+    emit(as_json, {**render.device(row), "final_rotation": outcome_json(outcome)},
+         f"device {name} retired; its grants are revoked; {retire_note(row, outcome)}")
 
 
 @device.command("maintenance")
@@ -111,3 +118,14 @@ def device_maintenance(name: str, switch: str, config_file: str | None, as_json:
     state = "maintenance" if switch == "on" else "active"
     row = run(config_file, lambda ctx: Directory(ctx, actor()).set_device_state(name, state))
     emit(as_json, render.device(row), f"device {name} is now {state}")
+
+
+@device.command("rotate")
+@click.argument("name")
+@common()
+def device_rotate(name: str, config_file: str | None, as_json: bool) -> None:
+    """Rotate the device's credential now: on the device, verified, then in the vault."""
+    rotate_command(name, config_file, as_json)
+
+
+device.add_command(device_web)  # broker device web NAME ... (broker/webproxy/cli.py)

@@ -9,11 +9,13 @@ import asyncssh
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from broker.domain.rotation import RotationError, method_for
 from broker.domain.usernames import UsernameError, check_name
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
 from broker.services.grants import revoke_all_on_device
 from broker.services.lookup import by_name, maybe_by_name
+from broker.services.rotations import device_retired
 from broker.store.models import (
     Approver,
     ApproverGroup,
@@ -135,6 +137,10 @@ class Directory:
             valid_name("tag", tag)
         if not 1 <= device.port <= 65535:
             raise UsageError(f"--port {device.port} is not a TCP port (1-65535)")
+        try:
+            device.rotate_method = method_for(credential_kind, device.rotate_method).value
+        except RotationError as exc:
+            raise UsageError(f"--rotate-method: {exc}") from None
         async with self.ctx.store.session() as db:
             if await maybe_by_name(db, Device, device.name):
                 raise Conflict(f"device {device.name!r} already exists")
@@ -150,7 +156,8 @@ class Directory:
                                     created_at=self.ctx.now()))
             await self.ctx.audit(db, "device.added", self.actor, device.name, host=device.host,
                                  port=device.port, login_user=device.login_user,
-                                 credential=credential_kind, rotate=device.rotate)
+                                 credential=credential_kind, rotate=device.rotate,
+                                 rotate_method=device.rotate_method)
         return device
 
     async def devices(self) -> list[Device]:
@@ -176,6 +183,7 @@ class Directory:
             if state == "retired":
                 await revoke_all_on_device(self.ctx, db, device, self.actor,
                                            reason="device retired")
+                await device_retired(self.ctx, db, device, self.actor)
         return device
 
 

@@ -22,6 +22,7 @@ from broker.domain.protocols import Protocol
 from broker.errors import Conflict
 from broker.services.context import Context
 from broker.services.lookup import by_id, maybe_by_name
+from broker.services.rotations import grant_ended as rotation_after_grant
 from broker.store.models import Device, Grant, Technician
 
 LIVE_STATES = (GrantState.SCHEDULED.value, GrantState.ACTIVE.value)
@@ -95,6 +96,7 @@ async def _revoke(ctx: Context, db: AsyncSession, grant: Grant, actor: str, reas
     db.add(grant)
     await ctx.audit(db, "grant.revoked", actor, f"grant:{grant.id}", reason=reason,
                     technician_id=grant.technician_id, device_id=grant.device_id)
+    await rotation_after_grant(ctx, db, grant.device_id, grant.id, "revoked")
 
 
 async def revoke_all_on_device(ctx: Context, db: AsyncSession, device: Device, actor: str,
@@ -130,6 +132,8 @@ async def refresh_states(ctx: Context) -> list[StateChange]:
             kind = "grant.activated" if state is GrantState.ACTIVE else "grant.expired"
             await ctx.audit(db, kind, "broker", f"grant:{grant.id}",
                             at=(grant.start if state is GrantState.ACTIVE else grant.end))
+            if state is GrantState.EXPIRED:
+                await rotation_after_grant(ctx, db, grant.device_id, grant.id, "expired")
             changes.append(StateChange(grant.id or 0, state))
     return changes
 

@@ -16,7 +16,12 @@ FAST_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"
 async def connect_device(ctx: Context, device_id: int,
                          timeout: float = 15.0) -> asyncssh.SSHClientConnection:
     """An authenticated connection to the device, its host key pinned on first use."""
-    login = await device_login(ctx, device_id)
+    return await connect_login(ctx, await device_login(ctx, device_id), timeout)
+
+
+async def connect_login(ctx: Context, login: DeviceLogin,
+                        timeout: float = 15.0) -> asyncssh.SSHClientConnection:
+    """Log in to a device with ``login`` (the vaulted secret, or a rotation's new one)."""
     try:
         connection = await asyncssh.connect(
             login.host, login.port, username=login.user, known_hosts=_known_hosts(login),
@@ -35,7 +40,8 @@ async def connect_device(ctx: Context, device_id: int,
     if login.host_key is None:
         key = connection.get_server_host_key()
         if key is not None:
-            await pin_host_key(ctx, device_id, key.export_public_key().decode().strip())
+            await pin_host_key(ctx, login.device_id,
+                               key.export_public_key().decode().strip())
     return connection
 
 
