@@ -28,7 +28,9 @@ def device(row: Device) -> dict[str, Any]:
             "login_user": row.login_user, "web_url": row.web_url, "model": row.model,
             "firmware": row.firmware, "department": row.department, "purpose": row.purpose,
             "tags": row.tags, "state": row.state, "rotate": row.rotate,
-            "host_key_pinned": row.host_key is not None, "created_at": row.created_at}
+            "host_key_pinned": row.host_key is not None, "created_at": row.created_at,
+            "rotate_method": row.rotate_method, "rotation_due_at": row.rotation_due_at,
+            "rotation_attempts": row.rotation_attempts, "rotated_at": row.rotated_at}
 
 
 def request(view: RequestView) -> dict[str, Any]:
@@ -49,4 +51,33 @@ def grant(row: GrantRow) -> dict[str, Any]:
             "vendor": row.technician.vendor, "device": row.device.name,
             "protocols": g.protocols, "start": g.start, "end": g.end, "request": g.request_id,
             "breakglass": g.breakglass, "reviewed_at": g.reviewed_at,
-            "revoked_at": g.revoked_at, "revoke_reason": g.revoke_reason}
+            "revoked_at": g.revoked_at, "revoke_reason": g.revoke_reason,
+            "breakglass_reason": g.breakglass_reason, "breakglass_by": g.breakglass_by,
+            "reviewed_by": g.reviewed_by, "review_comment": g.review_comment,
+            "review": _review_state(g.breakglass, g.reviewed_at)}
+
+
+def _review_state(breakglass: bool, reviewed_at: object) -> str | None:
+    """``open`` or ``done`` for a break-glass grant's review; None for approved grants."""
+    if not breakglass:
+        return None
+    return "open" if reviewed_at is None else "done"
+
+
+def breakglass_mark(d: dict[str, Any]) -> str:
+    """The ``grant list`` column: approved, or a loud break-glass mark with its review."""
+    if d["review"] is None:
+        return "approved"
+    return "BREAK-GLASS, REVIEW OPEN" if d["review"] == "open" else "break-glass, reviewed"
+
+
+def breakglass_fields(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``grant show`` lines for a break-glass grant: why, by whom, and its review."""
+    if d["review"] is None:
+        return []
+    review = ("OPEN: awaiting an approver (broker grant review"
+              f" {d['id']} --as APPROVER --comment TEXT)" if d["review"] == "open" else
+              f"done by {d['reviewed_by']} at {d['reviewed_at']:%Y-%m-%d %H:%M:%SZ}:"
+              f" {d['review_comment']}")
+    return [("reason", d["breakglass_reason"]), ("opened by", d["breakglass_by"]),
+            ("review", review)]

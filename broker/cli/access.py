@@ -21,6 +21,7 @@ from broker.cli._base import (
 from broker.domain.durations import format_duration
 from broker.domain.requests import RequestState
 from broker.errors import UsageError
+from broker.services import breakglass
 from broker.services.grants import Grants
 from broker.services.requests import Decision, Requests
 
@@ -157,8 +158,8 @@ def grant_list(active: bool, unreviewed: bool, config_file: str | None, as_json:
         active, unreviewed))]
     emit(as_json, data, lambda: table(
         [(d["id"], d["state"], d["technician"], d["device"], d["protocols"], d["start"],
-          d["end"]) for d in data],
-        ["id", "state", "technician", "device", "protocols", "start", "end"]))
+          d["end"], render.breakglass_mark(d)) for d in data],
+        ["id", "state", "technician", "device", "protocols", "start", "end", "approval"]))
 
 
 @grant.command("show")
@@ -172,6 +173,7 @@ def grant_show(ident: int, config_file: str | None, as_json: bool) -> None:
          ("technician", f"{d['technician']} ({d['vendor']})"), ("device", d["device"]),
          ("protocols", d["protocols"]), ("start", d["start"]), ("end", d["end"]),
          ("request", d["request"]), ("break-glass", d["breakglass"])]
+        + render.breakglass_fields(d)
         + ([("revoked", f"{d['revoked_at']:%Y-%m-%d %H:%M:%SZ}: {d['revoke_reason']}")]
            if d["revoked_at"] else [])))
 
@@ -185,3 +187,17 @@ def grant_revoke(ident: int, reason: str | None, config_file: str | None, as_jso
     row = run(config_file, lambda ctx: Grants(ctx, actor()).revoke(ident, reason))
     emit(as_json, {"id": row.id, "state": row.state, "reason": row.revoke_reason},
          f"grant {ident} revoked")
+
+
+@grant.command("review")
+@click.argument("ident", metavar="ID", type=int)
+@click.option("--as", "as_", required=True, metavar="APPROVER")
+@click.option("--comment", required=True, help="what the review found")
+@common()
+def grant_review(ident: int, as_: str, comment: str, config_file: str | None,
+                 as_json: bool) -> None:
+    """Close the review of a break-glass grant, as an approver."""
+    row = run(config_file, lambda ctx: breakglass.review(ctx, ident, as_, comment))
+    emit(as_json, {"id": row.id, "reviewed_by": row.reviewed_by, "reviewed_at": row.reviewed_at,
+                   "review_comment": row.review_comment, "review": "done"},
+         f"break-glass grant {ident} reviewed by {row.reviewed_by}")

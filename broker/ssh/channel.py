@@ -19,6 +19,7 @@ from broker.errors import BrokerError
 from broker.recording import SessionRecording
 from broker.recording.scp import SCPRecorder, is_scp_command
 from broker.recording.sftp import SFTPRecorder
+from broker.services.breakglass import BANNER as BREAKGLASS_BANNER
 from broker.ssh.connection import BrokerConnection
 from broker.ssh.menu import run_menu
 from broker.ssh.streams import SSHReceive, SSHSend, pump
@@ -114,7 +115,7 @@ class Channel:
         await conn.ensure_session(access, kind.name)
         if conn.closing is not None:
             return
-        await self._banner(access.grant.end)
+        await self._banner(access.grant.end, access.grant.breakglass)
         width, height, _, _ = self.process.get_terminal_size()
         if kind.name == "sftp":
             self.upstream = await upstream.create_process(subsystem="sftp", encoding=None)
@@ -194,8 +195,14 @@ class Channel:
     def _line(self, text: str) -> bytes:
         return f"{text}\r\n".encode() if self.pty else f"{text}\n".encode()
 
-    async def _banner(self, ends: datetime) -> None:
-        if self.process.command is not None or self.process.subsystem is not None:
+    async def _banner(self, ends: datetime, breakglass: bool = False) -> None:
+        if self.process.subsystem is not None:
+            return
+        if breakglass:  # loud on every channel that has a terminal or stderr to show it on
+            loud = self._line(f"*** {BREAKGLASS_BANNER} ***")
+            (self.process.stdout if self.process.command is None else self.process.stderr
+             ).write(loud)
+        if self.process.command is not None:
             return
         conn = self.conn
         self.process.stdout.write(self._line(
