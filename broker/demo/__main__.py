@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from broker.demo import start_simulated_device
+from broker.demo.web import start_device_web
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -23,9 +24,15 @@ async def _main(args: argparse.Namespace) -> None:
     device = await start_simulated_device(Path(args.root), host=args.host, port=args.port,
                                           password=password)
     print(f"simulated device listening on {device.host}:{device.port}", flush=True)
+    web = None
+    if args.web_port is not None:
+        web = await start_device_web(device.state, host=args.host, port=args.web_port)
+        print(f"simulated device web UI on {web.url}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
+        if web is not None:
+            await web.close()
         await device.close()
 
 
@@ -35,6 +42,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--password-env", default="DEVICE_PASSWORD")
+    parser.add_argument("--web-port", type=int, default=None,
+                        help="also serve the device's web UI on this port (0: any free port)")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(parser.parse_args()))
 

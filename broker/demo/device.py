@@ -204,6 +204,11 @@ class SimulatedDevice:
         return self._state.password
 
     @property
+    def state(self) -> DeviceState:
+        """What the device remembers (shared with its web UI, `broker.demo.web`)."""
+        return self._state
+
+    @property
     def root(self) -> Path:
         return self._state.root
 

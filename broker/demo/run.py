@@ -17,10 +17,13 @@ from broker.audit.logging import log_to_file
 from broker.cli.admin import initialise, migrate_database
 from broker.config import load_config
 from broker.demo import start_simulated_device
+from broker.demo.web import start_device_web
 from broker.server import Server, stop_on_signals
 from broker.services.context import Context
 from broker.services.directory import Directory, parse_public_keys
 from broker.store.models import Device
+from broker.webproxy.settings import WebOptions
+from broker.webproxy.settings import configure as configure_web
 
 ACTOR = "demo-setup"
 
@@ -49,6 +52,7 @@ async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
     device_password = secrets.token_urlsafe(18)
     device = await start_simulated_device(root / "device-root", password=device_password,
                                           host_key_path=root / "device_host_key")
+    device_web = await start_device_web(device.state)
     tech_key = root / "alice_ed25519"
     if not tech_key.exists():
         key = asyncssh.generate_private_key("ssh-ed25519", comment="alice@vendor")
@@ -57,6 +61,8 @@ async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
         os.chmod(tech_key, 0o600)
     ctx = Context.open(config)
     await _populate(ctx, tech_key, device.port, device_password)
+    await configure_web(ctx, ACTOR, "pump-7", WebOptions(
+        url=device_web.url, insecure_http=True, auth="form", form_path="/login"))
     server = Server(ctx)
     await server.start()
     host_key = (root / "data" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
@@ -70,6 +76,7 @@ async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
     try:
         await server.run(stop_on_signals())
     finally:
+        await device_web.close()
         await device.close()
 
 
@@ -117,13 +124,17 @@ Behind it: a simulated infusion pump 'pump-7'. Registered: technician 'alice'
   {ssh} alice+pump-7@broker-demo       # interactive: status, logs, config show, exit
   {ssh} alice@broker-demo              # her grants
 
-  # 4. An auditor replays the session and checks the audit chain:
+  # 4. alice opens the pump's own web UI through the broker (the broker logs in for her):
+  {ssh} alice@broker-demo weblogin pump-7     # prints a one-time https://... link
+  #    open it in a browser (accept the demo's self-signed certificate), then Live log
+
+  # 5. An auditor replays the session and checks the audit chain:
   broker recordings list
   broker replay $({pick_terminal})
   broker audit tail
   broker audit verify
 
-  # 5. Revoke: live sessions are cut within a second, new ones refused:
+  # 6. Revoke: live sessions (the web page too) are cut within a second, new ones refused:
   broker grant revoke 1 --reason "demo over"
   {ssh} alice+pump-7@broker-demo status
 

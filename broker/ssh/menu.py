@@ -67,12 +67,16 @@ class Menu:
             return await self.request(words[1:])
         if words[0] == "help":
             return self.help()
-        return self.fail(f"unknown command {words[0]!r}; commands: grants, request, help", 2)
+        if words[0] == "weblogin":
+            return await self.weblogin(words[1:])
+        return self.fail(f"unknown command {words[0]!r}; commands: grants, request, weblogin,"
+                         " help", 2)
 
     def help(self) -> int:
         me = f"ssh -p {self.port} {self.conn.technician}"
         self.say(f"{me}@{self.host}                     list your grants")
         self.say(f"{me}@{self.host} request DEVICE --for 2h --reason \"...\" [--wait]")
+        self.say(f"{me}@{self.host} weblogin DEVICE     a one-time link to DEVICE's web UI")
         self.say(f"{me}+DEVICE@{self.host}              open a shell on DEVICE")
         self.say(f"{me}+DEVICE@{self.host} CMD          run CMD on DEVICE")
         return 0
@@ -88,8 +92,24 @@ class Menu:
             g = row.grant
             self.say(f"  grant {g.id}  {row.device.name:<20} {g.state:<9} "
                      f"{g.start:%Y-%m-%d %H:%M}Z - {g.end:%Y-%m-%d %H:%M}Z  "
-                     f"{','.join(g.protocols)}")
+                     f"{','.join(g.protocols)}" + ("  BREAK-GLASS" if g.breakglass else ""))
             self.say(f"      connect: ssh -p {self.port} {tech}+{row.device.name}@{self.host}")
+        return 0
+
+    async def weblogin(self, args: list[str]) -> int:
+        from broker.webproxy.signin import SIGNIN_TTL, create_signin
+
+        if len(args) != 1:
+            return self.fail("weblogin: usage: weblogin DEVICE", 2)
+        try:
+            token, _ = await create_signin(self.conn.ctx, self.conn.technician, args[0],
+                                           self.conn.peer)
+        except BrokerError as exc:
+            return self.fail(f"weblogin: {exc}")
+        public = self.conn.ctx.config.settings.broker.public_url
+        self.say(f"{public}/w/signin/{token}")
+        self.say(f"(open it in your browser within {int(SIGNIN_TTL.total_seconds() // 60)}"
+                 " minutes; it works once)")
         return 0
 
     async def request(self, args: list[str]) -> int:

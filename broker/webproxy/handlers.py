@@ -1,0 +1,485 @@
+"""Routes of the device web proxy.
+
+    GET/POST /w/signin/<token>     the one-time sign-in link (POST sets the grant's cookie)
+    *        /w/<grant>/<path>     the device's web UI, proxied, recorded
+
+The cookie is ``Path=/w/<grant>/``, HttpOnly, SameSite=Strict, Secure when the broker is
+reached over HTTPS; the server keeps only its hash. Every proxied request is checked against
+the live session (which the revocation machinery ends within a second of a revoke or the end
+of the window) and against the window's end itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+import aiohttp
+import aiohttp_jinja2
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from broker.domain.protocols import Protocol
+from broker.errors import BrokerError, DeviceError, Refused
+from broker.http.errors import BadInput
+from broker.http.keys import CONTEXT, LIVE_SESSIONS
+from broker.http.ratelimit import RateLimit
+from broker.http.security import OWN_HEADERS, csrf_ok, csrf_token
+from broker.recording.har import BodyCapture, WebSocketLog
+from broker.services.grants import check_access
+from broker.store.models import Device, Grant, Technician
+from broker.webproxy import har_entries
+from broker.webproxy.live import SHUTTING_DOWN, WINDOW_CLOSED, ProxiedSession, monotonic_ms
+from broker.webproxy.paths import (
+    PathRefused,
+    check_path,
+    rewrite_html,
+    rewrite_location,
+    split_target,
+)
+from broker.webproxy.settings import load_target
+from broker.webproxy.signin import digest, peek, redeem, session_by_cookie
+
+log = structlog.get_logger("broker.webproxy")
+
+COOKIE = "broker_web"
+CHUNK = 64 * 1024
+HTML_REWRITE_LIMIT = 4 * 1024 * 1024  # larger HTML pages pass through unrewritten
+WEB_SESSIONS = web.AppKey("web_sessions", dict[str, ProxiedSession])
+RESUME_LOCK = web.AppKey("web_resume_lock", asyncio.Lock)
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+                        "proxy-connection"})
+# Never forwarded to the device: the broker's own cookie and the technician's credentials
+# (the broker injects the device's), and what the broker sets itself.
+DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length",
+                             "accept-encoding", "origin", "referer", "forwarded"}
+# Never passed to the browser: device cookies stay in the broker's jar; headers that would
+# bind the broker's whole origin to a device's choices.
+DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length",
+                              "strict-transport-security", "alt-svc", "public-key-pins",
+                              "clear-site-data"}
+NOT_SIGNED_IN = ("you are not signed in to this device's web interface; get a sign-in link"
+                 " with: ssh -p PORT TECH@BROKER weblogin DEVICE")
+
+
+def setup(app: web.Application) -> None:
+    app[WEB_SESSIONS] = {}
+    app[RESUME_LOCK] = asyncio.Lock()
+    limiter = RateLimit(per_minute=30, burst=10)
+
+    async def signin_page(request: web.Request) -> web.StreamResponse:
+        limiter.enforce(request)
+        return await _signin_page(request)
+
+    async def signin_post(request: web.Request) -> web.StreamResponse:
+        limiter.enforce(request)
+        return await _signin_post(request)
+
+    app.router.add_get("/w/signin/{token}", signin_page)
+    app.router.add_post("/w/signin/{token}", signin_post)
+    app.router.add_route("*", r"/w/{grant:\d+}", _to_prefix)
+    app.router.add_route("*", r"/w/{grant:\d+}/{tail:.*}", proxy)
+    app.on_cleanup.append(_close_all)
+
+
+async def _close_all(app: web.Application) -> None:
+    await asyncio.gather(*(s.terminate(SHUTTING_DOWN)
+                           for s in app[WEB_SESSIONS].values()), return_exceptions=True)
+
+
+# -- sign-in ---------------------------------------------------------------------------------
+def _binding(token: str) -> str:
+    return "web-signin:" + digest(token)
+
+
+async def _signin_page(request: web.Request) -> web.StreamResponse:
+    token = request.match_info["token"]
+    view = await peek(request.app[CONTEXT], token)
+    if view is None:
+        raise web.HTTPForbidden(text=_invalid_link())
+    return aiohttp_jinja2.render_template("webproxy_signin.html", request, {
+        "view": view, "csrf": csrf_token(request.app, _binding(token)),
+        "action": f"/w/signin/{token}"})
+
+
+async def _signin_post(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    token = request.match_info["token"]
+    form = await request.post()
+    if not csrf_ok(request.app, _binding(token), form.get("csrf")):
+        raise BadInput("csrf", "this form was not sent from the sign-in page; open the"
+                               " sign-in link again", 403)
+    client = request.remote or "unknown"
+    row, cookie, view = await redeem(ctx, token, client)
+    target = await load_target(ctx, view.device.id or 0)
+    live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, view.technician, view.device,
+                          view.grant, target, client)
+    await live.start()
+    sessions = request.app[WEB_SESSIONS]
+    for key in [k for k, s in sessions.items() if s.closing is not None]:
+        del sessions[key]
+    sessions[row.cookie_hash] = live
+    response = web.HTTPSeeOther(live.prefix)
+    _set_cookie(request, response, live, cookie)
+    raise response
+
+
+def _set_cookie(request: web.Request, response: web.StreamResponse, live: ProxiedSession,
+                cookie: str) -> None:
+    public = request.app[CONTEXT].config.settings.broker.public_url
+    remaining = max(1, int((live.ends_at - live.ctx.now()).total_seconds()))
+    response.set_cookie(COOKIE, cookie, path=live.prefix, httponly=True, samesite="Strict",
+                        secure=request.secure or public.startswith("https:"),
+                        max_age=min(remaining, int(timedelta(days=1).total_seconds())))
+
+
+def _invalid_link() -> str:
+    return ("this sign-in link is not valid (already used, expired or mistyped); ask for a new"
+            " one with: ssh -p PORT TECH@BROKER weblogin DEVICE")
+
+
+# -- the proxy -------------------------------------------------------------------------------
+async def _to_prefix(request: web.Request) -> web.StreamResponse:
+    if not request.raw_path.startswith("/"):
+        raise BadInput(None, "absolute-form request targets are not accepted")
+    raise web.HTTPPermanentRedirect(f"/w/{int(request.match_info['grant'])}/")
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    grant_id = int(request.match_info["grant"])
+    prefix = f"/w/{grant_id}/"
+    if not request.raw_path.startswith("/"):
+        raise BadInput(None, "absolute-form request targets are not accepted")
+    if request.method in ("CONNECT", "TRACE"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST", "PUT", "PATCH",
+                                                        "DELETE", "OPTIONS"])
+    live = await _session_for(request, grant_id)
+    reason = live.refusal()
+    if reason is not None:
+        if live.closing is None:
+            await live.terminate(reason)
+        raise web.HTTPForbidden(text=_closed_text(live.device, reason))
+    try:
+        rest, query = split_target(request.raw_path, prefix)
+        check_path(rest)
+        url = live.target.origin.upstream(rest, query)
+    except PathRefused as exc:
+        await live.audit("web.request_refused", path=request.raw_path[:300], reason=str(exc))
+        raise BadInput(None, f"refused: {exc}") from None
+    try:
+        client = await live.client()
+    except (DeviceError, Refused) as exc:
+        raise web.HTTPBadGateway(text=str(exc)) from None
+    live.requests += 1
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await relay_websocket(request, live, client, url)
+    return await relay_http(request, live, client, url)
+
+
+def _closed_text(device: str, reason: str) -> str:
+    if reason == WINDOW_CLOSED:
+        return f"Your access window for {device} has closed; this page no longer works."
+    return (f"Your access window for {device} was closed early"
+            f" ({reason.removeprefix('access ended: ')}); this page no longer works.")
+
+
+async def _session_for(request: web.Request, grant_id: int) -> ProxiedSession:
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        raise web.HTTPForbidden(text=NOT_SIGNED_IN)
+    key = digest(cookie)
+    sessions = request.app[WEB_SESSIONS]
+    live = sessions.get(key)
+    if live is None:
+        if await session_by_cookie(request.app[CONTEXT], cookie) is None:
+            raise web.HTTPForbidden(text=NOT_SIGNED_IN)  # bogus cookies never wait on the lock
+        async with request.app[RESUME_LOCK]:
+            live = sessions.get(key) or await _resume(request, cookie)
+            sessions[key] = live
+    if live.grant.id != grant_id:
+        raise web.HTTPForbidden(text=f"this sign-in is for grant {live.grant.id}, not grant"
+                                     f" {grant_id}")
+    return live
+
+
+async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
+    """A cookie this node has not seen (another node signed it in, or the broker restarted):
+    carry on in a new recorded session if the web session and its grant are still good."""
+    ctx = request.app[CONTEXT]
+    row = await session_by_cookie(ctx, cookie)
+    if row is None:
+        raise web.HTTPForbidden(text=NOT_SIGNED_IN)
+    async with ctx.store.session() as db:
+        tech = await db.get(Technician, row.technician_id)
+        device = await db.get(Device, row.device_id)
+        grant = await db.get(Grant, row.grant_id)
+    if row.ended_at is not None or tech is None or device is None or grant is None:
+        raise web.HTTPForbidden(text=_closed_text(device.name if device else "this device",
+                                                  row.end_reason or WINDOW_CLOSED))
+    access = await check_access(ctx, tech.name, device.name, Protocol.WEB)
+    if not access.allowed or access.grant is None or access.grant.id != grant.id:
+        raise web.HTTPForbidden(text=_closed_text(device.name, WINDOW_CLOSED))
+    try:
+        target = await load_target(ctx, device.id or 0)
+    except BrokerError as exc:
+        raise web.HTTPBadGateway(text=str(exc)) from None
+    live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, tech, device, access.grant,
+                          target, request.remote or "unknown")
+    await live.start()
+    return live
+
+
+def _upstream_headers(request: web.Request, live: ProxiedSession) -> CIMultiDict[str]:
+    named = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lowered = name.lower()
+        if lowered in DROP_REQUEST or lowered in named or lowered.startswith(
+                ("x-forwarded-", "sec-websocket-")):
+            continue
+        headers.add(name, value)
+    origin = live.target.origin
+    if "Origin" in request.headers:
+        headers["Origin"] = origin.origin
+    referer = urlsplit(request.headers.get("Referer", ""))
+    if referer.path.startswith(live.prefix):
+        headers["Referer"] = (origin.origin + origin.base_path + referer.path[len(live.prefix):]
+                              + (f"?{referer.query}" if referer.query else ""))
+    headers["Accept-Encoding"] = "identity"  # so recordings and link rewriting see plain bodies
+    headers["X-Forwarded-For"] = request.remote or "unknown"
+    headers["X-Forwarded-Proto"] = "https" if _public_https(request) else request.scheme
+    headers["X-Forwarded-Host"] = request.host
+    headers["X-Forwarded-Prefix"] = live.prefix.rstrip("/")
+    return headers
+
+
+def _public_https(request: web.Request) -> bool:
+    return request.secure or request.app[CONTEXT].config.settings.broker.public_url.startswith(
+        "https:")
+
+
+def _response_headers(response: web.StreamResponse, upstream: CIMultiDictProxy[str],
+                      live: ProxiedSession) -> None:
+    named = {token.strip().lower() for token in upstream.get("Connection", "").split(",")}
+    for name, value in upstream.items():
+        lowered = name.lower()
+        if lowered in DROP_RESPONSE or lowered in named:
+            continue
+        if lowered in ("location", "content-location"):
+            value = rewrite_location(value, live.target.origin, live.prefix)
+        response.headers.add(name, value)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    response.headers.setdefault("Cache-Control", "no-store")  # nothing left behind in caches
+    response[OWN_HEADERS] = True
+
+
+async def relay_http(request: web.Request, live: ProxiedSession, client: aiohttp.ClientSession,
+                     url: URL) -> web.StreamResponse:
+    assert live.har is not None
+    started, t0 = live.ctx.now(), time.monotonic()
+    headers = _upstream_headers(request, live)
+    sent = live.har.body()
+    received = live.har.body()
+    data = None
+    if request.body_exists:
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+
+        async def stream() -> AsyncIterator[bytes]:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                sent.feed(chunk)
+                yield chunk
+
+        data = stream()
+    response: web.StreamResponse | None = None
+    wait_ms = 0.0
+    upstream_info: tuple[int, str | None, object, CIMultiDictProxy[str]] | None = None
+    error: str | None = None
+    try:
+        async with client.request(request.method, url, headers=headers, data=data,
+                                  allow_redirects=False) as upstream:
+            wait_ms = monotonic_ms(t0)
+            upstream_info = (upstream.status, upstream.reason, upstream.version,
+                             upstream.headers)
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            _response_headers(response, upstream.headers, live)
+            await _relay_body(request, response, upstream, live, received)
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        error = f"{exc.__class__.__name__}: {exc}"
+        if response is not None and response.prepared:
+            # mid-body: drop the connection, so the browser cannot take a cut body for whole
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        if live.closing is not None:
+            raise web.HTTPForbidden(text=_closed_text(live.device, live.closing)) from None
+        raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
+                                      f" ({exc.__class__.__name__})") from None
+    finally:
+        _record_http(live, request, url, headers, sent, received, upstream_info, started,
+                     wait_ms, monotonic_ms(t0) - wait_ms, error)
+    return response
+
+
+async def _relay_body(request: web.Request, response: web.StreamResponse,
+                      upstream: aiohttp.ClientResponse, live: ProxiedSession,
+                      captured: BodyCapture) -> None:
+    status = upstream.status
+    if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        if request.method == "HEAD" and upstream.content_length is not None:
+            response.headers["Content-Length"] = str(upstream.content_length)
+        await response.prepare(request)
+        await response.write_eof()
+        return
+    mime = upstream.headers.get("Content-Type", "").lower()
+    encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity"
+    if mime.startswith("text/html") and not encoded and (
+            upstream.content_length is None or upstream.content_length <= HTML_REWRITE_LIMIT):
+        buffer = bytearray()
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            captured.feed(chunk)
+            buffer.extend(chunk)
+            if len(buffer) > HTML_REWRITE_LIMIT:
+                break
+        else:
+            body = _rewritten(bytes(buffer), upstream.charset or "utf-8", request, live)
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body)
+            await response.write_eof()
+            return
+        await response.prepare(request)  # too large to rewrite: pass it through as it is
+        await response.write(bytes(buffer))
+    elif upstream.content_length is not None:
+        response.content_length = upstream.content_length
+        await response.prepare(request)
+    else:
+        await response.prepare(request)
+    async for chunk in upstream.content.iter_chunked(CHUNK):
+        captured.feed(chunk)
+        await response.write(chunk)
+    await response.write_eof()
+
+
+def _rewritten(body: bytes, charset: str, request: web.Request, live: ProxiedSession) -> bytes:
+    try:
+        text = body.decode(charset, errors="surrogateescape")
+    except LookupError:
+        return body  # a charset Python does not know: leave the page alone
+    ws_origin = ("wss://" if _public_https(request) else "ws://") + request.host
+    rewritten = rewrite_html(text, live.target.origin, live.prefix, ws_origin)
+    return rewritten.encode(charset, errors="surrogateescape")
+
+
+def _record_http(live: ProxiedSession, request: web.Request, url: URL,
+                 headers: CIMultiDict[str], sent: BodyCapture, received: BodyCapture,
+                 upstream: tuple[int, str | None, object, CIMultiDictProxy[str]] | None,
+                 started: datetime, wait_ms: float, receive_ms: float, error: str | None) -> None:
+    if live.har is None or live.har.closed:
+        return
+    try:
+        request_part = har_entries.request_part(
+            request.method, url, headers.items(), sent.finish(),
+            request.headers.get("Content-Type", ""))
+        if upstream is None:
+            response_part = har_entries.response_part(0, error or "no response", None, {},
+                                                      None)
+        else:
+            response_part = har_entries.response_part(*upstream, received.finish())
+        extra = {"_error": error} if error else {}
+        live.har.add(har_entries.http_entry(started, request_part, response_part, wait_ms,
+                                            max(receive_ms, 0.0), request.path_qs, **extra))
+    except OSError as exc:
+        log.error("recording a web request failed", session=live.session_id, error=str(exc))
+
+
+async def relay_websocket(request: web.Request, live: ProxiedSession,
+                          client: aiohttp.ClientSession, url: URL) -> web.StreamResponse:
+    assert live.har is not None
+    started, t0 = live.ctx.now(), time.monotonic()
+    headers = _upstream_headers(request, live)
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                 if p.strip()]
+    ws_url = live.target.origin.websocket(url)
+    try:
+        upstream = await client.ws_connect(ws_url, protocols=protocols, headers=headers,
+                                           autoclose=False, autoping=True, max_msg_size=0)
+    except aiohttp.WSServerHandshakeError as exc:
+        live.har.add(har_entries.websocket_entry(
+            started, ws_url, headers.items(), exc.status, exc.message, exc.headers or {}, [],
+            0, monotonic_ms(t0), request.path_qs, "refused by the device"))
+        raise web.HTTPBadGateway(text=f"{live.device} refused the WebSocket"
+                                      f" (HTTP {exc.status})") from None
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
+                                      f" ({exc.__class__.__name__})") from None
+    answer = getattr(upstream, "_response", None)
+    browser = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else [],
+                                    autoping=True, max_msg_size=0)
+    browser[OWN_HEADERS] = True
+    wslog = live.websocket_log()
+    limit = live.har.body_limit
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    close = "ended"
+    live.sockets.add(browser)
+    live.relays.add(done)
+    try:
+        await browser.prepare(request)
+        close = await _pump_websocket(browser, upstream, wslog, limit)
+    finally:
+        await upstream.close()
+        live.sockets.discard(browser)
+        wslog.close()
+        live.har.add(har_entries.websocket_entry(
+            started, ws_url, headers.items(), answer.status if answer else 101,
+            answer.reason if answer else "Switching Protocols",
+            answer.headers if answer else {}, wslog.messages, wslog.count, monotonic_ms(t0),
+            request.path_qs, live.closing or close))
+        live.relays.discard(done)
+        done.set_result(None)
+    return browser
+
+
+async def _pump_websocket(browser: web.WebSocketResponse,
+                          upstream: aiohttp.ClientWebSocketResponse, wslog: WebSocketLog,
+                          limit: int) -> str:
+
+    async def to_device() -> str:
+        async for message in browser:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                wslog.message("send", message.data, limit)
+                await upstream.send_str(message.data)
+            elif message.type is aiohttp.WSMsgType.BINARY:
+                wslog.message("send", message.data, limit)
+                await upstream.send_bytes(message.data)
+        await upstream.close(code=browser.close_code or 1000)
+        return f"closed by the browser ({browser.close_code})"
+
+    async def to_browser() -> str:
+        async for message in upstream:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                wslog.message("receive", message.data, limit)
+                await browser.send_str(message.data)
+            elif message.type is aiohttp.WSMsgType.BINARY:
+                wslog.message("receive", message.data, limit)
+                await browser.send_bytes(message.data)
+        await browser.close(code=upstream.close_code or 1000)
+        return f"closed by the device ({upstream.close_code})"
+
+    tasks = [asyncio.ensure_future(to_device()), asyncio.ensure_future(to_browser())]
+    finished, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    first = finished.pop()
+    if first.cancelled() or first.exception() is not None:
+        return "relay error"
+    return str(first.result())

@@ -1,0 +1,207 @@
+"""One signed-in browser's proxied session on this node: recorded, registered with the live
+sessions (so expiry, revoke and kill reach it), and cut at once when its grant ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from broker.domain.grants import Refusal
+from broker.domain.protocols import Protocol
+from broker.errors import BrokerError, DeviceError
+from broker.recording import SessionRecording, signer_for
+from broker.recording.har import HAR_FILE, HarWriter, WebSocketLog
+from broker.revocation.registry import LiveSessions
+from broker.services.context import Context
+from broker.services.grants import check_access
+from broker.services.sessions import (
+    audit_event,
+    close_session,
+    device_login,
+    kill_reason,
+    new_session_id,
+    open_session,
+)
+from broker.store.models import Device, Grant, Technician, WebSession
+from broker.webproxy import har_entries
+from broker.webproxy.settings import WebTarget, load_target
+from broker.webproxy.signin import end_web_session
+from broker.webproxy.upstream import form_login, open_client
+
+log = structlog.get_logger("broker.webproxy")
+WINDOW_CLOSED = "your access window closed"
+WS_POLICY_VIOLATION = 1008
+RELAY_GRACE = 0.5  # seconds
+SHUTTING_DOWN = "the broker is shutting down"  # what broker.server says at a stop
+
+
+class ProxiedSession:
+    """Implements :class:`broker.revocation.registry.LiveSession`."""
+
+    def __init__(self, ctx: Context, registry: LiveSessions, row: WebSession,
+                 tech: Technician, device: Device, grant: Grant, target: WebTarget,
+                 client: str) -> None:
+        self.ctx, self.registry, self.row = ctx, registry, row
+        self.tech, self.device_row, self.grant, self.target = tech, device, grant, target
+        self.client_addr = client
+        self.prefix = f"/w/{grant.id}/"
+        self.ends_at: datetime = grant.end
+        self.closing: str | None = None
+        self.session_id = new_session_id(ctx.now())
+        self.recording: SessionRecording | None = None
+        self.har: HarWriter | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.sockets: set[web.WebSocketResponse] = set()
+        self.relays: set[asyncio.Future[None]] = set()  # WebSocket relays still recording
+        self._logged_in = False
+        self._login_lock = asyncio.Lock()
+        self.requests = 0
+
+    # -- the LiveSession protocol ------------------------------------------------------------
+    @property
+    def technician(self) -> str:
+        return self.tech.name
+
+    @property
+    def device(self) -> str:
+        return self.device_row.name
+
+    async def still_allowed(self) -> str | None:
+        killed = await kill_reason(self.ctx, self.session_id)
+        if killed is not None:
+            return killed
+        access = await check_access(self.ctx, self.tech.name, self.device_row.name, Protocol.WEB)
+        if not access.allowed:
+            return (WINDOW_CLOSED if access.decision.refusal is Refusal.EXPIRED
+                    else f"access ended: {access.decision.detail}")
+        if access.grant is None or access.grant.id != self.grant.id:
+            return "access ended: this sign-in belongs to a grant that no longer applies"
+        self.ends_at = access.grant.end
+        return None
+
+    async def warn(self, text: str) -> None:
+        """A browser has no channel for an out-of-band notice; the page's own requests are
+        answered with the window-closed page once the window closes."""
+
+    async def terminate(self, reason: str) -> None:
+        if self.closing is not None:
+            return
+        self.closing = reason
+        self.registry.remove(self)
+        await asyncio.gather(*(ws.close(code=WS_POLICY_VIOLATION,
+                                        message=_close_message(reason))
+                               for ws in list(self.sockets)), return_exceptions=True)
+        if self.relays:  # let them write their HAR entries, briefly
+            await asyncio.wait(list(self.relays), timeout=RELAY_GRACE)
+        if self.http is not None:
+            await self.http.close()
+        try:
+            if self.har is not None:
+                self.har.close()
+            if self.recording is not None:
+                await self.recording.close(reason)
+            await close_session(self.ctx, self.session_id, reason)
+            if reason != SHUTTING_DOWN:  # the sign-in outlives a restart; the grant decides
+                await end_web_session(self.ctx, self.row.id, reason)
+        except (BrokerError, OSError) as exc:
+            log.error("closing the web session failed", session=self.session_id,
+                      error=str(exc))
+
+    # -- life --------------------------------------------------------------------------------
+    def refusal(self) -> str | None:
+        """Why this session may not serve a request right now (checked per request, so an
+        expiry is honoured even before the scheduler gets to it)."""
+        if self.closing is not None:
+            return self.closing
+        if self.ctx.now() >= self.ends_at:
+            return WINDOW_CLOSED
+        return None
+
+    async def start(self) -> None:
+        """Open the session row and its recording, and register with the live sessions."""
+        now = self.ctx.now()
+        config = self.ctx.config
+        self.recording = SessionRecording.create(
+            config.recordings_dir, self.session_id, now,
+            {"technician": self.tech.name, "vendor": self.tech.vendor,
+             "device": self.device_row.name, "grant": self.grant.id, "client": self.client_addr,
+             "node": self.ctx.node, "protocol": "web", "web_session": self.row.id,
+             "web_url": self.target.origin.origin + self.target.origin.base_path},
+            signer=signer_for(config))
+        self.har = HarWriter(self.recording.add_file("web", ".har"),
+                             body_limit=config.settings.recording.har_body_limit,
+                             comment=f"{self.tech.name}@{self.device_row.name}, grant "
+                                     f"{self.grant.id}, web session {self.row.id}")
+        assert self.har.path.name == HAR_FILE
+        await open_session(self.ctx, self.grant, self.tech, self.device_row, self.client_addr,
+                           "web", self.recording.path.name, self.session_id)
+        await audit_event(self.ctx, "web.session_started", f"technician:{self.tech.name}",
+                          f"web:{self.row.id}", session_id=self.session_id,
+                          grant=self.grant.id,
+                          device=self.device_row.name, client=self.client_addr)
+        self.registry.add(self)
+
+    async def client(self) -> aiohttp.ClientSession:
+        """The HTTP client towards the device, logged in there (once) if the device wants it."""
+        if self.http is not None and self._logged_in:
+            return self.http
+        async with self._login_lock:
+            if self.http is None:
+                self.target = await load_target(self.ctx, self.target.device_id)
+                login = (await device_login(self.ctx, self.target.device_id)
+                         if self.target.settings.auth != "none" else None)
+                self.http = open_client(self.target, login)
+                if self.target.settings.auth == "form":
+                    assert login is not None
+                    try:
+                        await form_login(self.http, self.target, login, self._record_login)
+                    except DeviceError as exc:
+                        await self.audit("web.device_login_failed", error=str(exc))
+                        await self.http.close()
+                        self.http = None
+                        raise
+                    await self.audit("web.device_login", method="form")
+            self._logged_in = True
+            return self.http
+
+    async def _record_login(self, method: str, url: URL, headers: dict[str, str],
+                            form: dict[str, str], response: aiohttp.ClientResponse,
+                            body: bytes) -> None:
+        if self.har is None:
+            return
+        capture = self.har.body()
+        capture.feed(body)
+        self.har.add(har_entries.login_entry(self.ctx.now(), method, url, headers, form,
+                                             response, capture.finish()))
+
+    def websocket_log(self) -> WebSocketLog:
+        assert self.har is not None and self.recording is not None
+        return self.har.websocket(self.recording.add_file(f"websocket-{self.requests}",
+                                                          ".jsonl"))
+
+    async def audit(self, kind: str, **data: Any) -> None:
+        await audit_event(self.ctx, kind, f"technician:{self.tech.name}",
+                          f"web:{self.row.id}", device=self.device_row.name,
+                          grant=self.grant.id, **data)
+
+
+def _close_message(reason: str) -> bytes:
+    return reason.encode("utf-8")[:120]  # a close frame's reason must fit in 123 bytes
+
+
+def monotonic_ms(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 3)
+
+
+async def quietly_close(*closables: Any) -> None:
+    for thing in closables:
+        with contextlib.suppress(Exception):
+            await thing.close()
