@@ -130,6 +130,9 @@ class RecordingSection(_Section):
     dir: str = "recordings"
     retain_days: int = Field(default=2555, ge=1)
     signing_key: str = "data/recording_ed25519.pem"
+    # Web sessions (HAR): bodies up to this many bytes go inside the HAR, larger ones into
+    # files named by their SHA-256 next to it.
+    har_body_limit: int = Field(default=1024 * 1024, ge=0)
 
 
 class PolicySection(_Section):
@@ -152,6 +155,62 @@ class LogSection(_Section):
         return value.lower()
 
 
+def _duration_text(value: str, *, at_most: str | None = None) -> str:
+    from broker.domain.durations import DurationError, parse_duration
+
+    try:
+        parsed = parse_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+    if at_most is not None and parsed > parse_duration(at_most):
+        raise ValueError(f"{value!r} is longer than the most allowed, {at_most}")
+    return value
+
+
+class ApprovalsSection(_Section):
+    link_ttl: str = "4h"  # how long a personal approval link stays valid
+
+    _ttl = field_validator("link_ttl")(
+        classmethod(lambda cls, v: _duration_text(v, at_most="7d")))
+
+
+class NotifySection(_Section):
+    """Webhook and e-mail notifications (``broker/approvals/notify``); empty = channel off."""
+
+    webhook_url: str = ""
+    webhook_secret_file: str = "data/webhook.key"  # 0600; HMAC-SHA256 key for the signature
+    webhook_timeout: str = "10s"
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    smtp_password_env: str = ""  # name of the environment variable holding the password
+    smtp_timeout: str = "20s"
+    mail_from: str = "broker@localhost"
+    templates_dir: str = "notify-templates"  # files here override the shipped templates
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_base: str = "10s"  # first retry after this, doubling each time
+    retry_max: str = "1h"
+
+    _durations = field_validator("webhook_timeout", "smtp_timeout", "retry_base", "retry_max")(
+        classmethod(lambda cls, v: _duration_text(v)))
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"expected an http(s) URL or nothing, got {value!r}")
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        if "@" not in value or any(c in value for c in "\r\n"):
+            raise ValueError(f"expected an e-mail address, got {value!r}")
+        return value
+
+
 class Settings(_Section):
     broker: BrokerSection = BrokerSection()
     ssh: SSHSection = SSHSection()
@@ -160,6 +219,8 @@ class Settings(_Section):
     policy: PolicySection = PolicySection()
     vault: VaultSection = VaultSection()
     log: LogSection = LogSection()
+    approvals: ApprovalsSection = ApprovalsSection()
+    notify: NotifySection = NotifySection()
 
 
 class Config:
@@ -309,6 +370,8 @@ secret_key = "data/web.key"
 dir = "recordings"
 retain_days = 2555
 signing_key = "data/recording_ed25519.pem"
+# bytes of a web request/response body kept inside the HAR; larger bodies are separate files
+har_body_limit = 1048576
 
 [policy]
 dir = "policies"
@@ -320,4 +383,27 @@ key_file = "data/vault.key"
 # JSON lines (structlog); every audit event is also a line here.
 file = "data/broker.log"
 level = "info"
+
+[approvals]
+# Personal approval links (https://HOST/approve/<token>) stay valid this long.
+link_ttl = "4h"
+
+[notify]
+# Webhook: JSON POSTs signed with X-Broker-Signature: sha256=<HMAC-SHA256 of the body>, keyed
+# with the contents of webhook_secret_file. Empty webhook_url or smtp_host: that channel is off.
+webhook_url = ""
+webhook_secret_file = "data/webhook.key"
+webhook_timeout = "10s"
+smtp_host = ""
+smtp_port = 25
+smtp_starttls = false
+smtp_user = ""
+smtp_password_env = ""
+mail_from = "broker@localhost"
+smtp_timeout = "20s"
+# Files here (e.g. request.created.txt) replace the shipped e-mail templates of that name.
+templates_dir = "notify-templates"
+max_attempts = 8
+retry_base = "10s"
+retry_max = "1h"
 """

@@ -5,30 +5,31 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncssh
 import structlog
-from sqlmodel import col, func, select
 
+from broker.approvals.notify import Notifier
 from broker.audit.logging import configure_logging
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.errors import ConfigError
 from broker.http import WebSite, create_app
 from broker.recording import default_flusher, seal_interrupted, signer_for
+from broker.revocation.feed import ChangeFeed, feed_for
 from broker.revocation.registry import LiveSessions
+from broker.revocation.rotator import Rotator
 from broker.revocation.scheduler import Scheduler
 from broker.services.context import Context
 from broker.services.sessions import mark_interrupted
 from broker.ssh.channel import handle_process
 from broker.ssh.connection import BrokerConnection, ConnectionServices
 from broker.ssh.proxy_protocol import ProxiedAcceptor, listen_with_proxy_protocol
-from broker.store.models import AuditEvent
 
 log = structlog.get_logger("broker.server")
-FEED_INTERVAL = 0.25
 RELAY_WINDOW = 8 * 1024 * 1024
 # The largest packet we accept: peers that allow it (OpenSSH does) send fewer, larger packets.
 RELAY_PACKET = 256 * 1024
@@ -45,9 +46,11 @@ class Server:
         self.ctx = ctx
         self.sessions = LiveSessions()
         self.scheduler = Scheduler(ctx, self.sessions)
+        self.rotator = Rotator(ctx)
         self.listener: asyncssh.SSHAcceptor | ProxiedAcceptor | None = None
         self.ssh_port = 0
         self.web: WebSite | None = None
+        self.feed: ChangeFeed | None = None
 
     async def start(self) -> None:
         settings = self.ctx.config.settings
@@ -94,7 +97,9 @@ class Server:
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.ensure_future(self.scheduler.run()),
-                 asyncio.ensure_future(self.watch_changes())]
+                 asyncio.ensure_future(self.rotator.run()),
+                 asyncio.ensure_future(self.watch_changes()),
+                 asyncio.ensure_future(Notifier(self.ctx).run())]
         try:
             await stop.wait()
         finally:
@@ -115,28 +120,20 @@ class Server:
         await self.ctx.close()
 
     async def watch_changes(self) -> None:
-        """Follow the audit chain: any grant, technician or device change made elsewhere
-        (another process, another node) makes live sessions re-check their grant."""
-        last = await self._head()
-        while True:
-            await asyncio.sleep(FEED_INTERVAL)
-            try:
-                head = await self._head()
-                if head == last:
-                    continue
-                async with self.ctx.store.session() as db:
-                    kinds = (await db.exec(select(AuditEvent.kind).where(
-                        AuditEvent.seq > last, AuditEvent.seq <= head))).all()
-                last = head
-                if any(kind.startswith(RECHECK_KINDS) for kind in kinds):
-                    self.scheduler.replan()
-                    await self.sessions.recheck()
-            except Exception as exc:
-                log.error("change feed failed", error=str(exc))
+        """Any grant, technician, device or kill change made elsewhere (a CLI process,
+        another node) makes live sessions re-check their grant within a second."""
+        self.feed = feed_for(self.ctx)
 
-    async def _head(self) -> int:
-        async with self.ctx.store.session() as db:
-            return (await db.exec(select(func.max(col(AuditEvent.seq))))).one() or 0
+        async def on_change(kinds: list[str]) -> None:
+            if any(kind.startswith(RECHECK_KINDS) for kind in kinds):
+                await self.resync()
+
+        await self.feed.run(on_change, self.resync)
+
+    async def resync(self) -> None:
+        self.scheduler.replan()
+        self.rotator.replan()
+        await self.sessions.recheck()
 
 
 async def run_server(config: Config) -> None:
@@ -148,6 +145,17 @@ async def run_server(config: Config) -> None:
     print(f"broker: serving SSH on port {server.ssh_port}, {scheme} on port {server.web.port}",
           flush=True)
     await server.run(stop_on_signals())
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server on uvloop where it is installed (the relay's hot path is socket I/O,
+    which uvloop does in C), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def stop_on_signals() -> asyncio.Event:

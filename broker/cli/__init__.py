@@ -7,8 +7,23 @@ import sys
 
 import click
 
-from broker.cli import access, admin, auditing, certs, devices, people, recordings
+import broker.cli.approvals  # noqa: F401  (adds 'broker request link')
+from broker.cli import (
+    access,
+    admin,
+    apitokens,
+    auditing,
+    certs,
+    devices,
+    people,
+    recordings,
+    sessions,
+)
 from broker.cli._base import stderr_line
+from broker.cli.backup import backup_command, restore_command
+from broker.cli.breakglass import breakglass_command
+from broker.cli.staff import staff as staff_group
+from broker.cli.vault import vault as vault_group
 from broker.errors import BrokerError
 
 
@@ -22,8 +37,14 @@ def cli(config_file: str | None) -> None:
 
 for command in (admin.init, admin.migrate, admin.serve, admin.demo, people.tech,
                 people.approver, devices.device, access.request, access.grant, auditing.audit,
-                auditing.policy, recordings.recordings, recordings.replay_command, certs.cert):
+                auditing.policy, recordings.recordings, recordings.replay_command, certs.cert,
+                sessions.session):
     cli.add_command(command)
+for command in (breakglass_command, backup_command, restore_command):
+    cli.add_command(command)
+cli.add_command(apitokens.api_token)
+cli.add_command(vault_group)
+cli.add_command(staff_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from broker.approvals.notify.channels import create_webhook_secret
 from broker.cli._base import config_of, stderr_line
 from broker.config import DEFAULT_CONFIG, Config, load_config, render_default_config
 from broker.credentials.files import write_public
@@ -46,6 +47,8 @@ def initialise(directory: Path, public_url: str | None = None,
     hostname = urlsplit(config.settings.broker.public_url).hostname or "localhost"
     for path in create_keys(KeyPaths.of(config), hostname):
         say(f"created {path}")
+    if (webhook_key := create_webhook_secret(config)) is not None:
+        say(f"created {webhook_key}")
     return config
 
 
@@ -70,11 +73,11 @@ def migrate(config_file: str | None) -> None:
 @click.option("--config", "config_file", metavar="PATH", default=None)
 def serve(config_file: str | None) -> None:
     """Run the SSH service and the scheduler until SIGTERM."""
-    from broker.server import run_server
+    from broker.server import run_event_loop, run_server
 
     config = config_of(config_file)
     try:
-        asyncio.run(run_server(config))
+        run_event_loop(run_server(config))
     except KeyboardInterrupt:
         stderr_line("stopped")
 

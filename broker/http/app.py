@@ -11,7 +11,10 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+import broker.http.approvals as approval_pages
+from broker import webproxy
 from broker.credentials.keys import KeyPaths, load_secret_bytes
+from broker.http import api, staff
 from broker.http.errors import error_pages
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
 from broker.http.security import security_headers
@@ -36,6 +39,10 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     aiohttp_jinja2.get_env(app).globals["static"] = lambda name: f"/static/{name}"
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC)
+    api.setup(app)
+    staff.setup(app)
+    approval_pages.setup(app)
+    webproxy.setup(app)
     return app
 
 

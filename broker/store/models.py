@@ -65,6 +65,14 @@ class Device(SQLModel, table=True):
     rotate: bool = False
     host_key: str | None = None  # pinned on first connection
     created_at: datetime = _utc()  # type: ignore[assignment]
+    # -- credential rotation (broker/credentials/rotation.py) --
+    rotate_method: str | None = Field(default=None, max_length=20)  # None: by credential kind
+    rotation_due_at: datetime | None = _utc(default=None, index=True)  # type: ignore[assignment]
+    rotation_reason: str | None = Field(default=None, max_length=200)
+    rotation_attempts: int = 0  # failures in a row
+    rotation_claimed_by: str | None = Field(default=None, max_length=100)  # node working it
+    rotation_claimed_until: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    rotated_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
 
 
 class DeviceCredential(SQLModel, table=True):
@@ -75,6 +83,7 @@ class DeviceCredential(SQLModel, table=True):
     secret: bytes = Field(sa_type=LargeBinary)  # vault-encrypted
     owner: str | None = None
     created_at: datetime = _utc()  # type: ignore[assignment]
+    # False: a rotation's new secret, not yet confirmed on the device; never used to log in
     current: bool = True
 
 
@@ -120,6 +129,11 @@ class Grant(SQLModel, table=True):
     breakglass: bool = False
     reviewed_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
     created_at: datetime = _utc()  # type: ignore[assignment]
+    # Break-glass (migration 0005): opened without approval, reviewed by an approver afterwards.
+    breakglass_reason: str | None = None
+    breakglass_by: str | None = Field(default=None, max_length=200)
+    reviewed_by: str | None = Field(default=None, max_length=63)
+    review_comment: str | None = None
 
 
 class Session(SQLModel, table=True):
@@ -164,3 +178,139 @@ class IssuedCertificate(SQLModel, table=True):
     valid_before: datetime = _utc()  # type: ignore[assignment]
     issued_at: datetime = _utc()  # type: ignore[assignment]
     issued_by: str = Field(max_length=200)
+
+
+# -- REST API tokens (issue 7, part 3) ---------------------------------------------------------
+class ApiToken(SQLModel, table=True):
+    """A bearer token for automation. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=63)
+    role: str = Field(max_length=20)  # admin | approver | auditor
+    approver_id: int | None = Field(default=None, foreign_key="approver.id")
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = _utc()  # type: ignore[assignment]
+    created_by: str = Field(max_length=200)
+    expires_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    last_used_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    revoked_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+
+
+# -- staff web UI (accounts and their server-side sessions) -------------------------------
+
+
+class StaffUser(SQLModel, table=True):
+    """A hospital staff account for the web UI: approver, auditor or admin."""
+
+    __tablename__ = "staff_user"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=63)
+    role: str = Field(max_length=20)  # approver | auditor | admin
+    password_hash: str = Field(max_length=200)  # Argon2id (PHC string)
+    totp_secret: bytes | None = Field(default=None, sa_type=LargeBinary)  # vault-encrypted
+    totp_last_step: int | None = None  # newest TOTP time step accepted (single use)
+    approver_name: str | None = Field(default=None, max_length=63)  # decides as this approver
+    disabled: bool = False
+    created_at: datetime = _utc()  # type: ignore[assignment]
+
+
+class StaffSession(SQLModel, table=True):
+    """A signed-in browser. Only the SHA-256 of the cookie's random id is stored."""
+
+    __tablename__ = "staff_session"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    user_id: int = Field(foreign_key="staff_user.id", index=True)
+    mfa_pending: bool = False  # password accepted, TOTP code still owed
+    csrf_binding: str = Field(max_length=64)
+    address: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _utc()  # type: ignore[assignment]
+    last_seen: datetime = _utc()  # type: ignore[assignment]
+    expires_at: datetime = _utc()  # type: ignore[assignment]
+
+
+# -- approval links and notifications (issue 7, part 1; migration 0006) -----------------------
+class UsedApprovalToken(SQLModel, table=True):
+    """An approval link's token id, spent by the decision it carried; kept until it expires."""
+
+    __tablename__ = "used_approval_token"
+    jti: str = Field(primary_key=True, max_length=64)
+    request_id: int = Field(index=True)
+    approver: str = Field(max_length=63)
+    used_at: datetime = _utc()  # type: ignore[assignment]
+    expires_at: datetime = _utc(index=True)  # type: ignore[assignment]
+
+
+class NotificationCursor(SQLModel, table=True):
+    """How far along the audit chain notifications have been planned (one row per feed)."""
+
+    __tablename__ = "notification_cursor"
+    name: str = Field(primary_key=True, max_length=40)
+    seq: int = 0
+
+
+class Notification(SQLModel, table=True):
+    """One delivery (a webhook POST or an e-mail) owed for one audit event."""
+
+    __table_args__ = (UniqueConstraint("event_seq", "channel", "recipient"),
+                      Index("ix_notification_due", "state", "next_attempt_at"))
+    id: int | None = Field(default=None, primary_key=True)
+    event_seq: int
+    kind: str = Field(max_length=60)  # the audit event's kind
+    channel: str = Field(max_length=10)  # webhook | email
+    recipient: str = Field(max_length=320)  # an e-mail address, or the webhook URL
+    payload: str  # JSON: the webhook body, or the e-mail's template and its values
+    state: str = Field(default="pending", max_length=10)  # pending | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime = _utc()  # type: ignore[assignment]
+    lease_until: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    leased_by: str | None = Field(default=None, max_length=100)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _utc()  # type: ignore[assignment]
+    sent_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+
+
+# -- device web proxy (issue 8): TLS trust and login per device, sign-in links, web sessions --
+class DeviceWeb(SQLModel, table=True):
+    """How the broker reaches a device's web UI (``broker device web NAME ...``)."""
+
+    __tablename__ = "device_web"
+    device_id: int = Field(foreign_key="device.id", primary_key=True)
+    ca_pem: str | None = None  # trust only this CA (PEM) for the device's HTTPS
+    pin_sha256: str | None = Field(default=None, max_length=64)  # or exactly this certificate
+    allow_http: bool = False  # an http:// web_url is refused unless this was set on purpose
+    auth: str = Field(default="none", max_length=10)  # none | basic | digest | form
+    form_path: str | None = Field(default=None, max_length=500)
+    form_user_field: str = Field(default="username", max_length=100)
+    form_password_field: str = Field(default="password", max_length=100)
+    updated_at: datetime = _utc()  # type: ignore[assignment]
+
+
+class WebSignin(SQLModel, table=True):
+    """A one-time sign-in link (``ssh TECH@broker weblogin DEVICE``); only its hash is kept."""
+
+    __tablename__ = "web_signin"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    technician_id: int = Field(foreign_key="technician.id")
+    grant_id: int = Field(foreign_key="grant.id", index=True)
+    device_id: int = Field(foreign_key="device.id")
+    created_at: datetime = _utc()  # type: ignore[assignment]
+    expires_at: datetime = _utc()  # type: ignore[assignment]
+    used_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+
+
+class WebSession(SQLModel, table=True):
+    """A browser signed in to one grant's device web UI; its cookie's hash is kept."""
+
+    __tablename__ = "web_session"
+    id: str = Field(primary_key=True, max_length=40)
+    cookie_hash: str = Field(max_length=64, unique=True)
+    grant_id: int = Field(foreign_key="grant.id", index=True)
+    technician_id: int = Field(foreign_key="technician.id")
+    device_id: int = Field(foreign_key="device.id")
+    client_addr: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _utc()  # type: ignore[assignment]
+    ended_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    end_reason: str | None = Field(default=None, max_length=300)

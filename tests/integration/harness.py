@@ -51,6 +51,10 @@ class SshdDevice:
     port: int = 0
     user: str = field(default_factory=getpass.getuser)
     proc: subprocess.Popen | None = None
+    password_auth: bool = False  # also accept passwords (checked against /etc/shadow)
+    # sshd's AuthorizedKeysFile, e.g. ".ssh/authorized_keys" for each account's own file;
+    # None: ROOT/authorized_keys, holding the broker's login key
+    authorized_keys_file: str | None = None
 
     def start(self) -> SshdDevice:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -66,10 +70,10 @@ class SshdDevice:
             ListenAddress 127.0.0.1
             HostKey {host_key}
             PidFile {self.root / 'sshd.pid'}
-            AuthorizedKeysFile {authorized}
+            AuthorizedKeysFile {self.authorized_keys_file or authorized}
             StrictModes no
             UsePAM no
-            PasswordAuthentication no
+            PasswordAuthentication {"yes" if self.password_auth else "no"}
             KbdInteractiveAuthentication no
             PermitRootLogin prohibit-password
             PubkeyAuthentication yes
