@@ -16,8 +16,10 @@ import click
 from broker.audit.logging import log_to_file
 from broker.cli.admin import initialise, migrate_database
 from broker.config import load_config
+from broker.credentials.files import write_secret
 from broker.demo import start_simulated_device
 from broker.demo.web import start_device_web
+from broker.http.staff.accounts import StaffAccounts
 from broker.server import Server, stop_on_signals
 from broker.services.context import Context
 from broker.services.directory import Directory, parse_public_keys
@@ -61,6 +63,7 @@ async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
         os.chmod(tech_key, 0o600)
     ctx = Context.open(config)
     await _populate(ctx, tech_key, device.port, device_password)
+    portal_password = await _staff_account(ctx, root / "dana-portal-password")
     await configure_web(ctx, ACTOR, "pump-7", WebOptions(
         url=device_web.url, insecure_http=True, auth="form", form_path="/login"))
     server = Server(ctx)
@@ -72,7 +75,7 @@ async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
         f"Host broker-demo\n  HostName localhost\n  Port {server.ssh_port}\n"
         f"  IdentityFile {tech_key}\n  IdentitiesOnly yes\n"
         f"  UserKnownHostsFile {known_hosts}\n  HostKeyAlias [localhost]:{server.ssh_port}\n")
-    click.echo(walkthrough(root, server.ssh_port))
+    click.echo(walkthrough(root, server.ssh_port, http_port, portal_password))
     try:
         await server.run(stop_on_signals())
     finally:
@@ -94,11 +97,22 @@ async def _populate(ctx: Context, tech_key: Path, device_port: int, password: st
         "password", password.encode(), owner="biomed")
 
 
+async def _staff_account(ctx: Context, password_file: Path) -> str:
+    """dana's portal account (admin, deciding as approver dana); its password is kept in a
+    0600 file so that a demo re-run in the same --dir can print it again."""
+    if password_file.exists():
+        return password_file.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    await StaffAccounts(ctx, ACTOR).add("dana", "admin", password, approver="dana")
+    write_secret(password_file, password.encode() + b"\n")
+    return password
+
+
 async def _exists(directory: Directory) -> bool:
     return any(t.technician.name == "alice" for t in await directory.technicians())
 
 
-def walkthrough(root: Path, port: int) -> str:
+def walkthrough(root: Path, port: int, http_port: int, portal_password: str) -> str:
     bin_dir = shlex.quote(str(Path(shutil.which("broker") or sys.argv[0]).resolve().parent))
     ssh = f"ssh -F {shlex.quote(str(root / 'ssh_config'))}"
     pick_terminal = ("broker recordings list --json | python3 -c 'import json,sys; print([r[\"id\"]"
@@ -114,8 +128,9 @@ Behind it: a simulated infusion pump 'pump-7'. Registered: technician 'alice'
   # 1. Without a grant, alice is refused, with the reason:
   {ssh} alice+pump-7@broker-demo status
 
-  # 2. alice asks for 30 minutes; dana approves from a shell:
+  # 2. alice asks for 30 minutes; dana approves, from a shell or with her one-click link:
   broker request create --tech alice --device pump-7 --for 30m --reason "Battery check, INC-4711"
+  broker request link 1 --approver dana     # open it on a phone or in a browser, or:
   broker request approve 1 --as dana --comment "ok, ICU informed"
   broker grant list
 
@@ -128,13 +143,17 @@ Behind it: a simulated infusion pump 'pump-7'. Registered: technician 'alice'
   {ssh} alice@broker-demo weblogin pump-7     # prints a one-time https://... link
   #    open it in a browser (accept the demo's self-signed certificate), then Live log
 
-  # 5. An auditor replays the session and checks the audit chain:
+  # 5. The staff portal: https://localhost:{http_port}/staff/  (user dana, password
+  #    {portal_password}): pending requests, grants, live sessions (Watch, Kill),
+  #    recordings with the player, the audit log, devices.
+
+  # 6. An auditor replays the session and checks the audit chain:
   broker recordings list
   broker replay $({pick_terminal})
   broker audit tail
   broker audit verify
 
-  # 6. Revoke: live sessions (the web page too) are cut within a second, new ones refused:
+  # 7. Revoke: live sessions (the web page too) are cut within a second, new ones refused:
   broker grant revoke 1 --reason "demo over"
   {ssh} alice+pump-7@broker-demo status
 
