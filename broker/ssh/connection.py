@@ -98,7 +98,10 @@ class BrokerConnection(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         _wrap_key_validation(conn, self)
-        peer = conn.get_extra_info("peername") or ("unknown", 0)
+        # behind a PROXY header, the client's own address (uvloop's transports report the
+        # socket's peer from the file descriptor, not from the wrapped socket object)
+        peer = (conn.get_extra_info("client_peer") or conn.get_extra_info("peername")
+                or ("unknown", 0))
         host = str(peer[0])
         self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
         self.source = host

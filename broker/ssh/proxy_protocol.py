@@ -11,7 +11,9 @@ in a ``socket.socket`` subclass whose ``getpeername()`` answers the proxied addr
 asyncio transport's ``peername``, asyncssh's own peer address (its logs, ``Match Address``,
 host-based auth) and ``conn.get_extra_info("peername")`` in ``SSHServer.connection_made`` all
 see the technician's address, not the load balancer's. The balancer's address is kept as
-``conn.get_extra_info("proxy_peer")``; the parsed header as ``"proxy_header"``.
+``conn.get_extra_info("proxy_peer")``; the parsed header as ``"proxy_header"``; the client's
+address as ``"client_peer"``. Prefer ``client_peer``: on uvloop the transport's ``peername``
+comes from the file descriptor and so names the balancer, not the client.
 
 A missing, malformed or late header (or a connection from outside ``trusted``) closes the
 socket with one warning naming the peer; the accept loop carries on.
@@ -405,7 +407,8 @@ class ProxiedAcceptor:
                 sock = _with_peer(sock, header.source)
             conn = asyncssh.SSHServerConnection(self._loop, self._options, self._acceptor,
                                                 self._error_handler)
-            conn.set_extra_info(proxy_header=header, proxy_peer=peer)
+            conn.set_extra_info(proxy_header=header, proxy_peer=peer,
+                                client_peer=header.source or peer)
             self._connections.add(conn)
             await self._loop.create_connection(lambda: conn, sock=sock)
             started = True
