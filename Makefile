@@ -49,7 +49,7 @@ integration: system-deps $(STAMP) static
 	$(BIN)/pytest tests/integration
 
 test: system-deps $(STAMP) static lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile --durations=30
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis node_modules $(VENDOR)

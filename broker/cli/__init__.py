@@ -2,49 +2,51 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
-import broker.cli.approvals  # noqa: F401  (adds 'broker request link')
-from broker.cli import (
-    access,
-    admin,
-    apitokens,
-    auditing,
-    certs,
-    devices,
-    people,
-    recordings,
-    sessions,
-)
 from broker.cli._base import stderr_line
-from broker.cli.backup import backup_command, restore_command
-from broker.cli.breakglass import breakglass_command
-from broker.cli.staff import staff as staff_group
-from broker.cli.vault import vault as vault_group
 from broker.errors import BrokerError
 
+# Each command's module is imported only when that command runs: the web, API and SSH
+# layers cost a second of imports that `broker tech list` should not pay.
+COMMANDS = {
+    "init": "admin:init", "migrate": "admin:migrate", "serve": "admin:serve",
+    "demo": "admin:demo", "backup": "backup:backup_command", "restore": "backup:restore_command",
+    "tech": "people:tech", "approver": "people:approver", "staff": "staff:staff",
+    "device": "devices:device", "vault": "vault:vault",
+    "request": "approvals:request",  # the access module's group, plus 'request link'
+    "grant": "access:grant", "breakglass": "breakglass:breakglass_command",
+    "cert": "certs:cert", "session": "sessions:session",
+    "recordings": "recordings:recordings", "replay": "recordings:replay_command",
+    "audit": "auditing:audit", "policy": "auditing:policy", "api-token": "apitokens:api_token",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(f"broker.cli.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_file", metavar="PATH", default=None,
               help="broker.toml (default ./broker.toml, or $BROKER_CONFIG)")
 @click.version_option(package_name="broker")
 def cli(config_file: str | None) -> None:
     """The vendor access broker."""
-
-
-for command in (admin.init, admin.migrate, admin.serve, admin.demo, people.tech,
-                people.approver, devices.device, access.request, access.grant, auditing.audit,
-                auditing.policy, recordings.recordings, recordings.replay_command, certs.cert,
-                sessions.session):
-    cli.add_command(command)
-for command in (breakglass_command, backup_command, restore_command):
-    cli.add_command(command)
-cli.add_command(apitokens.api_token)
-cli.add_command(vault_group)
-cli.add_command(staff_group)
 
 
 def main(argv: list[str] | None = None) -> None:

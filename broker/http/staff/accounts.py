@@ -13,6 +13,7 @@ Roles and what each may do (checked on every route, see :data:`PERMISSIONS`):
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
 import pyotp
@@ -44,8 +45,13 @@ TOTP_DIGITS = 6
 TOTP_WINDOW = 1  # steps accepted either side of the current one
 
 _hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
-# Checked when the name is unknown, so that a miss costs as much time as a wrong password.
-_DUMMY_HASH = _hasher.hash("not-a-password-of-anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the name is unknown, so that a miss costs as much time as a wrong
+    password (made on first use: hashing at import would slow every CLI command)."""
+    return _hasher.hash("not-a-password-of-anyone")
 
 
 def may(role: str, permission: str) -> bool:
@@ -81,7 +87,7 @@ async def check_password(ctx: Context, name: str, password: str) -> LoginCheck:
     the time taken says nothing about whether the account exists."""
     async with ctx.store.session() as db:
         user = (await db.exec(select(StaffUser).where(StaffUser.name == name))).first()
-    stored = user.password_hash if user is not None else _DUMMY_HASH
+    stored = user.password_hash if user is not None else _dummy_hash()
     matches = await asyncio.to_thread(_password_matches, stored, password)
     if user is None:
         return LoginCheck(None, "unknown user")
