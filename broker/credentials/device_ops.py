@@ -36,7 +36,14 @@ def scrub(text: str, *secrets: str) -> str:
 async def _run(conn: asyncssh.SSHClientConnection, command: str, stdin: str,
                what: str, *secrets: str) -> str:
     try:
-        result = await conn.run(command, input=stdin, check=False, timeout=COMMAND_TIMEOUT)
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            process = await conn.create_process(command)
+            try:
+                process.stdin.write(stdin)
+                process.stdin.write_eof()
+            except (BrokenPipeError, OSError, asyncssh.Error):
+                pass  # it ended before reading its input: its exit status says why
+            result = await process.wait(check=False)
     except (asyncssh.Error, OSError, TimeoutError) as exc:
         raise DeviceError(f"{what}: {scrub(str(exc) or type(exc).__name__, *secrets)}") from None
     if result.exit_status != 0:
