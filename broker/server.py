@@ -148,14 +148,10 @@ async def run_server(config: Config) -> None:
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server on uvloop where it is installed (the relay's hot path is socket I/O,
-    which uvloop does in C), else on asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
+    """Run the server on asyncio's own loop. (uvloop moved scp 10-30% faster here, but the
+    broker's peak RSS then grew with the transfer, 946 MiB for 1 GiB, against a flat
+    125-145 MiB on asyncio's loop: memory that grows with a transfer is not acceptable.)"""
+    asyncio.run(main)
 
 
 def stop_on_signals() -> asyncio.Event:
