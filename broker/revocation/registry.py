@@ -49,20 +49,28 @@ class LiveSessions:
     def __len__(self) -> int:
         return len(self._warned)
 
-    async def recheck(self) -> int:
-        """Ask every live session whether it may go on; end those that may not."""
-        verdicts = await asyncio.gather(*(s.still_allowed() for s in self), return_exceptions=True)
-        ending = []
-        for session, verdict in zip(list(self), verdicts, strict=True):
-            if isinstance(verdict, BaseException):
-                log.error("recheck failed; ending session to fail closed",
-                          technician=session.technician, device=session.device,
-                          error=str(verdict))
-                verdict = "the broker could not confirm the grant"
-            if verdict is not None:
-                ending.append(session.terminate(verdict))
-        await asyncio.gather(*ending, return_exceptions=True)
-        return len(ending)
+    async def recheck(self, due_by: datetime | None = None) -> int:
+        """Ask every live session (or only those whose window ended by ``due_by``) whether
+        it may go on, and end each that may not as soon as its own answer is in."""
+        sessions = [s for s in self if due_by is None or s.ends_at <= due_by]
+        ended = await asyncio.gather(*(self._recheck_one(s) for s in sessions))
+        return sum(ended)
+
+    async def _recheck_one(self, session: LiveSession) -> bool:
+        try:
+            verdict = await session.still_allowed()
+        except Exception as exc:
+            log.error("recheck failed; ending session to fail closed",
+                      technician=session.technician, device=session.device, error=str(exc))
+            verdict = "the broker could not confirm the grant"
+        if verdict is None:
+            return False
+        try:
+            await session.terminate(verdict)
+        except Exception as exc:
+            log.error("ending a session failed", technician=session.technician,
+                      device=session.device, error=str(exc))
+        return True
 
     def warnings_due(self, now: datetime, lead_minutes: tuple[int, ...]
                      ) -> list[tuple[LiveSession, int]]:

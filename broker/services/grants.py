@@ -172,6 +172,25 @@ async def check_access(ctx: Context, tech_name: str, device_name: str,
     return Access(decision, tech, device, chosen)
 
 
+async def pairs_with_an_open_grant(ctx: Context, pairs: set[tuple[str, str]]
+                                   ) -> set[tuple[str, str]]:
+    """Which (technician, device) pairs have a grant open now: one query for many sessions
+    (the scheduler's fast path when many windows close at once)."""
+    if not pairs:
+        return set()
+    now = ctx.now()
+    techs = {tech for tech, _ in pairs}
+    async with ctx.store.session() as db:
+        rows = (await db.exec(
+            select(Technician.name, Device.name)
+            .join(Grant, col(Grant.technician_id) == col(Technician.id))
+            .join(Device, col(Device.id) == col(Grant.device_id))
+            .where(col(Technician.name).in_(techs), col(Grant.state).in_(LIVE_STATES),
+                   col(Grant.revoked_at).is_(None), Grant.start <= now, Grant.end > now))
+        ).all()
+    return {(tech, device) for tech, device in rows} & pairs
+
+
 async def grants_of(ctx: Context, tech_name: str) -> list[GrantRow]:
     """A technician's current and upcoming grants (for the no-device SSH menu)."""
     await refresh_states(ctx)
