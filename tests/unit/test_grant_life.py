@@ -14,7 +14,7 @@ import pytest
 from broker.cli.admin import initialise, migrate_database
 from broker.domain.protocols import Protocol
 from broker.revocation.registry import LiveSessions
-from broker.revocation.scheduler import Scheduler
+from broker.revocation.scheduler import WINDOW_CLOSED, Scheduler
 from broker.services.context import Context
 from broker.services.directory import Directory
 from broker.services.grants import Grants, check_access
@@ -46,7 +46,8 @@ class FakeSession:
         self.warnings.append(text)
 
     async def terminate(self, reason: str) -> None:
-        self.ended = reason
+        if self.ended is None:  # like a real connection: the first reason is the one shown
+            self.ended = reason
 
 
 async def make_context(tmp_path: Path, clock: FakeClock) -> Context:
@@ -101,9 +102,33 @@ async def test_warnings_then_cut_exactly_at_the_end(tmp_path: Path) -> None:
         assert session.ended is None
         clock.set(START + timedelta(minutes=10))
         await settle(clock)
-        assert session.ended is not None and "expired" in session.ended
+        assert session.ended == WINDOW_CLOSED
         shown = await Grants(ctx, "test").show(grant)
         assert shown.grant.state == "expired"
+    finally:
+        task.cancel()
+        await ctx.close()
+
+
+async def test_at_the_end_a_session_with_another_open_grant_goes_on(tmp_path: Path) -> None:
+    """The fast path cuts on one query only where no other grant is open for the pair."""
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    first = await approved_grant(ctx, minutes=10)
+    await approved_grant(ctx, minutes=20)  # a second, longer grant for alice on pump-7
+    sessions = LiveSessions()
+    kept = FakeSession(ctx, first, START + timedelta(minutes=10))
+    sessions.add(kept)
+    scheduler = Scheduler(ctx, sessions)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await settle(clock)
+        clock.set(START + timedelta(minutes=10))
+        await settle(clock)
+        assert kept.ended is None
+        clock.set(START + timedelta(minutes=20))
+        await settle(clock)
+        assert kept.ended == WINDOW_CLOSED
     finally:
         task.cancel()
         await ctx.close()
