@@ -4,46 +4,21 @@ something changed (a grant ended here or on another node)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime, timedelta
 
 import structlog
 
 from broker.credentials.rotation import Outcome, rotate_due
+from broker.revocation.deadlines import DeadlineLoop
 from broker.services import rotations
-from broker.services.context import Context
 
 MAX_SLEEP = timedelta(minutes=10)
 MIN_SLEEP = timedelta(seconds=1)
 log = structlog.get_logger("broker.rotator")
 
 
-class Rotator:
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._wake = asyncio.Event()
-
-    def replan(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                deadline = await self.tick()
-            except Exception as exc:  # a broken round must not stop later rotations
-                log.error("rotation round failed", error=str(exc))
-                deadline = self.ctx.now() + timedelta(minutes=1)
-            self._wake.clear()
-            sleeper = asyncio.ensure_future(self.ctx.clock.sleep_until(deadline))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sleeper, waker):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+class Rotator(DeadlineLoop):
+    retry_after = timedelta(minutes=1)
 
     async def tick(self) -> datetime:
         """Rotate every due device (one at a time); returns when the next round is due."""

@@ -4,11 +4,9 @@ polling tick, and re-plans when told something changed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime, timedelta
 
-import structlog
-
+from broker.revocation.deadlines import DeadlineLoop
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 from broker.services.grants import next_deadline, pairs_with_an_open_grant, refresh_states
@@ -17,35 +15,14 @@ from broker.services.requests import expire_pending
 WARN_MINUTES = (5, 1)
 WINDOW_CLOSED = "your access window closed"
 MAX_SLEEP = timedelta(minutes=10)
-log = structlog.get_logger("broker.scheduler")
 
 
-class Scheduler:
+class Scheduler(DeadlineLoop):
+    """Moves grants through their states and cuts, warns and expires on time."""
+
     def __init__(self, ctx: Context, sessions: LiveSessions) -> None:
-        self.ctx, self.sessions = ctx, sessions
-        self._wake = asyncio.Event()
-
-    def replan(self) -> None:
-        """Something changed (a grant, a session): compute the next deadline again."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                deadline = await self.tick()
-            except Exception as exc:  # keep cutting sessions even if one round failed
-                log.error("scheduler round failed", error=str(exc))
-                deadline = self.ctx.now() + timedelta(seconds=1)
-            self._wake.clear()
-            sleeper = asyncio.ensure_future(self.ctx.clock.sleep_until(deadline))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sleeper, waker):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+        super().__init__(ctx)
+        self.sessions = sessions
 
     async def _cut_ended_windows(self) -> None:
         """Sessions whose window has ended go first, before the bookkeeping below (an audit

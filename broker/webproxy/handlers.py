@@ -448,33 +448,27 @@ async def relay_websocket(request: web.Request, live: ProxiedSession,
     return browser
 
 
+WebSocketEnd = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
 async def _pump_websocket(browser: web.WebSocketResponse,
                           upstream: aiohttp.ClientWebSocketResponse, wslog: WebSocketLog,
                           limit: int) -> str:
 
-    async def to_device() -> str:
-        async for message in browser:
+    async def relay(source: WebSocketEnd, sink: WebSocketEnd, direction: str,
+                    who: str) -> str:
+        async for message in source:
             if message.type is aiohttp.WSMsgType.TEXT:
-                wslog.message("send", message.data, limit)
-                await upstream.send_str(message.data)
+                wslog.message(direction, message.data, limit)
+                await sink.send_str(message.data)
             elif message.type is aiohttp.WSMsgType.BINARY:
-                wslog.message("send", message.data, limit)
-                await upstream.send_bytes(message.data)
-        await upstream.close(code=browser.close_code or 1000)
-        return f"closed by the browser ({browser.close_code})"
+                wslog.message(direction, message.data, limit)
+                await sink.send_bytes(message.data)
+        await sink.close(code=source.close_code or 1000)
+        return f"closed by the {who} ({source.close_code})"
 
-    async def to_browser() -> str:
-        async for message in upstream:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                wslog.message("receive", message.data, limit)
-                await browser.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                wslog.message("receive", message.data, limit)
-                await browser.send_bytes(message.data)
-        await browser.close(code=upstream.close_code or 1000)
-        return f"closed by the device ({upstream.close_code})"
-
-    tasks = [asyncio.ensure_future(to_device()), asyncio.ensure_future(to_browser())]
+    tasks = [asyncio.ensure_future(relay(browser, upstream, "send", "browser")),
+             asyncio.ensure_future(relay(upstream, browser, "receive", "device"))]
     finished, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
