@@ -100,6 +100,15 @@ class Result:
     err: str
 
 
+def _ahead_of_test_workers() -> None:
+    """The broker under test runs at a higher CPU priority than the test workers (root only):
+    the suite runs in parallel on a 2-core machine, and a latency the tests assert (a cut
+    within a second) is the broker's, not the load the other workers make. In production the
+    broker has its host to itself."""
+    if os.geteuid() == 0:
+        os.setpriority(os.PRIO_PROCESS, 0, -5)
+
+
 class BrokerProcess:
     """`broker init` in a temp dir, then `broker serve` as a subprocess."""
 
@@ -147,7 +156,8 @@ class BrokerProcess:
         self.log = open(self.root / "serve.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([BROKER, "serve", "--config", str(self.config)],
                                      stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.env})
+                                     env={**os.environ, **self.env},
+                                     preexec_fn=_ahead_of_test_workers)
         wait_for_port(self.port, self.proc)
         return self
 
