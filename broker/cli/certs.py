@@ -113,11 +113,15 @@ def totp_enroll(name: str, config_file: str | None, as_json: bool) -> None:
     if as_json:
         emit(True, {"technician": name, "uri": uri, "secret": secret})
         return
+    show_enrollment(uri, secret, f"technician {name}")
+
+
+def show_enrollment(uri: str, secret: str, who: str) -> None:
+    """The otpauth URI, its QR code and the secret to type in by hand."""
     click.echo(uri)
     click.echo(_terminal_qr(uri), nl=False)
     click.echo(f"secret (to type in by hand): {secret}")
-    click.echo(f"technician {name} enrolled for TOTP; scan the code with an authenticator app",
-               err=True)
+    click.echo(f"{who} enrolled for TOTP; scan the code with an authenticator app", err=True)
 
 
 def _terminal_qr(text: str) -> str:

@@ -7,7 +7,7 @@ import os
 import click
 
 from broker.cli._base import actor, common, emit, run, table
-from broker.cli.certs import _terminal_qr
+from broker.cli.certs import show_enrollment
 from broker.errors import UsageError
 from broker.http.staff.accounts import ROLES, StaffAccounts, describe
 
@@ -75,11 +75,7 @@ def staff_totp_enroll(name: str, config_file: str | None, as_json: bool) -> None
     if as_json:
         emit(True, {"staff": name, "uri": uri, "secret": secret})
         return
-    click.echo(uri)
-    click.echo(_terminal_qr(uri), nl=False)
-    click.echo(f"secret (to type in by hand): {secret}")
-    click.echo(f"staff user {name} enrolled for TOTP; scan the code with an authenticator app",
-               err=True)
+    show_enrollment(uri, secret, f"staff user {name}")
 
 
 staff.add_command(totp)

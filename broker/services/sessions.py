@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import col, select
 
@@ -133,15 +134,25 @@ class LiveSessionView:
     device: str
 
 
+def _with_names() -> Any:
+    return (select(Session, Technician.name, Device.name)
+            .join(Technician, col(Technician.id) == col(Session.technician_id))
+            .join(Device, col(Device.id) == col(Session.device_id)))
+
+
 async def live_session_views(ctx: Context) -> list[LiveSessionView]:
     """:func:`live_sessions` with the technician's and device's names."""
     async with ctx.store.session() as db:
-        rows = (await db.exec(
-            select(Session, Technician.name, Device.name)
-            .join(Technician, col(Technician.id) == col(Session.technician_id))
-            .join(Device, col(Device.id) == col(Session.device_id))
-            .where(Session.state == "live").order_by(col(Session.started_at).desc()))).all()
+        rows = (await db.exec(_with_names().where(Session.state == "live")
+                              .order_by(col(Session.started_at).desc()))).all()
     return [LiveSessionView(row, tech, device) for row, tech, device in rows]
+
+
+async def session_view(ctx: Context, session_id: str) -> LiveSessionView | None:
+    """One session, live or not, with the technician's and device's names."""
+    async with ctx.store.session() as db:
+        row = (await db.exec(_with_names().where(Session.id == session_id))).first()
+    return None if row is None else LiveSessionView(*row)
 
 
 async def kill_session(ctx: Context, session_id: str, actor: str,

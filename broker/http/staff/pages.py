@@ -21,7 +21,6 @@ from broker.http.staff.queries import (
     SESSION_ID,
     audit_page,
     chain_state,
-    live_rows,
     recorded_session,
     recorded_sessions,
 )
@@ -34,7 +33,7 @@ from broker.services.context import Context
 from broker.services.directory import Directory
 from broker.services.grants import Grants
 from broker.services.requests import Requests
-from broker.services.sessions import kill_session
+from broker.services.sessions import kill_session, live_session_views
 
 REQUEST_STATES = ("pending", "approved", "denied", "expired", "cancelled")
 GRANT_FILTERS = ("all", "active", "unreviewed")
@@ -101,7 +100,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         counts["active"] = len(await Grants(ctx, who.actor).find(active_only=True))
         counts["unreviewed"] = len(await breakglass.unreviewed(ctx))
     if may(role, "sessions"):
-        counts["live"] = len(await live_rows(ctx))
+        counts["live"] = len(await live_session_views(ctx))
     return render(request, "dashboard.html", {"counts": counts})
 
 
@@ -201,7 +200,7 @@ async def open_breakglass(request: web.Request) -> web.StreamResponse:
 
 @requires("sessions")
 async def sessions_page(request: web.Request) -> web.StreamResponse:
-    rows = await live_rows(_ctx(request))
+    rows = await live_session_views(_ctx(request))
     return render(request, "sessions.html", {"page": paginate(request, rows),
                                              "killed": request.query.get("killed")})
 

@@ -13,35 +13,9 @@ from sqlmodel import col, func, select
 from broker.audit.chain import ChainProblem, iter_events, verify_rows
 from broker.recording.reader import SessionInfo, iter_sessions
 from broker.services.context import Context
-from broker.services.sessions import live_sessions
-from broker.store.models import AuditEvent, Device, Session, Technician
+from broker.store.models import AuditEvent
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-@dataclass(frozen=True)
-class LiveRow:
-    session: Session
-    technician: str
-    device: str
-
-
-async def live_rows(ctx: Context) -> list[LiveRow]:
-    sessions = await live_sessions(ctx)
-    async with ctx.store.session() as db:
-        techs = dict((await db.exec(select(Technician.id, Technician.name))).all())
-        devices = dict((await db.exec(select(Device.id, Device.name))).all())
-    return [LiveRow(s, techs.get(s.technician_id, "?"), devices.get(s.device_id, "?"))
-            for s in sessions]
-
-
-async def session_row(ctx: Context, session_id: str) -> LiveRow | None:
-    async with ctx.store.session() as db:
-        row = (await db.exec(select(Session, Technician.name, Device.name)
-                             .join(Technician, col(Technician.id) == Session.technician_id)
-                             .join(Device, col(Device.id) == Session.device_id)
-                             .where(Session.id == session_id))).first()
-    return None if row is None else LiveRow(*row)
 
 
 async def audit_page(ctx: Context, offset: int, limit: int,

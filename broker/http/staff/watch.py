@@ -22,9 +22,10 @@ from broker.errors import NotFound
 from broker.http.keys import CONTEXT
 from broker.http.staff.auth import requires, signed_in
 from broker.http.staff.pages import player_csp
-from broker.http.staff.queries import SESSION_ID, session_row
+from broker.http.staff.queries import SESSION_ID
 from broker.http.staff.render import render
 from broker.services.context import Context
+from broker.services.sessions import session_view
 from broker.store.models import Session
 
 POLL_SECONDS = 0.2
@@ -126,7 +127,7 @@ def _ctx(request: web.Request) -> Context:
 
 async def _session(request: web.Request) -> tuple[Session, str, str]:
     session_id = request.match_info["session"]
-    row = await session_row(_ctx(request), session_id) if SESSION_ID.fullmatch(session_id) \
+    row = await session_view(_ctx(request), session_id) if SESSION_ID.fullmatch(session_id) \
         else None
     if row is None:
         raise NotFound(f"no session {session_id[:40]!r}")
@@ -171,7 +172,7 @@ async def watch_stream(request: web.Request) -> web.StreamResponse:
                 await response.write(b"event: done\ndata: {}\n\n")
                 break
             if live and now - checked >= LIVE_CHECK_SECONDS:
-                current = await session_row(ctx, session.id)
+                current = await session_view(ctx, session.id)
                 live, checked = current is not None and current.session.state == "live", now
                 continue  # drain what the session wrote before it ended
             await asyncio.sleep(POLL_SECONDS)
