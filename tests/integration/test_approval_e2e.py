@@ -11,24 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from tests.approval_kit import Mailbox, body_text, set_config
+from tests.approval_kit import Mailbox, body_text, set_config, smtp_server
 from tests.browser_kit import PHONE, chromium, need_chromium, screenshot
-from tests.integration.harness import BrokerProcess, SshdDevice, free_port
+from tests.integration.harness import BrokerProcess, SshdDevice
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 @pytest.fixture
