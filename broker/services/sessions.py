@@ -120,13 +120,6 @@ async def mark_interrupted(ctx: Context) -> list[Session]:
     return list(rows)
 
 
-async def live_sessions(ctx: Context) -> list[Session]:
-    """Every live session, on every node sharing this database, newest first."""
-    async with ctx.store.session() as db:
-        return list((await db.exec(select(Session).where(Session.state == "live")
-                                   .order_by(col(Session.started_at).desc()))).all())
-
-
 @dataclass(frozen=True)
 class LiveSessionView:
     session: Session
@@ -141,7 +134,8 @@ def _with_names() -> Any:
 
 
 async def live_session_views(ctx: Context) -> list[LiveSessionView]:
-    """:func:`live_sessions` with the technician's and device's names."""
+    """Every live session, on every node sharing this database, newest first, with the
+    technician's and device's names."""
     async with ctx.store.session() as db:
         rows = (await db.exec(_with_names().where(Session.state == "live")
                               .order_by(col(Session.started_at).desc()))).all()
