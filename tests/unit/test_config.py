@@ -160,6 +160,8 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     ("[ssh]\nciphers = []\n", ["[ssh] ciphers", "no cipher given"]),
     ("[ssh]\nproxy_trusted = ['10.0.0.0/33']\n", ["[ssh] proxy_trusted", "CIDR"]),
     ("[broker]\nnode = 'node one'\n", ["[broker] node", "'node one'"]),
+    ("[http]\ntls_cert = ''\n", ["[http]", "tls_cert and tls_key must both be set"]),
+    ("[http]\nmax_body = 10\n", ["[http] max_body", "greater than or equal to 1024"]),
     ("[ssh]\nlisten = 'x'\nbogus = 1\n[log]\nlevel = 'loud'\n", ["[ssh]", "(and 2 more)"]),
 ])
 def test_bad_file(tmp_path: Path, text: str, fragments: list[str]) -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
-from broker.errors import Conflict, NotFound
+from broker.config import load_config
+from broker.errors import ConfigError, Conflict, NotFound
+from broker.http import create_app
 from broker.http.errors import BadInput
 from broker.http.security import CSP, csrf_ok, csrf_token, subkey
+from broker.http.site import tls_context
+from broker.services.context import Context
 from tests.web_kit import portal
 
 
@@ -128,3 +133,27 @@ async def test_rate_limit_answers_429_with_retry_after(broker_dir: Path) -> None
         assert (await client.get("/api/v1/guarded")).status == 200
         refused = await client.get("/api/v1/guarded")
         assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 59
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (None, "the web secret key is missing (run 'broker init')"),
+    (b"short", "the web secret key is shorter than 32 bytes"),
+])
+def test_a_missing_or_short_web_key_is_one_line(broker_dir: Path, content: bytes | None,
+                                                 fragment: str) -> None:
+    key = broker_dir / "data" / "web.key"
+    if content is None:
+        key.unlink()
+    else:
+        key.write_bytes(content)
+    ctx = Context.open(load_config(broker_dir / "broker.toml"))
+    with pytest.raises(ConfigError) as caught:
+        create_app(ctx)
+    assert str(caught.value) == f"{key}: {fragment}"
+
+
+def test_plain_http_when_both_tls_files_are_unset(broker_dir: Path) -> None:
+    config = load_config(broker_dir / "broker.toml", environ={
+        "BROKER_HTTP_TLS_CERT": "", "BROKER_HTTP_TLS_KEY": ""})
+    assert tls_context(config) is None
+    assert tls_context(load_config(broker_dir / "broker.toml", environ={})) is not None
