@@ -1,0 +1,139 @@
+"""broker.ssh.asyncssh_fixes, against real asyncssh connections on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from broker.ssh import asyncssh_fixes
+from broker.ssh.asyncssh_fixes import window_credit
+
+WINDOW = 1024 * 1024
+PACKET = 32 * 1024
+
+
+def test_window_credit_counts_buffered_data_as_unconsumed() -> None:
+    assert window_credit(recv_window=100, buffered=0, initial=1000) == 900
+    # 600 bytes still wait in the channel: only what the session took may be re-sent
+    assert window_credit(recv_window=100, buffered=600, initial=1000) == 0
+    assert window_credit(recv_window=100, buffered=300, initial=1000) == 600
+    assert window_credit(recv_window=600, buffered=0, initial=1000) == 0
+
+
+class _Server(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+
+@pytest.fixture
+async def loopback(tmp_path: Path) -> AsyncIterator[tuple[asyncssh.SSHClientConnection,
+                                                          asyncio.Queue[object]]]:
+    """A client connection to an in-process server whose sessions go to the queue."""
+    asyncssh_fixes.install()
+    sessions: asyncio.Queue[object] = asyncio.Queue()
+
+    async def on_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await sessions.put((process, done))
+        await done
+
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.listen(
+        "127.0.0.1", 0, server_host_keys=[host_key], server_factory=_Server,
+        process_factory=on_process, encoding=None, window=WINDOW, max_pktsize=PACKET,
+        encryption_algs=["aes128-gcm@openssh.com"])
+    port = server.sockets[0].getsockname()[1]
+    client = await asyncssh.connect("127.0.0.1", port, known_hosts=None, username="x",
+                                    config=None, agent_path=None, client_keys=None,
+                                    encryption_algs=["aes128-gcm@openssh.com"])
+    try:
+        yield client, sessions
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_slow_reader_holds_no_more_than_its_window_allows(loopback) -> None:  # type: ignore[no-untyped-def]
+    """The reader takes small bites, so the channel pauses and resumes with data still in
+    its buffer, the pattern that let asyncssh credit the sender past the window."""
+    client, sessions = loopback
+    process = await client.create_process(encoding=None)
+    server_process, done = await sessions.get()
+    channel = server_process.channel
+    payload = b"x" * (8 * WINDOW)
+    peak = 0
+
+    async def write_all() -> None:
+        for start in range(0, len(payload), 4 * PACKET):
+            process.stdin.write(payload[start:start + 4 * PACKET])
+            await process.stdin.drain()
+        process.stdin.write_eof()
+
+    writer = asyncio.ensure_future(write_all())
+    received = 0
+    while received < len(payload):
+        chunk = await server_process.stdin.read(8 * 1024)
+        assert chunk, "end of file before the whole payload arrived"
+        received += len(chunk)
+        held = (sum(len(item) for item, _ in channel._recv_buf)
+                + server_process._recv_buf_len)
+        peak = max(peak, held)
+        if received % (64 * 1024) == 0:
+            await asyncio.sleep(0)
+    await writer
+    done.set_result(None)
+    process.close()
+    assert received == len(payload)
+    # the session's own buffer (its limit is the window) plus at most one window in flight
+    assert peak <= 2 * WINDOW + PACKET, f"{peak} bytes held for a {WINDOW}-byte window"
+
+
+async def test_no_ignore_packet_goes_before_each_data_packet(loopback) -> None:  # type: ignore[no-untyped-def]
+    client, sessions = loopback
+    process = await client.create_process(encoding=None)
+    server_process, done = await sessions.get()
+    before = client._send_seq
+    for _ in range(10):
+        process.stdin.write(b"y" * 100)
+        await process.stdin.drain()
+    assert len(await server_process.stdin.readexactly(1000)) == 1000
+    assert client._send_seq - before == 10  # ten data packets, no MSG_IGNORE among them
+    done.set_result(None)
+    process.close()
+
+
+def test_cbc_ciphers_keep_the_ignore_countermeasure() -> None:
+    class Conn:
+        def __init__(self, client: bool, cs: bytes, sc: bytes) -> None:
+            self._client, self._enc_alg_cs, self._enc_alg_sc = client, cs, sc
+
+        def is_client(self) -> bool:
+            return self._client
+
+    assert asyncssh_fixes.uses_cbc(Conn(True, b"aes128-cbc", b"aes128-gcm@openssh.com"))
+    assert not asyncssh_fixes.uses_cbc(Conn(False, b"aes128-cbc", b"aes128-gcm@openssh.com"))
+    assert asyncssh_fixes.uses_cbc(Conn(False, b"x", b"rijndael-cbc@lysator.liu.se"))
+    assert not asyncssh_fixes.uses_cbc(Conn(True, b"aes256-ctr", b"aes256-ctr"))
+
+
+async def test_packet_logging_still_works_at_debug_level_3(loopback, caplog) -> None:  # type: ignore[no-untyped-def]
+    client, sessions = loopback
+    asyncssh.set_debug_level(3)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+            process = await client.create_process(encoding=None)
+            server_process, done = await sessions.get()
+            process.stdin.write(b"z")
+            await process.stdin.drain()
+            assert await server_process.stdin.readexactly(1) == b"z"
+    finally:
+        asyncssh.set_debug_level(1)
+    assert any("MSG_CHANNEL_DATA" in record.getMessage() for record in caplog.records)
+    done.set_result(None)
+    process.close()
