@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/relay.py [--size-mib 200] [--rounds 3] [--latency-runs 20]
 
-Starts, on loopback: a device (real sshd), a bastion (a second real sshd used as ProxyJump)
-and `broker serve` with recording on. Measures scp upload/download wall time (SFTP-based scp
+Starts, on loopback: a device (real sshd), a bastion (a second real sshd used as ProxyJump),
+`broker serve` with recording on, and bench/bare_relay.py (asyncssh with nothing else: the
+reference for what the product adds). Measures scp upload/download wall time (SFTP-based scp
 and legacy `scp -O`), `ssh ... true` setup latency, and the broker's peak RSS (VmHWM).
 Writes bench/results/relay-<UTC time>.json and prints a summary with ratios vs the bastion.
 """
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.integration.harness import BrokerProcess, SshdDevice
+from tests.integration.harness import BrokerProcess, SshdDevice, free_port, keygen
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,7 +39,9 @@ def peak_rss_mib(pid: int) -> float:
 
 def timed(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(args, capture_output=True, timeout=600, text=True)
+    if done.returncode:
+        raise SystemExit(f"{shlex.join(args)} failed: {done.stderr.strip()}")
     return time.perf_counter() - start
 
 
@@ -45,7 +49,7 @@ class Paths:
     """The three ways to reach the device, as ssh/scp argument lists."""
 
     def __init__(self, work: Path, device: SshdDevice, bastion: SshdDevice,
-                 broker: BrokerProcess, tech_key: Path) -> None:
+                 broker: BrokerProcess, tech_key: Path, bare_port: int) -> None:
         user = device.user
         self.config = work / "ssh_config"
         self.config.write_text(
@@ -56,7 +60,8 @@ class Paths:
             f"Host device-direct device-via-bastion\n  HostName 127.0.0.1\n"
             f"  Port {device.port}\n  User {user}\n"
             f"Host device-via-bastion\n  ProxyJump bastion\n"
-            f"Host broker\n  HostName 127.0.0.1\n  Port {broker.port}\n  User tech+dev\n")
+            f"Host broker\n  HostName 127.0.0.1\n  Port {broker.port}\n  User tech+dev\n"
+            f"Host bare\n  HostName 127.0.0.1\n  Port {bare_port}\n  User {user}\n")
 
     def ssh(self, host: str, *command: str) -> list[str]:
         return ["ssh", "-F", str(self.config), host, *command]
@@ -85,9 +90,14 @@ def main() -> None:
                                       + Path(f"{tech_key}.pub").read_text())
             broker.serve()
             assert broker.proc is not None
-            paths = Paths(work, device, bastion, broker, tech_key)
+            bare_port = free_port()
+            bare = start_bare_relay(work, bare_port, device)
+            paths = Paths(work, device, bastion, broker, tech_key, bare_port)
             result = run(paths, work, args, broker.proc.pid)
         finally:
+            if "bare" in locals():
+                bare.terminate()
+                bare.wait()
             broker.stop()
             bastion.stop()
             device.stop()
@@ -98,12 +108,25 @@ def main() -> None:
     print(f"written to {out}")
 
 
+def start_bare_relay(work: Path, port: int, device: SshdDevice) -> subprocess.Popen[str]:
+    host_key = keygen(work / "bare_host_key", "bare-relay")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("bare_relay.py")), str(port),
+         str(host_key), str(device.port), device.user, str(device.login_key)],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit("bench/bare_relay.py did not start")
+    return proc
+
+
 def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> dict:
     source = work / "payload.bin"
     with source.open("wb") as handle:
         for _ in range(args.size_mib):
             handle.write(os.urandom(1 << 20))
-    routes = {"direct": "device-direct", "bastion": "device-via-bastion", "broker": "broker"}
+    routes = {"direct": "device-direct", "bastion": "device-via-bastion", "broker": "broker",
+              "bare_relay": "bare"}
     remote = f"/tmp/broker-bench-{os.getpid()}.bin"
     transfers: dict[str, dict[str, list[float]]] = {}
     for legacy in (False, True):
@@ -131,9 +154,13 @@ def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> 
             k: round(v["bastion"] / v["broker"], 2) for k, v in best.items()},
         "broker_time_vs_direct": {k: round(v["broker"] / v["direct"], 2)
                                   for k, v in best.items()},
+        "bare_relay_throughput_vs_bastion": {
+            k: round(v["bastion"] / v["bare_relay"], 2) for k, v in best.items()},
         "setup_latency_median_s": {n: round(v, 4) for n, v in median_latency.items()},
         "broker_setup_vs_bastion": round(median_latency["broker"] / median_latency["bastion"],
                                          2),
+        "bare_relay_setup_vs_bastion": round(
+            median_latency["bare_relay"] / median_latency["bastion"], 2),
         "broker_peak_rss_mib": round(peak_rss_mib(broker_pid), 1),
     }
     return {"benchmark": "relay", "when": datetime.now(UTC).isoformat(),
