@@ -27,6 +27,7 @@ decides whether that names a directory or the file itself).
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import time
 from collections import deque
@@ -35,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .flusher import Flusher
-from .hashing import BackgroundSHA256
 from .oplog import OpLog, decode_path
 
 __all__ = ["SCPCommand", "SCPRecorder", "is_scp_command", "parse_scp_command"]
@@ -98,7 +98,7 @@ class _File:
         self.record = record
         self.remaining = size
         self.received = 0
-        self.sha = BackgroundSHA256()
+        self.sha = hashlib.sha256()
         self.source_error: str | None = None
 
 

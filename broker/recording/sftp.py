@@ -36,6 +36,7 @@ Paths are decoded as UTF-8 with ``\\xNN`` escapes for other bytes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import struct
 import time
@@ -43,7 +44,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .flusher import Flusher
-from .hashing import BackgroundSHA256
 from .oplog import OpLog, decode_path
 
 __all__ = ["SFTPRecorder"]
@@ -102,12 +102,17 @@ class _ProtocolError(Exception):
 
 
 class _OrderedHash:
-    """SHA-256 of chunks given by file offset, in offset order, whatever order they come in."""
+    """SHA-256 of chunks given by file offset, in offset order, whatever order they come in.
+
+    Hashed inline on the event loop. A worker thread was measured (bench/relay.py, 2 cores)
+    and lost: each handoff waits for the GIL behind the busy relay, so the relay stalled on
+    the worker and the process used more CPU than hashing where the bytes already are.
+    """
 
     __slots__ = ("broken", "heap", "limit", "next", "pending", "seq", "sha", "start")
 
     def __init__(self, limit: int) -> None:
-        self.sha = BackgroundSHA256()
+        self.sha = hashlib.sha256()
         self.start: int | None = None
         self.next = 0
         self.heap: list[tuple[int, int, bytes]] = []
