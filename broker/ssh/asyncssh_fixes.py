@@ -1,4 +1,4 @@
-"""Three changes to asyncssh's packet path (checked against 2.24.1), installed once by the
+"""Five changes to asyncssh's packet path (checked against 2.24.1), installed once by the
 server. Each keeps asyncssh's behaviour on the wire except where the text says otherwise.
 
 1. **Receive window** (a memory bug). asyncssh re-opens a channel's window in
@@ -19,6 +19,19 @@ server. Each keeps asyncssh's behaviour on the wire except where the text says o
    section 9.3.1, which doubles the packets (and ``send`` calls) of a bulk transfer. OpenSSH
    sends none with AEAD or CTR ciphers; neither does the broker now. With a CBC cipher (not in
    the broker's defaults, but allowed by ``[ssh] ciphers``) the countermeasure stays.
+
+4. **Receive buffer.** ``SSHConnection`` keeps unparsed input as one ``bytes`` and re-slices
+   it after every packet header and every packet: each 32 KiB packet of a 256 KiB read copied
+   the rest of the read twice, about eight copies of every byte received. Input is now walked
+   with an offset and only the unparsed tail is kept; an AES-GCM packet reaches the cipher as
+   a view of the read, without a copy.
+
+5. **AES-GCM copies.** The GCM shim builds a new ``AESGCM`` per packet, joins ciphertext and
+   tag before decrypting and splits them again after encrypting, only for ``send_packet`` to
+   join them once more. It now keeps one ``AESGCM`` per key and joins each packet once.
+
+4 and 5 together cut the bare relay's CPU per 200 MiB ``scp`` by 10-15% (0.78-0.93 s to
+0.68-0.83 s, ``bench/relay.py``'s bare relay measured with ``/proc/PID/stat``).
 """
 
 from __future__ import annotations
@@ -28,9 +41,12 @@ from typing import Any
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
+from asyncssh.encryption import GCMEncryption
 from asyncssh.logging import SSHLogger
-from asyncssh.misc import ProtocolError
+from asyncssh.misc import DisconnectError, ProtocolError
 from asyncssh.packet import SSHPacketLogger, String, UInt32
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PACKET_LOG_LEVEL = 3
 _EMPTY_IGNORE = (String(b""),)
@@ -85,12 +101,98 @@ def uses_cbc(conn: Any) -> bool:
     return algorithm.endswith(b"-cbc") or b"-cbc@" in algorithm
 
 
+_recv_pkthdr = SSHConnection._recv_pkthdr
+_recv_packet = SSHConnection._recv_packet
+
+
+def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+    self._inpbuf = self._inpbuf + data if self._inpbuf else data
+    self._recv_data()
+
+
+def _recv_data(self: Any) -> None:
+    """asyncssh's ``_recv_data`` walking the input with an offset. The header and packet
+    handlers are handed exactly the bytes they consume; any other handler (the version
+    exchange, or the pause while a packet is processed asynchronously) sees all the rest."""
+    self._reset_keepalive_timer()
+    try:
+        buf = self._inpbuf
+        view = memoryview(buf)
+        pos, end = 0, len(buf)
+        while pos < end:
+            handler = self._recv_handler
+            step = getattr(handler, "__func__", None)
+            if step is _recv_pkthdr:
+                need, as_view = self._recv_blocksize, False
+            elif step is _recv_packet:
+                need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize
+                as_view = type(self._recv_encryption) is GCMEncryption
+            else:
+                self._inpbuf = buf[pos:] if pos else buf
+                more = handler()
+                if self._transport is None:
+                    return
+                buf = self._inpbuf
+                view, pos, end = memoryview(buf), 0, len(buf)
+                if not more:
+                    break
+                continue
+            if end - pos < need:
+                break
+            self._inpbuf = view[pos:pos + need] if as_view else buf[pos:pos + need]
+            pos += need
+            more = handler()
+            if self._transport is None:
+                return  # closed while handling the packet: the rest is dropped, as asyncssh does
+            pos -= len(self._inpbuf)  # whatever the handler left unconsumed
+            if not more:
+                break
+        self._inpbuf = bytes(view[pos:]) if pos < end else b""
+    except DisconnectError as exc:
+        self._send_disconnect(exc.code, exc.reason, exc.lang)
+        self._force_close(exc)
+    except Exception:
+        self.internal_error()
+
+
+def _aead(cipher: Any) -> AESGCM:
+    aead: AESGCM | None = cipher.__dict__.get("_broker_aead")
+    if aead is None:
+        aead = cipher._broker_aead = AESGCM(cipher._key)
+    return aead
+
+
+def _gcm_encrypt_packet(self: Any, seq: int, header: bytes, packet: bytes
+                        ) -> tuple[bytes, bytes]:
+    cipher = self._cipher
+    sealed = _aead(cipher).encrypt(cipher._iv, packet, header)
+    cipher._update_iv()
+    return header + sealed, b""  # send_packet joins the two: the tag is already in place
+
+
+def _gcm_decrypt_packet(self: Any, seq: int, first: bytes, rest: bytes | memoryview,
+                        header_len: int, mac: bytes | memoryview) -> bytes | None:
+    cipher = self._cipher
+    try:
+        plain: bytes | None = _aead(cipher).decrypt(
+            cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
+    except InvalidTag:
+        plain = None
+    cipher._update_iv()
+    return plain
+
+
 def install() -> None:
-    """Apply the three changes (once per process)."""
+    """Apply the five changes (once per process)."""
     global _installed
     if _installed:
         return
     SSHChannel._deliver_data = _deliver_data  # type: ignore[method-assign]
     SSHPacketLogger._log_packet = _log_packet_if_logging  # type: ignore[method-assign,assignment]
     SSHConnection.send_packet = _send_packet_without_padding_ignores  # type: ignore[method-assign]
+    SSHConnection.data_received = _data_received  # type: ignore[method-assign]
+    SSHConnection._recv_data = _recv_data  # type: ignore[method-assign]
+    GCMEncryption.encrypt_packet = _gcm_encrypt_packet  # type: ignore[method-assign]
+    GCMEncryption.decrypt_packet = _gcm_decrypt_packet  # type: ignore[method-assign]
     _installed = True
+

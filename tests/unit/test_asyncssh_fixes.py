@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -137,3 +139,105 @@ async def test_packet_logging_still_works_at_debug_level_3(loopback, caplog) -> 
     assert any("MSG_CHANNEL_DATA" in record.getMessage() for record in caplog.records)
     done.set_result(None)
     process.close()
+
+
+class _Rechunker:
+    """A TCP proxy that passes the byte stream on in fragments of random size (1 byte to
+    70 KiB), so packet headers, bodies and tags straddle reads in every possible way. With
+    ``flip_at`` it flips one bit of the client's stream at that offset."""
+
+    def __init__(self, target_port: int, seed: int, flip_at: int | None = None) -> None:
+        self.target_port, self.flip_at = target_port, flip_at
+        self.random = random.Random(seed)
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(self._copy(reader, up_writer, self.flip_at),
+                             self._copy(up_reader, writer, None), return_exceptions=True)
+
+    async def _copy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    flip_at: int | None) -> None:
+        offset = 0
+        try:
+            while data := await reader.read(256 * 1024):
+                if flip_at is not None and offset <= flip_at < offset + len(data):
+                    i = flip_at - offset
+                    data = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+                offset += len(data)
+                while data:
+                    cut = self.random.choice((1, 3, 17, 4096, 32 * 1024 + 5, 70 * 1024))
+                    writer.write(data[:cut])
+                    data = data[cut:]
+                    await writer.drain()
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+class _RecordingServer(_Server):
+    def __init__(self, lost: list[Exception | None]) -> None:
+        self.lost = lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+async def _echo_through_rechunker(cipher: str, seed: int, size: int, flip_at: int | None = None,
+                                  lost: list[Exception | None] | None = None
+                                  ) -> tuple[bytes, bytes]:
+    """Send ``size`` random bytes to a server that echoes them back through a re-chunking
+    proxy; return what was sent and what came back."""
+    asyncssh_fixes.install()
+
+    async def echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        while data := await process.stdin.read(64 * 1024):
+            process.stdout.write(data)
+            await process.stdout.drain()
+        process.exit(0)
+
+    server = await asyncssh.listen(
+        "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_factory=lambda: _RecordingServer([] if lost is None else lost),
+        process_factory=echo, encoding=None, encryption_algs=[cipher], window=WINDOW,
+        max_pktsize=PACKET)
+    proxy = _Rechunker(server.sockets[0].getsockname()[1], seed, flip_at)
+    port = await proxy.start()
+    payload = os.urandom(size)
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="x",
+                                    config=None, agent_path=None, client_keys=None,
+                                    encryption_algs=[cipher]) as client:
+            process = await client.create_process(encoding=None)
+            process.stdin.write(payload)
+            process.stdin.write_eof()
+            back = await process.stdout.read()
+            await process.wait()
+            return payload, back
+    finally:
+        proxy.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(("cipher", "seed"), [
+    ("aes128-gcm@openssh.com", 1), ("aes256-gcm@openssh.com", 2),
+    ("chacha20-poly1305@openssh.com", 3), ("aes128-ctr", 4)])
+async def test_streams_survive_any_split_of_the_input(cipher: str, seed: int) -> None:
+    sent, back = await _echo_through_rechunker(cipher, seed, 3 * 1024 * 1024 + 11)
+    assert back == sent
+
+
+async def test_a_flipped_bit_after_key_exchange_drops_the_connection() -> None:
+    lost: list[Exception | None] = []
+    sent, back = await _echo_through_rechunker("aes128-gcm@openssh.com", 5, 1024 * 1024,
+                                               flip_at=200 * 1024, lost=lost)
+    assert len(back) < len(sent)
+    assert len(lost) == 1 and isinstance(lost[0], asyncssh.MACError)
