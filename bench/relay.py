@@ -37,12 +37,20 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def timed(args: list[str]) -> float:
+def timed(args: list[str], client_rss: list[float] | None = None) -> float:
+    """Seconds ``args`` took; its peak RSS (with the ssh it runs) appended to client_rss."""
     start = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, timeout=600, text=True)
-    if done.returncode:
-        raise SystemExit(f"{shlex.join(args)} failed: {done.stderr.strip()}")
-    return time.perf_counter() - start
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{shlex.join(args)} failed: {stderr.strip()}")
+    if client_rss is not None:
+        client_rss.append(usage.ru_maxrss / 1024)
+    return seconds
 
 
 class Paths:
@@ -129,6 +137,7 @@ def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> 
               "bare_relay": "bare"}
     remote = f"/tmp/broker-bench-{os.getpid()}.bin"
     transfers: dict[str, dict[str, list[float]]] = {}
+    client_rss: dict[str, list[float]] = {name: [] for name in routes}
     for legacy in (False, True):
         mode = "scp-legacy" if legacy else "scp-sftp"
         for name in routes:
@@ -136,8 +145,9 @@ def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> 
                 transfers.setdefault(f"{mode}/{direction}", {}).setdefault(name, [])
         for _ in range(args.rounds):
             for name, host in routes.items():
-                up = timed(paths.scp(legacy, str(source), f"{host}:{remote}"))
-                down = timed(paths.scp(legacy, f"{host}:{remote}", str(work / "back.bin")))
+                up = timed(paths.scp(legacy, str(source), f"{host}:{remote}"), client_rss[name])
+                down = timed(paths.scp(legacy, f"{host}:{remote}", str(work / "back.bin")),
+                             client_rss[name])
                 transfers[f"{mode}/upload"][name].append(up)
                 transfers[f"{mode}/download"][name].append(down)
     os.unlink(remote)
@@ -162,12 +172,14 @@ def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> 
         "bare_relay_setup_vs_bastion": round(
             median_latency["bare_relay"] / median_latency["bastion"], 2),
         "broker_peak_rss_mib": round(peak_rss_mib(broker_pid), 1),
+        "client_peak_rss_mib": {n: round(max(v), 1) for n, v in client_rss.items()},
     }
     return {"benchmark": "relay", "when": datetime.now(UTC).isoformat(),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "openssh": subprocess.run(["ssh", "-V"], capture_output=True,
                                                   text=True).stderr.strip()},
-            "raw": {"transfers": transfers, "latency": latency}, "summary": summary}
+            "raw": {"transfers": transfers, "latency": latency, "client_rss_mib": client_rss},
+            "summary": summary}
 
 
 if __name__ == "__main__":
