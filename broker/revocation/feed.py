@@ -3,7 +3,8 @@ process) that its live sessions must re-check.
 
 Every change that matters is an audit event, so the feed follows the audit chain:
 
-* :class:`PollingFeed` reads the chain's head every quarter second (SQLite: one machine).
+* :class:`PollingFeed` reads the chain's head whenever SQLite's ``data_version`` shows a
+  commit, checked every quarter second (SQLite: one machine).
 * :class:`PostgresFeed` LISTENs on a channel that :func:`broker.audit.chain.record` NOTIFYs
   in the same transaction, so other nodes hear of a commit within milliseconds. Its listener
   reconnects with backoff after losing the database, and then asks for a full re-sync,
@@ -22,6 +23,7 @@ from sqlmodel import col, func, select
 from broker.audit.chain import NOTIFY_CHANNEL as CHANNEL
 from broker.services.context import Context
 from broker.store.models import AuditEvent
+from broker.store.probe import SQLiteChangeProbe
 
 POLL_INTERVAL = 0.25
 KEEPALIVE = 5.0  # seconds between checks that the LISTEN connection is alive
@@ -47,9 +49,21 @@ class PollingFeed:
         self.ctx, self.interval = ctx, interval
 
     async def run(self, on_change: OnChange, on_resync: OnResync) -> None:
+        probe = self.ctx.store.change_probe()
+        try:
+            await self._poll(probe, on_change)
+        finally:
+            if probe is not None:
+                probe.close()
+
+    async def _poll(self, probe: SQLiteChangeProbe | None, on_change: OnChange) -> None:
+        if probe is not None:
+            probe.changed()  # the baseline, before the head: a commit in between is a change
         last = await self._head()
         while True:
             await asyncio.sleep(self.interval)
+            if probe is not None and not probe.changed():
+                continue
             try:
                 head = await self._head()
                 if head == last:

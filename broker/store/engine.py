@@ -10,12 +10,13 @@ from typing import Any
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.errors import StoreError
+from broker.store.probe import SQLiteChangeProbe
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -96,6 +97,15 @@ class Store:
                 f"database {self.display_url} is {state}, expected {head}: "
                 "run 'broker init' (new install) or 'broker migrate'"
             )
+
+    def change_probe(self) -> SQLiteChangeProbe | None:
+        """A cheap commit detector, for an SQLite database in a file; None otherwise."""
+        if not self.is_sqlite:
+            return None
+        database = make_url(self.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return SQLiteChangeProbe(database)
 
     @property
     def dialect(self) -> str:
