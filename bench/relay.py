@@ -30,9 +30,10 @@ from tests.integration.harness import BrokerProcess, SshdDevice, free_port, keyg
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def peak_rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak (VmHWM) or current (VmRSS) resident set, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -129,6 +130,7 @@ def start_bare_relay(work: Path, port: int, device: SshdDevice) -> subprocess.Po
 
 
 def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> dict:
+    idle_rss = rss_mib(broker_pid, "VmRSS")
     source = work / "payload.bin"
     with source.open("wb") as handle:
         for _ in range(args.size_mib):
@@ -171,7 +173,8 @@ def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> 
                                          2),
         "bare_relay_setup_vs_bastion": round(
             median_latency["bare_relay"] / median_latency["bastion"], 2),
-        "broker_peak_rss_mib": round(peak_rss_mib(broker_pid), 1),
+        "broker_idle_rss_mib": round(idle_rss, 1),
+        "broker_peak_rss_mib": round(rss_mib(broker_pid), 1),
         "client_peak_rss_mib": {n: round(max(v), 1) for n, v in client_rss.items()},
     }
     return {"benchmark": "relay", "when": datetime.now(UTC).isoformat(),
