@@ -112,7 +112,8 @@ _recv_packet = SSHConnection._recv_packet
 
 
 def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
-    self._inpbuf = self._inpbuf + data if self._inpbuf else data
+    # bytes(data) is data itself for bytes; handlers need bytes, never a bytearray or view
+    self._inpbuf = self._inpbuf + data if self._inpbuf else bytes(data)
     self._recv_data()
 
 
@@ -132,6 +133,8 @@ def _recv_data(self: Any) -> None:
                 need, as_view = self._recv_blocksize, False
             elif step is _recv_packet:
                 need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize
+                if need < 0:  # a length shorter than the header block it came in
+                    raise ProtocolError("Invalid packet length")
                 as_view = type(self._recv_encryption) is GCMEncryption
             else:
                 self._inpbuf = buf[pos:] if pos else buf

@@ -241,3 +241,25 @@ async def test_a_flipped_bit_after_key_exchange_drops_the_connection() -> None:
                                                flip_at=200 * 1024, lost=lost)
     assert len(back) < len(sent)
     assert len(lost) == 1 and isinstance(lost[0], asyncssh.MACError)
+
+
+@pytest.mark.parametrize("length", [0, 1, 3])
+async def test_a_packet_length_shorter_than_its_header_ends_the_connection(length: int) -> None:
+    """Before key exchange a peer may claim any length; one shorter than the header block
+    must end the connection at once, not make the parser step backwards over the input."""
+    asyncssh_fixes.install()
+    server = await asyncssh.listen(
+        "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_factory=_Server)
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(b"SSH-2.0-probe\r\n" + length.to_bytes(4, "big") + b"\x04" * 60)
+        await writer.drain()
+        received = await asyncio.wait_for(reader.read(), timeout=5)  # read() returns at EOF
+        assert received.startswith(b"SSH-2.0-")
+        assert b"Invalid packet length" in received  # the disconnect says why, in the clear
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
