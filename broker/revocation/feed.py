@@ -60,18 +60,21 @@ class PollingFeed:
         if probe is not None:
             probe.changed()  # the baseline, before the head: a commit in between is a change
         last = await self._head()
+        unread = False  # the probe saw a commit that a failed read has not caught up with
         while True:
             await asyncio.sleep(self.interval)
-            if probe is not None and not probe.changed():
+            if probe is not None and not probe.changed() and not unread:
                 continue
+            unread = True
             try:
                 head = await self._head()
                 if head == last:
+                    unread = False
                     continue
                 async with self.ctx.store.session() as db:
                     kinds = (await db.exec(select(AuditEvent.kind).where(
                         AuditEvent.seq > last, AuditEvent.seq <= head))).all()
-                last = head
+                last, unread = head, False
                 await on_change(list(kinds))
             except Exception as exc:
                 log.error("change feed failed", error=str(exc))

@@ -3,9 +3,15 @@ any other connection, and say "changed" whenever it cannot tell."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
+from broker.audit.chain import record
+from broker.revocation.feed import PollingFeed
 from broker.store.engine import Store
 from broker.store.probe import SQLiteChangeProbe
 
@@ -67,4 +73,45 @@ async def test_only_sqlite_files_get_a_probe(tmp_path: Path) -> None:
     postgres = Store("postgresql+asyncpg://u@localhost/db")
     assert postgres.change_probe() is None
     for store in (on_file, in_memory, postgres):
+        await store.close()
+
+
+class _BlipOnce(PollingFeed):
+    """The real feed, whose next read of the audit head fails once (a database blip)."""
+
+    blip = False
+
+    async def _head(self) -> int:
+        if self.blip:
+            self.blip = False
+            raise OSError("database is locked")
+        return await super()._head()
+
+
+async def test_a_change_whose_first_read_fails_is_still_delivered(tmp_path: Path) -> None:
+    """The probe reports a commit once; if reading the head then fails, the feed must keep
+    reading until it succeeds, or a revocation would wait for the next unrelated commit."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'broker.sqlite'}")
+    await store.migrate()
+    feed = _BlipOnce(SimpleNamespace(store=store), interval=0.01)  # type: ignore[arg-type]
+    seen: asyncio.Queue[list[str]] = asyncio.Queue()
+
+    async def on_change(kinds: list[str]) -> None:
+        await seen.put(kinds)
+
+    async def on_resync() -> None:
+        return None
+
+    task = asyncio.ensure_future(feed.run(on_change, on_resync))
+    try:
+        await asyncio.sleep(0.1)  # the feed has its baseline
+        feed.blip = True
+        async with store.session() as db:
+            await record(db, datetime.now(UTC), "grant.revoked", "test", "grant:1")
+        assert await asyncio.wait_for(seen.get(), timeout=5) == ["grant.revoked"]
+        assert not feed.blip  # the first read did fail
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await store.close()
