@@ -20,15 +20,10 @@ import asyncssh
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from broker.ssh import asyncssh_fixes
 from broker.ssh.process import RelayProcess
-from broker.ssh.streams import SSHReceive, SSHSend, pump
+from broker.ssh.streams import SSHReceive, SSHSend, SSHSendNoEOF, pump
 from broker.ssh.upstream import FAST_CIPHERS
 
 WINDOW, PACKET = 8 * 1024 * 1024, 256 * 1024
-
-
-class _NoEOF(SSHSend):
-    async def send_eof(self) -> None:
-        return None
 
 
 class AnyKey(asyncssh.SSHServer):
@@ -62,8 +57,8 @@ def main() -> None:
             else:
                 up = await upstream.create_process(process.command, encoding=None)
             inbound = asyncio.ensure_future(pump(SSHReceive(process.stdin), SSHSend(up.stdin)))
-            await asyncio.gather(pump(SSHReceive(up.stdout), _NoEOF(process.stdout)),
-                                 pump(SSHReceive(up.stderr), _NoEOF(process.stderr)))
+            await asyncio.gather(pump(SSHReceive(up.stdout), SSHSendNoEOF(process.stdout)),
+                                 pump(SSHReceive(up.stderr), SSHSendNoEOF(process.stderr)))
             await up.wait_closed()
             inbound.cancel()
             process.exit(up.exit_status or 0)

@@ -43,10 +43,11 @@ def timed(args: list[str], client_rss: list[float] | None = None) -> float:
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    with proc.stderr:
+        stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # wait4: the child's own rusage, for its RSS
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not wait again
     if proc.returncode:
         raise SystemExit(f"{shlex.join(args)} failed: {stderr.strip()}")
     if client_rss is not None:
@@ -55,7 +56,7 @@ def timed(args: list[str], client_rss: list[float] | None = None) -> float:
 
 
 class Paths:
-    """The three ways to reach the device, as ssh/scp argument lists."""
+    """The four ways to reach the device, as ssh/scp argument lists."""
 
     def __init__(self, work: Path, device: SshdDevice, bastion: SshdDevice,
                  broker: BrokerProcess, tech_key: Path, bare_port: int) -> None:
@@ -91,6 +92,7 @@ def main() -> None:
         device = SshdDevice(work / "device").start()
         bastion = SshdDevice(work / "bastion").start()
         broker = BrokerProcess(work / "broker").init()
+        bare: subprocess.Popen[str] | None = None
         try:
             tech_key = broker.one_grant(device, "8h")
             for sshd in (device, bastion):
@@ -104,7 +106,7 @@ def main() -> None:
             paths = Paths(work, device, bastion, broker, tech_key, bare_port)
             result = run(paths, work, args, broker.proc.pid)
         finally:
-            if "bare" in locals():
+            if bare is not None:
                 bare.terminate()
                 bare.wait()
             broker.stop()

@@ -61,8 +61,11 @@ def window_credit(recv_window: int, buffered: int, initial: int) -> int:
 
 
 def _deliver_data(self: Any, data: bytes, datatype: int | None) -> None:
-    credit = window_credit(self._recv_window, sum(len(item) for item, _ in self._recv_buf),
-                           self._init_recv_window)
+    initial = self._init_recv_window
+    # buffered data only matters once the window is under half: skip the sum until then
+    buffered = 0 if self._recv_window >= initial / 2 else sum(
+        len(item) for item, _ in self._recv_buf)
+    credit = window_credit(self._recv_window, buffered, initial)
     if credit:
         self.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(credit))
         self._recv_window += credit

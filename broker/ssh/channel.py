@@ -22,7 +22,7 @@ from broker.recording.sftp import SFTPRecorder
 from broker.services.breakglass import BANNER as BREAKGLASS_BANNER
 from broker.ssh.connection import BrokerConnection
 from broker.ssh.menu import run_menu
-from broker.ssh.streams import SSHReceive, SSHSend, pump
+from broker.ssh.streams import SSHReceive, SSHSend, SSHSendNoEOF, pump
 
 log = structlog.get_logger("broker.ssh")
 NOTICE_TIMEOUT = 0.3
@@ -175,8 +175,8 @@ class Channel:
                                              SSHSend(up.stdin), taps.from_client))
         try:
             await asyncio.gather(
-                pump(SSHReceive(up.stdout), _NoEOF(self.process.stdout), taps.stdout),
-                pump(SSHReceive(up.stderr), _NoEOF(self.process.stderr), taps.stderr))
+                pump(SSHReceive(up.stdout), SSHSendNoEOF(self.process.stdout), taps.stdout),
+                pump(SSHReceive(up.stderr), SSHSendNoEOF(self.process.stderr), taps.stderr))
             await up.wait_closed()
         finally:
             inbound.cancel()
@@ -243,10 +243,3 @@ class Channel:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.stderr.drain(), NOTICE_TIMEOUT)
         self.process.exit(1)
-
-
-class _NoEOF(SSHSend):
-    """Downstream stdout/stderr: the channel's exit closes them, not an EOF of one stream."""
-
-    async def send_eof(self) -> None:
-        return None

@@ -81,3 +81,11 @@ class SSHSend:
         if self._writer.can_write_eof():
             with contextlib.suppress(BrokenPipeError, OSError, asyncssh.Error):
                 self._writer.write_eof()
+
+
+class SSHSendNoEOF(SSHSend):
+    """A channel's stdout or stderr: the channel's exit closes them, not the end of one
+    stream (an EOF on stdout would cut off what stderr has still to say)."""
+
+    async def send_eof(self) -> None:
+        return None
