@@ -40,13 +40,14 @@ from typing import Any
 
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from asyncssh.encryption import GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import DisconnectError, ProtocolError
 from asyncssh.packet import SSHPacketLogger, String, UInt32
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from broker.ssh import fastpath
 
 PACKET_LOG_LEVEL = 3
 _EMPTY_IGNORE = (String(b""),)
@@ -123,40 +124,49 @@ def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
 def _recv_data(self: Any) -> None:
     """asyncssh's ``_recv_data`` walking the input with an offset. The header and packet
     handlers are handed exactly the bytes they consume; any other handler (the version
-    exchange, or the pause while a packet is processed asynchronously) sees all the rest."""
+    exchange, or the pause while a packet is processed asynchronously) sees all the rest.
+    An AES-GCM packet is decrypted here, from the read itself when its header came in the
+    same read, and channel data goes straight to its channel (:mod:`broker.ssh.fastpath`)."""
     self._reset_keepalive_timer()
     try:
         buf = self._inpbuf
         view = memoryview(buf)
         pos, end = 0, len(buf)
+        header_at: int | None = None  # where the current packet began, if in this buffer
         while pos < end:
             handler = self._recv_handler
             step = getattr(handler, "__func__", None)
+            gcm = False
             if step is _recv_pkthdr:
-                need, as_view = self._recv_blocksize, False
+                need = self._recv_blocksize
+                header_at = pos
             elif step is _recv_packet:
                 need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize
                 if need < 0:  # a length shorter than the header block it came in
                     raise ProtocolError("Invalid packet length")
-                as_view = type(self._recv_encryption) is GCMEncryption
+                gcm = type(self._recv_encryption) is GCMEncryption
             else:
                 self._inpbuf = buf[pos:] if pos else buf
                 more = handler()
                 if self._transport is None:
                     return
                 buf = self._inpbuf
-                view, pos, end = memoryview(buf), 0, len(buf)
+                view, pos, end, header_at = memoryview(buf), 0, len(buf), None
                 if not more:
                     break
                 continue
             if end - pos < need:
                 break
-            self._inpbuf = view[pos:pos + need] if as_view else buf[pos:pos + need]
-            pos += need
-            more = handler()
+            if gcm:
+                more = _recv_gcm_packet(self, view, header_at, pos, need)
+                pos += need
+            else:
+                self._inpbuf = buf[pos:pos + need]
+                pos += need
+                more = handler()
+                pos -= len(self._inpbuf)  # whatever the handler left unconsumed
             if self._transport is None:
                 return  # closed while handling the packet: the rest is dropped, as asyncssh does
-            pos -= len(self._inpbuf)  # whatever the handler left unconsumed
             if not more:
                 break
         self._inpbuf = bytes(view[pos:]) if pos < end else b""
@@ -167,26 +177,43 @@ def _recv_data(self: Any) -> None:
         self.internal_error()
 
 
-def _aead(cipher: Any) -> AESGCM:
-    aead: AESGCM | None = cipher.__dict__.get("_broker_aead")
-    if aead is None:
-        aead = cipher._broker_aead = AESGCM(cipher._key)
-    return aead
+def _recv_gcm_packet(self: Any, view: memoryview, header_at: int | None, pos: int,
+                     need: int) -> bool:
+    """Decrypt the packet whose header block ``_recv_pkthdr`` took and whose rest (tag
+    included) is ``view[pos:pos + need]``; deliver it, or run asyncssh's ``_recv_packet``."""
+    if header_at is not None:  # the whole packet is in this read: decrypt it in place
+        plain = fastpath.open_gcm_packet(self, view[header_at + 4:pos + need],
+                                         view[header_at:header_at + 4])
+    else:
+        first = self._packet
+        plain = fastpath.open_gcm_packet(
+            self, b"".join((first[4:], view[pos:pos + need])), first[:4])
+    if fastpath.accept_channel_data(self, plain):
+        self._packet = b""
+        self._finish_recv_packet(MSG_CHANNEL_DATA, self._recv_seq)
+        return True
+    self._recv_encryption._broker_plain = plain  # what _gcm_decrypt_packet will return
+    self._inpbuf = view[pos:pos + need]
+    more: bool = _recv_packet(self)
+    return more
 
 
 def _gcm_encrypt_packet(self: Any, seq: int, header: bytes, packet: bytes
                         ) -> tuple[bytes, bytes]:
     cipher = self._cipher
-    sealed = _aead(cipher).encrypt(cipher._iv, packet, header)
+    sealed = fastpath.aead(cipher).encrypt(cipher._iv, packet, header)
     cipher._update_iv()
     return header + sealed, b""  # send_packet joins the two: the tag is already in place
 
 
 def _gcm_decrypt_packet(self: Any, seq: int, first: bytes, rest: bytes | memoryview,
                         header_len: int, mac: bytes | memoryview) -> bytes | None:
+    opened: bytes | None = self.__dict__.pop("_broker_plain", None)
+    if opened is not None:  # decrypted already by _recv_gcm_packet
+        return opened
     cipher = self._cipher
     try:
-        plain: bytes | None = _aead(cipher).decrypt(
+        plain: bytes | None = fastpath.aead(cipher).decrypt(
             cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
     except InvalidTag:
         plain = None
@@ -207,5 +234,6 @@ def install() -> None:
     SSHConnection._recv_data = _recv_data  # type: ignore[method-assign]
     GCMEncryption.encrypt_packet = _gcm_encrypt_packet  # type: ignore[method-assign]
     GCMEncryption.decrypt_packet = _gcm_decrypt_packet  # type: ignore[method-assign]
+    fastpath.install()
     _installed = True
 

@@ -191,34 +191,37 @@ class _RecordingServer(_Server):
 
 
 async def _echo_through_rechunker(cipher: str, seed: int, size: int, flip_at: int | None = None,
-                                  lost: list[Exception | None] | None = None
+                                  lost: list[Exception | None] | None = None,
+                                  rekey_bytes: int | None = None, to_stderr: bool = False
                                   ) -> tuple[bytes, bytes]:
-    """Send ``size`` random bytes to a server that echoes them back through a re-chunking
-    proxy; return what was sent and what came back."""
+    """Send ``size`` random bytes to a server that echoes them back (on stdout, or stderr)
+    through a re-chunking proxy; return what was sent and what came back."""
     asyncssh_fixes.install()
+    rekey = {} if rekey_bytes is None else {"rekey_bytes": rekey_bytes}
 
     async def echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        out = process.stderr if to_stderr else process.stdout
         while data := await process.stdin.read(64 * 1024):
-            process.stdout.write(data)
-            await process.stdout.drain()
+            out.write(data)
+            await out.drain()
         process.exit(0)
 
     server = await asyncssh.listen(
         "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
         server_factory=lambda: _RecordingServer([] if lost is None else lost),
         process_factory=echo, encoding=None, encryption_algs=[cipher], window=WINDOW,
-        max_pktsize=PACKET)
+        max_pktsize=PACKET, **rekey)
     proxy = _Rechunker(server.sockets[0].getsockname()[1], seed, flip_at)
     port = await proxy.start()
     payload = os.urandom(size)
     try:
         async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="x",
                                     config=None, agent_path=None, client_keys=None,
-                                    encryption_algs=[cipher]) as client:
+                                    encryption_algs=[cipher], **rekey) as client:
             process = await client.create_process(encoding=None)
             process.stdin.write(payload)
             process.stdin.write_eof()
-            back = await process.stdout.read()
+            back = await (process.stderr if to_stderr else process.stdout).read()
             await process.wait()
             return payload, back
     finally:
@@ -263,3 +266,124 @@ async def test_a_packet_length_shorter_than_its_header_ends_the_connection(lengt
     finally:
         server.close()
         await server.wait_closed()
+
+
+# -- the channel-data fast path (broker.ssh.fastpath) ------------------------------------------
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes128-ctr"])
+async def test_streams_survive_a_key_exchange_every_256_kib(cipher: str) -> None:
+    """Data is sealed directly only while no key exchange is due or running; in between it
+    goes through asyncssh's own path, and sequence numbers must still line up."""
+    sent, back = await _echo_through_rechunker(cipher, 6, 4 * 1024 * 1024 + 7,
+                                               rekey_bytes=256 * 1024)
+    assert back == sent
+
+
+async def test_a_sender_of_nothing_but_data_still_rekeys_on_time(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Only the client has a byte limit and only it sends data: every key exchange here is
+    one its data packets made due."""
+    asyncssh_fixes.install()
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def sink(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        total = 0
+        while data := await process.stdin.read(64 * 1024):
+            total += len(data)
+        received.set_result(total)
+        process.exit(0)
+
+    server = await asyncssh.listen(
+        "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_factory=_Server, process_factory=sink, encoding=None, window=WINDOW,
+        max_pktsize=PACKET, encryption_algs=["aes128-gcm@openssh.com"])
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+            async with asyncssh.connect(
+                    "127.0.0.1", server.sockets[0].getsockname()[1], known_hosts=None,
+                    username="x", config=None, agent_path=None, client_keys=None,
+                    encryption_algs=["aes128-gcm@openssh.com"],
+                    rekey_bytes=256 * 1024) as client:
+                process = await client.create_process(encoding=None)
+                for _ in range(16):
+                    process.stdin.write(os.urandom(256 * 1024))
+                    await process.stdin.drain()
+                process.stdin.write_eof()
+                assert await received == 16 * 256 * 1024
+    finally:
+        server.close()
+        await server.wait_closed()
+    exchanges = sum("Requesting key exchange" in r.getMessage() for r in caplog.records)
+    assert exchanges >= 2 * 12, exchanges  # each exchange is logged by both ends
+
+
+async def test_extended_data_survives_any_split_of_the_input() -> None:
+    sent, back = await _echo_through_rechunker("aes128-gcm@openssh.com", 7, 2 * 1024 * 1024 + 3,
+                                               to_stderr=True)
+    assert back == sent
+
+
+async def test_data_written_from_a_bytearray_is_sent_as_it_was_when_written(loopback) -> None:  # type: ignore[no-untyped-def]
+    client, sessions = loopback
+    process = await client.create_process(encoding=None)
+    server_process, done = await sessions.get()
+    # more than the window, so most of it waits in the channel while the buffer changes
+    data = bytearray(os.urandom(3 * WINDOW))
+    expected = bytes(data)
+    process.stdin.write(data)
+    data[:] = b"\0" * len(data)
+    assert await server_process.stdin.readexactly(len(expected)) == expected
+    done.set_result(None)
+    process.close()
+
+
+async def test_text_channels_still_encode_and_decode(loopback) -> None:  # type: ignore[no-untyped-def]
+    client, sessions = loopback
+    process = await client.create_process(encoding="utf-8")
+    server_process, done = await sessions.get()
+    process.stdin.write("h\u00e9llo \u2603\n")
+    assert await server_process.stdin.readexactly(len("h\u00e9llo \u2603\n".encode())) == \
+        "h\u00e9llo \u2603\n".encode()
+    server_process.stdout.write("d\u00e9j\u00e0 vu\n".encode())
+    assert await process.stdout.readline() == "d\u00e9j\u00e0 vu\n"
+    done.set_result(None)
+    process.close()
+
+
+async def test_data_logging_still_works_at_debug_level_2(loopback, caplog) -> None:  # type: ignore[no-untyped-def]
+    client, sessions = loopback
+    asyncssh.set_debug_level(2)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+            process = await client.create_process(encoding=None)
+            server_process, done = await sessions.get()
+            process.stdin.write(b"abc")
+            await process.stdin.drain()
+            assert await server_process.stdin.readexactly(3) == b"abc"
+    finally:
+        asyncssh.set_debug_level(1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("Sending 3 data bytes" in message for message in messages)
+    assert any("Received 3 data bytes" in message for message in messages)
+    done.set_result(None)
+    process.close()
+
+
+async def test_a_write_of_several_packets_reaches_the_socket_in_one_send(loopback) -> None:  # type: ignore[no-untyped-def]
+    """The sealed packets of one flush go to the transport together (one ``send``), not
+    one per 32 KiB packet."""
+    client, sessions = loopback
+    process = await client.create_process(encoding=None)
+    server_process, done = await sessions.get()
+    writes: list[int] = []
+    transport = client._transport
+    real_write = transport.write
+    transport.write = lambda data: (writes.append(len(data)), real_write(data))[1]
+    try:
+        process.stdin.write(os.urandom(8 * PACKET))
+        await process.stdin.drain()
+    finally:
+        del transport.write
+    assert len(await server_process.stdin.readexactly(8 * PACKET)) == 8 * PACKET
+    assert writes and max(writes) > 7 * PACKET, writes
+    done.set_result(None)
+    process.close()
