@@ -116,12 +116,44 @@ _recv_packet = SSHConnection._recv_packet
 
 
 def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
-    # bytes(data) is data itself for bytes; handlers need bytes, never a bytearray or view
-    self._inpbuf = self._inpbuf + data if self._inpbuf else bytes(data)
-    self._recv_data()
+    """Take a read. A header or packet left incomplete by the last read is finished from
+    the head of this one, and the rest is walked in place: only that one unit is copied,
+    not the whole read."""
+    data = bytes(data)  # data itself for bytes; handlers need bytes, never a view
+    start = 0
+    if self._inpbuf:
+        rest = _rest_of_unit(self)
+        if rest is None or rest >= len(data):
+            self._inpbuf += data
+            self._recv_data()
+            return
+        self._inpbuf += memoryview(data)[:rest]
+        self._recv_data()
+        if self._transport is None:
+            return
+        if self._inpbuf or _rest_of_unit(self) is None:  # paused: keep the rest for later
+            self._inpbuf += memoryview(data)[rest:]
+            return
+        start = rest
+    self._inpbuf = data
+    self._recv_data(start)
 
 
-def _recv_data(self: Any) -> None:
+def _rest_of_unit(self: Any) -> int | None:
+    """How many more bytes the header or packet being received needs, or None when the
+    connection is not between or inside packets (version exchange, a paused handler)."""
+    step = getattr(self._recv_handler, "__func__", None)
+    if step is _recv_pkthdr:
+        need = self._recv_blocksize
+    elif step is _recv_packet:
+        need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize
+    else:
+        return None
+    rest: int = need - len(self._inpbuf)
+    return rest if rest > 0 else None
+
+
+def _recv_data(self: Any, start: int = 0) -> None:
     """asyncssh's ``_recv_data`` walking the input with an offset. The header and packet
     handlers are handed exactly the bytes they consume; any other handler (the version
     exchange, or the pause while a packet is processed asynchronously) sees all the rest.
@@ -131,7 +163,7 @@ def _recv_data(self: Any) -> None:
     try:
         buf = self._inpbuf
         view = memoryview(buf)
-        pos, end = 0, len(buf)
+        pos, end = start, len(buf)
         header_at: int | None = None  # where the current packet began, if in this buffer
         while pos < end:
             handler = self._recv_handler

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -182,6 +183,32 @@ class _Rechunker:
             self.server.close()
 
 
+class _Coalescer(_Rechunker):
+    """A proxy that passes the client's version line and the first 20 bytes of its KEXINIT,
+    then holds what the client sends next (the rest of KEXINIT and, once the server's KEXINIT
+    has reached the client, its key exchange init) and passes it on in one write: the server
+    reads the end of a packet it handles asynchronously together with the packet after it."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port, seed=0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(self._hold_then_copy(reader, up_writer),
+                             self._copy(up_reader, writer, None), return_exceptions=True)
+
+    async def _hold_then_copy(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readuntil(b"\r\n") + await reader.readexactly(20))
+        held = b""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while more := await reader.read(65536):
+                    held += more
+        writer.write(held)
+        await self._copy(reader, writer, None)
+
+
 class _RecordingServer(_Server):
     def __init__(self, lost: list[Exception | None]) -> None:
         self.lost = lost
@@ -192,7 +219,8 @@ class _RecordingServer(_Server):
 
 async def _echo_through_rechunker(cipher: str, seed: int, size: int, flip_at: int | None = None,
                                   lost: list[Exception | None] | None = None,
-                                  rekey_bytes: int | None = None, to_stderr: bool = False
+                                  rekey_bytes: int | None = None, to_stderr: bool = False,
+                                  proxy_class: type[_Rechunker] | None = None
                                   ) -> tuple[bytes, bytes]:
     """Send ``size`` random bytes to a server that echoes them back (on stdout, or stderr)
     through a re-chunking proxy; return what was sent and what came back."""
@@ -211,7 +239,8 @@ async def _echo_through_rechunker(cipher: str, seed: int, size: int, flip_at: in
         server_factory=lambda: _RecordingServer([] if lost is None else lost),
         process_factory=echo, encoding=None, encryption_algs=[cipher], window=WINDOW,
         max_pktsize=PACKET, **rekey)
-    proxy = _Rechunker(server.sockets[0].getsockname()[1], seed, flip_at)
+    target = server.sockets[0].getsockname()[1]
+    proxy = _Rechunker(target, seed, flip_at) if proxy_class is None else proxy_class(target)
     port = await proxy.start()
     payload = os.urandom(size)
     try:
@@ -235,6 +264,15 @@ async def _echo_through_rechunker(cipher: str, seed: int, size: int, flip_at: in
     ("chacha20-poly1305@openssh.com", 3), ("aes128-ctr", 4)])
 async def test_streams_survive_any_split_of_the_input(cipher: str, seed: int) -> None:
     sent, back = await _echo_through_rechunker(cipher, seed, 3 * 1024 * 1024 + 11)
+    assert back == sent
+
+
+async def test_input_read_with_the_end_of_a_packet_handled_asynchronously_is_kept() -> None:
+    # the server handles KEXINIT in a task and reads nothing more until it is done; the
+    # key exchange init that came in the same read must wait for it, not be lost
+    sent, back = await asyncio.wait_for(
+        _echo_through_rechunker("aes128-gcm@openssh.com", 0, 64 * 1024,
+                                proxy_class=_Coalescer), 20)
     assert back == sent
 
 
