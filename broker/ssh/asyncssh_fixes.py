@@ -224,7 +224,7 @@ def _recv_gcm_packet(self: Any, view: memoryview, header_at: int | None, pos: in
         self._packet = b""
         self._finish_recv_packet(MSG_CHANNEL_DATA, self._recv_seq)
         return True
-    self._recv_encryption._broker_plain = plain  # what _gcm_decrypt_packet will return
+    self._recv_encryption._broker_plain = bytes(plain)  # what _gcm_decrypt_packet returns
     self._inpbuf = view[pos:pos + need]
     more: bool = _recv_packet(self)
     return more

@@ -10,8 +10,9 @@ and opened directly:
 * **Send.** ``SSHChannel.write`` keeps a view of the caller's ``bytes``; the flush seals each
   packet from one join of header, data and padding, and hands the transport all the packets
   of one flush in a single write.
-* **Receive.** A GCM packet is decrypted from a view of the read (no join), and channel data
-  goes straight to the channel's ``_accept_data`` as one slice of the plaintext.
+* **Receive.** A GCM packet is decrypted from a view of the read (no join) into a plaintext
+  buffer the connection reuses, and channel data goes straight to the channel's
+  ``_accept_data`` as one copy out of it.
 
 Anything else takes asyncssh's own path, unchanged: another cipher, compression, packet
 logging (asyncssh debug level 3), a key exchange in progress or due (the byte and time
@@ -41,6 +42,7 @@ DATA_LOG_LEVEL = 2
 _DATA_HEAD = struct.Struct(">BBII")  # padding length, message type, channel, data length
 _EXT_HEAD = struct.Struct(">BBIII")  # ... channel, data type, data length
 _DATA_PREFIX = 1 + 4 + 4  # message type, channel, data length: the payload before the data
+_TAG = 16
 
 
 def aead(cipher: Any) -> AESGCM:
@@ -143,19 +145,27 @@ def _flush_send_buf(self: Any) -> None:
 # -- receive -------------------------------------------------------------------------------
 
 def open_gcm_packet(conn: Any, ciphertext: bytes | memoryview, header: bytes | memoryview
-                    ) -> bytes:
-    """Decrypt one GCM packet (``ciphertext`` ends with the tag); a bad tag is a MACError,
-    the error asyncssh raises for it."""
+                    ) -> memoryview:
+    """Decrypt one GCM packet (``ciphertext`` ends with the tag) into the connection's
+    plaintext buffer, which the next packet reuses: callers copy out what they keep. A bad
+    tag is a MACError, the error asyncssh raises for it."""
+    size = len(ciphertext) - _TAG
+    if size < 0:
+        raise MACError("MAC verification failed")
+    buffer: bytearray | None = conn.__dict__.get("_broker_plain_buffer")
+    if buffer is None or len(buffer) < size:
+        buffer = conn._broker_plain_buffer = bytearray(size)
+    plain = memoryview(buffer)[:size]
     cipher = conn._recv_encryption._cipher
     try:
-        plain: bytes = aead(cipher).decrypt(cipher._iv, ciphertext, header)
+        aead(cipher).decrypt_into(cipher._iv, ciphertext, header, plain)
     except InvalidTag:
         raise MACError("MAC verification failed") from None
     cipher._update_iv()
     return plain
 
 
-def accept_channel_data(conn: Any, plain: bytes) -> bool:
+def accept_channel_data(conn: Any, plain: memoryview) -> bool:
     """Hand a decrypted packet's channel data to its channel, if it is a well-formed
     ``MSG_CHANNEL_DATA`` the fast path may take; False leaves it to asyncssh."""
     if (len(plain) < 1 + _DATA_PREFIX or plain[1] != MSG_CHANNEL_DATA
@@ -167,7 +177,7 @@ def accept_channel_data(conn: Any, plain: bytes) -> bool:
     if (channel is None or 1 + _DATA_PREFIX + size + plain[0] != len(plain)
             or channel._recv_state != "open" or size > channel._recv_window):
         return False
-    channel._accept_data(plain[1 + _DATA_PREFIX:1 + _DATA_PREFIX + size])
+    channel._accept_data(bytes(plain[1 + _DATA_PREFIX:1 + _DATA_PREFIX + size]))
     return True
 
 
