@@ -104,11 +104,12 @@ class _CutWatch:
         try:
             for thread in self._threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
+            ended = dict(self._ends)  # before the kill below ends the rest
         finally:
             for proc in self._procs:
                 proc.kill()
-        assert len(self._ends) == len(self._procs), "a session outlived the revocation"
-        return [self._ends[i] for i in range(len(self._procs))]
+        assert len(ended) == len(self._procs), "a session outlived the revocation"
+        return [ended[i] for i in range(len(self._procs))]
 
 
 def _ts(event: dict) -> float:

@@ -125,21 +125,27 @@ def test_cbc_ciphers_keep_the_ignore_countermeasure() -> None:
     assert not asyncssh_fixes.uses_cbc(Conn(True, b"aes256-ctr", b"aes256-ctr"))
 
 
-async def test_packet_logging_still_works_at_debug_level_3(loopback, caplog) -> None:  # type: ignore[no-untyped-def]
+async def _logged_exchange(loopback, caplog, level: int, payload: bytes) -> list[str]:  # type: ignore[no-untyped-def]
+    """Send ``payload`` from client to server at asyncssh debug ``level``; the log lines."""
     client, sessions = loopback
-    asyncssh.set_debug_level(3)
+    asyncssh.set_debug_level(level)
     try:
         with caplog.at_level(logging.DEBUG, logger="asyncssh"):
             process = await client.create_process(encoding=None)
             server_process, done = await sessions.get()
-            process.stdin.write(b"z")
+            process.stdin.write(payload)
             await process.stdin.drain()
-            assert await server_process.stdin.readexactly(1) == b"z"
+            assert await server_process.stdin.readexactly(len(payload)) == payload
     finally:
         asyncssh.set_debug_level(1)
-    assert any("MSG_CHANNEL_DATA" in record.getMessage() for record in caplog.records)
     done.set_result(None)
     process.close()
+    return [record.getMessage() for record in caplog.records]
+
+
+async def test_packet_logging_still_works_at_debug_level_3(loopback, caplog) -> None:  # type: ignore[no-untyped-def]
+    messages = await _logged_exchange(loopback, caplog, 3, b"z")
+    assert any("MSG_CHANNEL_DATA" in message for message in messages)
 
 
 class _Rechunker:
@@ -388,22 +394,9 @@ async def test_text_channels_still_encode_and_decode(loopback) -> None:  # type:
 
 
 async def test_data_logging_still_works_at_debug_level_2(loopback, caplog) -> None:  # type: ignore[no-untyped-def]
-    client, sessions = loopback
-    asyncssh.set_debug_level(2)
-    try:
-        with caplog.at_level(logging.DEBUG, logger="asyncssh"):
-            process = await client.create_process(encoding=None)
-            server_process, done = await sessions.get()
-            process.stdin.write(b"abc")
-            await process.stdin.drain()
-            assert await server_process.stdin.readexactly(3) == b"abc"
-    finally:
-        asyncssh.set_debug_level(1)
-    messages = [record.getMessage() for record in caplog.records]
+    messages = await _logged_exchange(loopback, caplog, 2, b"abc")
     assert any("Sending 3 data bytes" in message for message in messages)
     assert any("Received 3 data bytes" in message for message in messages)
-    done.set_result(None)
-    process.close()
 
 
 async def test_a_write_of_several_packets_reaches_the_socket_in_one_send(loopback) -> None:  # type: ignore[no-untyped-def]
