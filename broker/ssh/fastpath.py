@@ -149,9 +149,7 @@ def open_gcm_packet(conn: Any, ciphertext: bytes | memoryview, header: bytes | m
     """Decrypt one GCM packet (``ciphertext`` ends with the tag) into the connection's
     plaintext buffer, which the next packet reuses: callers copy out what they keep. A bad
     tag is a MACError, the error asyncssh raises for it."""
-    size = len(ciphertext) - _TAG
-    if size < 0:
-        raise MACError("MAC verification failed")
+    size = len(ciphertext) - _TAG  # never negative: the length check keeps the tag whole
     buffer: bytearray | None = conn.__dict__.get("_broker_plain_buffer")
     if buffer is None or len(buffer) < size:
         buffer = conn._broker_plain_buffer = bytearray(size)
