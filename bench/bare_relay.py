@@ -3,9 +3,10 @@ database and no policy, as the issue's "bare asyncssh relay" figure describes.
 
     .venv/bin/python bench/bare_relay.py PORT HOST_KEY DEVICE_PORT DEVICE_USER DEVICE_KEY
 
-Accepts any client key, opens one upstream connection per client (AES-GCM, 8 MiB window)
-and pumps exec channels and the sftp subsystem both ways, as the broker does. It applies
-the broker's asyncssh fixes so the two differ only by what the product adds.
+Accepts any client key, opens one upstream connection per client (AES-GCM, the broker's
+windows and packet size) and pumps exec channels and the sftp subsystem both ways, as the
+broker does. It applies the broker's asyncssh fixes so the two differ only by what the
+product adds.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from broker.ssh import asyncssh_fixes
 from broker.ssh.process import RelayProcess
 from broker.ssh.streams import SSHReceive, SSHSend, SSHSendNoEOF, pump
-from broker.ssh.upstream import FAST_CIPHERS
+from broker.ssh.upstream import FAST_CIPHERS, RELAY_PACKET, RELAY_WINDOW
 
-WINDOW, PACKET = 8 * 1024 * 1024, 256 * 1024
+WINDOW, PACKET = RELAY_WINDOW, RELAY_PACKET
 
 
 class AnyKey(asyncssh.SSHServer):

@@ -29,11 +29,9 @@ from broker.ssh import asyncssh_fixes
 from broker.ssh.channel import handle_process
 from broker.ssh.connection import BrokerConnection, ConnectionServices
 from broker.ssh.proxy_protocol import ProxiedAcceptor, listen_with_proxy_protocol
+from broker.ssh.upstream import RELAY_PACKET, RELAY_WINDOW
 
 log = structlog.get_logger("broker.server")
-RELAY_WINDOW = 8 * 1024 * 1024
-# The largest packet we accept: peers that allow it (OpenSSH does) send fewer, larger packets.
-RELAY_PACKET = 256 * 1024
 RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved", "session.kill")
 
 

@@ -8,6 +8,14 @@ from broker.errors import DeviceError
 from broker.services.context import Context
 from broker.services.sessions import DeviceLogin, device_login, pin_host_key
 
+# Channel windows on both sides of the relay: OpenSSH's own 2 MiB. The relay holds up to a
+# window in flight plus a window read ahead; at 2 MiB those bytes are still in the CPU's
+# caches when they are hashed and sealed again, at 8 MiB they were not: a 200 MiB scp through
+# the broker took 6-12% longer and 5-20% more CPU with 8 MiB (interleaved A/B rounds, both
+# directions, legacy and SFTP scp). 2 MiB still carries 1 GB/s over a 2 ms round trip.
+RELAY_WINDOW = 2 * 1024 * 1024
+# The largest packet we accept: peers that allow it (OpenSSH does) send fewer, larger packets.
+RELAY_PACKET = 256 * 1024
 # AES-GCM first: one C call per packet, the cheapest cipher for a relay (ASYNCSSH-NOTES).
 FAST_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr",
                 "chacha20-poly1305@openssh.com"]
@@ -26,7 +34,7 @@ async def connect_login(ctx: Context, login: DeviceLogin,
         connection = await asyncssh.connect(
             login.host, login.port, username=login.user, known_hosts=_known_hosts(login),
             encryption_algs=FAST_CIPHERS, compression_algs=None, agent_path=None,
-            window=8 * 1024 * 1024, max_pktsize=256 * 1024,
+            window=RELAY_WINDOW, max_pktsize=RELAY_PACKET,
             agent_forwarding=False, connect_timeout=timeout, config=None,
             **_auth(login))
     except asyncssh.HostKeyNotVerifiable:
