@@ -160,12 +160,15 @@ def run(paths: Paths, work: Path, args: argparse.Namespace, broker_pid: int) -> 
         for name, host in routes.items():
             latency[name].append(timed(paths.ssh(host, "true")))
     best = {k: {n: min(v) for n, v in by.items()} for k, by in transfers.items()}
+    middle = {k: {n: statistics.median(v) for n, v in by.items()} for k, by in transfers.items()}
     median_latency = {n: statistics.median(v) for n, v in latency.items()}
     summary = {
         "size_mib": args.size_mib,
         "transfer_seconds_best": best,
         "broker_throughput_vs_bastion": {
             k: round(v["bastion"] / v["broker"], 2) for k, v in best.items()},
+        "broker_throughput_vs_bastion_medians": {
+            k: round(v["bastion"] / v["broker"], 2) for k, v in middle.items()},
         "broker_time_vs_direct": {k: round(v["broker"] / v["direct"], 2)
                                   for k, v in best.items()},
         "bare_relay_throughput_vs_bastion": {
