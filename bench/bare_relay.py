@@ -24,8 +24,6 @@ from broker.ssh.process import RelayProcess
 from broker.ssh.streams import SSHReceive, SSHSend, SSHSendNoEOF, pump
 from broker.ssh.upstream import FAST_CIPHERS, RELAY_PACKET, RELAY_WINDOW
 
-WINDOW, PACKET = RELAY_WINDOW, RELAY_PACKET
-
 
 class AnyKey(asyncssh.SSHServer):
     def __init__(self, relay: Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]]):
@@ -52,7 +50,8 @@ def main() -> None:
         async with asyncssh.connect(
                 "127.0.0.1", int(device_port), username=device_user, known_hosts=None,
                 client_keys=[device_key], encryption_algs=FAST_CIPHERS, compression_algs=None,
-                window=WINDOW, max_pktsize=PACKET, config=None, agent_path=None) as upstream:
+                window=RELAY_WINDOW, max_pktsize=RELAY_PACKET, config=None,
+                agent_path=None) as upstream:
             if process.subsystem:
                 up = await upstream.create_process(subsystem=process.subsystem, encoding=None)
             else:
@@ -69,7 +68,8 @@ def main() -> None:
             "127.0.0.1", int(port), server_host_keys=[host_key],
             server_factory=lambda: AnyKey(relay), encoding=None, line_editor=False, allow_scp=False,
             agent_forwarding=False, compression_algs=None,
-            encryption_algs=["aes128-gcm@openssh.com"], window=WINDOW, max_pktsize=PACKET)
+            encryption_algs=["aes128-gcm@openssh.com"], window=RELAY_WINDOW,
+            max_pktsize=RELAY_PACKET)
         print("ready", flush=True)
         await asyncio.Event().wait()
 
