@@ -1,34 +1,55 @@
-"""Durations as people write them in the CLI and in policies: ``45s``, ``90m``, ``2h``, ``1d``."""
+"""Durations as people write them in the CLI and in policies: ``45s``, ``90m``, ``2h``, ``1d``,
+compounds such as ``2h30m`` or ``1d12h``, and decimals such as ``1.5h``."""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_PATTERN = re.compile(r"^\s*(\d{1,7})\s*([smhd])\s*\Z", re.ASCII)
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_PART = r"(\d{1,7}(?:\.\d{1,3})?)\s*([dhms])"
+_PATTERN = re.compile(rf"^\s*(?:{_PART}\s*)+\Z", re.ASCII)
+_PARTS = re.compile(_PART, re.ASCII)
+_EXAMPLES = "45s, 90m, 2h, 2h30m, 1.5h or 1d"
 
 
 class DurationError(ValueError):
-    """A duration string that is not ``<number><s|m|h|d>``."""
+    """A duration string that is not ``<number><s|m|h|d>``, possibly compound."""
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse ``45s``, ``90m``, ``2h`` or ``1d``; raise :class:`DurationError` otherwise."""
-    match = _PATTERN.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise DurationError(f"{text!r} is not a duration (write it like 45s, 90m, 2h or 1d)")
-    value = int(match.group(1))
-    if value == 0:
+    """Parse ``45s``, ``90m``, ``2h``, ``1d``, ``2h30m`` or ``1.5h``; raise
+    :class:`DurationError` otherwise. Units go from the largest to the smallest, each once;
+    the total is a whole number of seconds."""
+    if not isinstance(text, str) or _PATTERN.match(text) is None:
+        raise DurationError(f"{text!r} is not a duration (write it like {_EXAMPLES})")
+    parts = _PARTS.findall(text)
+    units = [unit for _, unit in parts]
+    order = list(_UNITS)
+    if len(set(units)) != len(units) or units != sorted(units, key=order.index):
+        raise DurationError(f"{text!r} is not a duration: write each unit once, largest"
+                            " first (like 1d12h or 2h30m)")
+    seconds = sum(Decimal(number) * _UNITS[unit] for number, unit in parts)
+    if seconds != seconds.to_integral_value():
+        raise DurationError(f"{text!r} is not a whole number of seconds")
+    if seconds == 0:
         raise DurationError(f"{text!r} is not a duration: it must be longer than zero")
-    return timedelta(seconds=value * _UNITS[match.group(2)])
+    return timedelta(seconds=int(seconds))
 
 
 def format_duration(delta: timedelta) -> str:
-    """The shortest exact spelling of ``delta`` in the same notation (``5400s`` -> ``90m``)."""
+    """The shortest exact spelling of ``delta`` in the same notation (``5400s`` -> ``90m``,
+    ``9000s`` -> ``2h30m``)."""
     seconds = int(delta.total_seconds())
-    for unit in ("d", "h", "m"):
-        size = _UNITS[unit]
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    if seconds <= 0:
+        return f"{seconds}s"
+    whole = next((f"{seconds // size}{unit}" for unit, size in _UNITS.items()
+                  if seconds % size == 0), f"{seconds}s")
+    parts, rest = [], seconds
+    for unit, size in _UNITS.items():
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    compound = "".join(parts)
+    return whole if len(whole) <= len(compound) else compound

@@ -5,6 +5,7 @@ Features add themselves with a ``setup(app)`` function called from :func:`create
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -14,6 +15,7 @@ from aiohttp import web
 import broker.http.approvals as approval_pages
 from broker import webproxy
 from broker.credentials.keys import KeyPaths, load_secret_bytes
+from broker.domain.durations import format_duration
 from broker.http import api, staff
 from broker.http.errors import error_pages
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
@@ -36,7 +38,9 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
-    aiohttp_jinja2.get_env(app).globals["static"] = lambda name: f"/static/{name}"
+    env = aiohttp_jinja2.get_env(app)
+    env.globals["static"] = lambda name: f"/static/{name}"
+    env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC)
     api.setup(app)

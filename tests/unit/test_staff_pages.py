@@ -68,6 +68,7 @@ async def test_an_approver_decides_from_the_requests_page(broker_dir: Path,
         csrf = await sign_in(client, ctx, "appr")
         page = await (await client.get("/staff/requests")).text()
         assert "replace the battery" in page and f"/staff/requests/{ids['pending']}/decide" in page
+        assert "<dd>1h ·" in page and " min ·" not in page  # one duration format everywhere
         for bad in ({"decision": "approve"}, {"decision": "approve", "csrf": "0" * 64}):
             refused = await client.post(f"/staff/requests/{ids['pending']}/decide", data=bad,
                                         allow_redirects=False)
