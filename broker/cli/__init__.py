@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -26,9 +27,35 @@ COMMANDS = {
 }
 
 
+# `broker --help` lists the commands by task, each task with one example to copy.
+TASKS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("Set-up", ("init", "migrate", "serve", "demo"),
+     "broker init --dir /srv/broker --public-url https://broker.example.org:8443"),
+    ("People and devices", ("tech", "approver", "staff", "device", "vault"),
+     "broker tech add alice --vendor Acme --key alice.pub --email alice@acme.example"),
+    ("Access", ("request", "grant", "breakglass", "cert", "session"),
+     "broker request create --tech alice --device pump-7 --for 2h --reason 'battery check'"),
+    ("Evidence", ("recordings", "replay", "audit"),
+     "broker recordings verify --all"),
+    ("Operations", ("policy", "backup", "restore", "api-token"),
+     "broker backup --out broker-backup.tar"),
+)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        for title, names, example in TASKS:
+            rows = []
+            for name in names:
+                command = self.get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(limit=200)))
+            with formatter.section(title):
+                formatter.write_dl(rows)
+                formatter.write(f"{'':>{formatter.current_indent}}e.g. {example}\n")
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
@@ -59,9 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         sys.exit(2)
     except click.ClickException as exc:
-        command_ctx = getattr(exc, "ctx", None)
-        where = f"{command_ctx.command_path}: " if command_ctx is not None else ""
-        stderr_line(f"{where}{exc.format_message()}")
+        stderr_line(_usage_message(exc))
         sys.exit(exc.exit_code)
     except BrokerError as exc:
         stderr_line(str(exc))
@@ -73,3 +98,20 @@ def main(argv: list[str] | None = None) -> None:
                     "(a bug: rerun with BROKER_DEBUG=1 and report the traceback)")
         sys.exit(1)
     sys.exit(0)
+
+
+def _usage_message(exc: click.ClickException) -> str:
+    """One line: the subcommand's path (stderr_line already says 'broker:'), the problem,
+    and for a mistyped command the nearest one."""
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path.removeprefix("broker").strip() if ctx is not None else ""
+    where = f"{path}: " if path else ""
+    message = exc.format_message()
+    if (ctx is not None and isinstance(ctx.command, click.Group)
+            and message.startswith("No such command")):
+        typed = message.split("'")[1] if message.count("'") >= 2 else ""
+        near = difflib.get_close_matches(typed, ctx.command.list_commands(ctx), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        see = " ".join(["broker", *path.split(), "--help"])
+        return f"{where}no such command {typed!r}{hint}; see '{see}'"
+    return f"{where}{message}"

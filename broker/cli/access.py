@@ -37,7 +37,7 @@ def request() -> None:
 @click.option("--tech", required=True, help="technician name")
 @click.option("--device", "device_name", required=True, help="device name")
 @click.option("--for", "for_", required=True, metavar="DURATION", help="e.g. 90m, 2h")
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, help="why the technician needs access")
 @click.option("--start", default=None, metavar="ISO8601", help="earliest start")
 @click.option("--protocols", "protocol_list", default=None, metavar="LIST",
               help="ssh,sftp,scp,forward,web (default: what the policy allows)")
@@ -57,7 +57,8 @@ def request_create(tech: str, device_name: str, for_: str, reason: str, start: s
 
 
 @request.command("list")
-@click.option("--state", type=click.Choice(REQUEST_STATES), default=None)
+@click.option("--state", type=click.Choice(REQUEST_STATES), default=None,
+              help="only requests in this state")
 @common()
 def request_list(state: str | None, config_file: str | None, as_json: bool) -> None:
     """List requests."""
@@ -123,8 +124,8 @@ def _decide(ident: int, as_: str, comment: str | None, approve: bool, config_fil
 
 @request.command("approve")
 @click.argument("ident", metavar="ID", type=int)
-@click.option("--as", "as_", required=True, metavar="APPROVER")
-@click.option("--comment", default=None)
+@click.option("--as", "as_", required=True, metavar="APPROVER", help="the approver deciding")
+@click.option("--comment", default=None, help="a note kept with the decision")
 @common()
 def request_approve(ident: int, as_: str, comment: str | None, config_file: str | None,
                     as_json: bool) -> None:
@@ -134,8 +135,8 @@ def request_approve(ident: int, as_: str, comment: str | None, config_file: str 
 
 @request.command("deny")
 @click.argument("ident", metavar="ID", type=int)
-@click.option("--as", "as_", required=True, metavar="APPROVER")
-@click.option("--comment", default=None)
+@click.option("--as", "as_", required=True, metavar="APPROVER", help="the approver deciding")
+@click.option("--comment", default=None, help="a note kept with the decision")
 @common()
 def request_deny(ident: int, as_: str, comment: str | None, config_file: str | None,
                  as_json: bool) -> None:
@@ -180,7 +181,7 @@ def grant_show(ident: int, config_file: str | None, as_json: bool) -> None:
 
 @grant.command("revoke")
 @click.argument("ident", metavar="ID", type=int)
-@click.option("--reason", default=None)
+@click.option("--reason", default=None, help="why; shown to the technician and audited")
 @common()
 def grant_revoke(ident: int, reason: str | None, config_file: str | None, as_json: bool) -> None:
     """Revoke a grant now: live sessions are cut, new connections refused."""
@@ -191,7 +192,7 @@ def grant_revoke(ident: int, reason: str | None, config_file: str | None, as_jso
 
 @grant.command("review")
 @click.argument("ident", metavar="ID", type=int)
-@click.option("--as", "as_", required=True, metavar="APPROVER")
+@click.option("--as", "as_", required=True, metavar="APPROVER", help="the approver reviewing")
 @click.option("--comment", required=True, help="what the review found")
 @common()
 def grant_review(ident: int, as_: str, comment: str, config_file: str | None,

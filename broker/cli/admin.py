@@ -61,7 +61,8 @@ async def migrate_database(url: str) -> None:
 
 
 @click.command("migrate")
-@click.option("--config", "config_file", metavar="PATH", default=None)
+@click.option("--config", "config_file", metavar="PATH", default=None,
+              help="broker.toml to use (default ./broker.toml or $BROKER_CONFIG)")
 def migrate(config_file: str | None) -> None:
     """Bring the database schema up to date (Alembic)."""
     config = config_of(config_file)
@@ -70,7 +71,8 @@ def migrate(config_file: str | None) -> None:
 
 
 @click.command("serve")
-@click.option("--config", "config_file", metavar="PATH", default=None)
+@click.option("--config", "config_file", metavar="PATH", default=None,
+              help="broker.toml to use (default ./broker.toml or $BROKER_CONFIG)")
 def serve(config_file: str | None) -> None:
     """Run the SSH service and the scheduler until SIGTERM."""
     from broker.server import run_event_loop, run_server
@@ -85,8 +87,10 @@ def serve(config_file: str | None) -> None:
 @click.command("demo")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="keep the demo here instead of a temporary directory")
-@click.option("--ssh-port", type=int, default=2222, show_default=True)
-@click.option("--http-port", type=int, default=8443, show_default=True)
+@click.option("--ssh-port", type=int, default=2222, show_default=True,
+              help="SSH port for technicians (0: any free port)")
+@click.option("--http-port", type=int, default=8443, show_default=True,
+              help="HTTPS port for the portal (0: any free port)")
 def demo(directory: Path | None, ssh_port: int, http_port: int) -> None:
     """A broker with a simulated device, and a walk-through to paste."""
     from broker.demo.run import run_demo

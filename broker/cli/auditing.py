@@ -49,6 +49,7 @@ def audit_verify(config_file: str | None, as_json: bool) -> None:
 @click.option("--since", "since_text", default=None, metavar="TIME|DURATION",
               help="ISO 8601 time, or a duration such as 7d meaning that long ago")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              help="JSON lines or CSV",
               show_default=True)
 @common(json_output=False)
 def audit_export(since_text: str | None, fmt: str, config_file: str | None) -> None:
@@ -63,7 +64,8 @@ def audit_export(since_text: str | None, fmt: str, config_file: str | None) -> N
 
 
 @audit.command("tail")
-@click.option("-n", "count", type=click.IntRange(1, 100000), default=20, show_default=True)
+@click.option("-n", "count", type=click.IntRange(1, 100000), default=20, show_default=True,
+              help="how many of the newest events")
 @common()
 def audit_tail(count: int, config_file: str | None, as_json: bool) -> None:
     """Show the newest audit rows."""
@@ -106,8 +108,8 @@ def policy_check(directory: Path | None, config_file: str | None, as_json: bool)
 
 
 @policy.command("explain")
-@click.option("--tech", required=True)
-@click.option("--device", "device_name", required=True)
+@click.option("--tech", required=True, help="technician name")
+@click.option("--device", "device_name", required=True, help="device name")
 @common()
 def policy_explain(tech: str, device_name: str, config_file: str | None, as_json: bool) -> None:
     """Say which policy applies to a technician and a device, and why."""

@@ -26,7 +26,7 @@ tech.add_command(totp)
 @click.option("--vendor", required=True, help="the technician's employer")
 @click.option("--key", "key_file", required=True, metavar="PUBKEY_FILE",
               help="OpenSSH public key file (one or more keys)")
-@click.option("--email", default=None)
+@click.option("--email", default=None, help="where decisions on their requests are sent")
 @common()
 def tech_add(name: str, vendor: str, key_file: str, email: str | None,
              config_file: str | None, as_json: bool) -> None:
@@ -86,7 +86,7 @@ def approver() -> None:
 
 @approver.command("add")
 @click.argument("name")
-@click.option("--email", required=True)
+@click.option("--email", required=True, help="where approval links are sent")
 @click.option("--group", "groups", multiple=True, help="approval group (repeatable)")
 @common()
 def approver_add(name: str, email: str, groups: tuple[str, ...], config_file: str | None,

@@ -223,7 +223,7 @@ def recordings_pubkey(config_file: str | None) -> None:
 @recordings.command("export")
 @click.argument("ident", metavar="ID")
 @click.option("--out", "out", metavar="FILE.tar", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+              type=click.Path(dir_okay=False, path_type=Path), help="the bundle to write")
 @common()
 def recordings_export(ident: str, out: Path, config_file: str | None, as_json: bool) -> None:
     """Write a self-contained evidence bundle (tar) with a standalone verify.py."""
@@ -324,9 +324,10 @@ def recordings_prune(dry_run: bool, config_file: str | None, as_json: bool) -> N
 @click.command("replay")
 @click.argument("ident", metavar="ID")
 @click.option("--speed", type=click.FloatRange(min=0.01, max=1000), default=1.0,
-              show_default=True)
+              show_default=True, help="2 plays twice as fast")
 @click.option("--channel", type=int, default=None, help="terminal channel (default: first)")
-@click.option("--config", "config_file", metavar="PATH", default=None)
+@click.option("--config", "config_file", metavar="PATH", default=None,
+              help="broker.toml to use (default ./broker.toml or $BROKER_CONFIG)")
 def replay_command(ident: str, speed: float, channel: int | None,
                    config_file: str | None) -> None:
     """Play a session's terminal in this terminal, with its timing."""

@@ -36,7 +36,8 @@ def session_list(config_file: str | None, as_json: bool) -> None:
 
 @session.command("kill")
 @click.argument("session_id", metavar="ID")
-@click.option("--reason", default="an operator ended this session", show_default=True)
+@click.option("--reason", default="an operator ended this session", show_default=True,
+              help="shown to the technician and audited")
 @common()
 def session_kill(session_id: str, reason: str, config_file: str | None, as_json: bool) -> None:
     """Cut a live session, whichever node holds it (within a second)."""

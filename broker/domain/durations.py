@@ -30,7 +30,7 @@ def parse_duration(text: str) -> timedelta:
     if len(set(units)) != len(units) or units != sorted(units, key=order.index):
         raise DurationError(f"{text!r} is not a duration: write each unit once, largest"
                             " first (like 1d12h or 2h30m)")
-    seconds = sum(Decimal(number) * _UNITS[unit] for number, unit in parts)
+    seconds = sum((Decimal(number) * _UNITS[unit] for number, unit in parts), Decimal(0))
     if seconds != seconds.to_integral_value():
         raise DurationError(f"{text!r} is not a whole number of seconds")
     if seconds == 0:
