@@ -275,12 +275,19 @@ def config_path(explicit: str | None) -> Path:
 
 
 def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
+    """Load ``path`` (a broker.toml, or a directory holding one) with BROKER_* overrides."""
     environ = dict(os.environ if environ is None else environ)
+    if path.is_dir():
+        path = path / DEFAULT_CONFIG
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        from_env = environ.get("BROKER_CONFIG")
+        via = f" (from BROKER_CONFIG={from_env})" if from_env and Path(from_env) in (
+            path, path.parent) else ""
         raise ConfigError(
-            f"{path}: no such file (run 'broker init' or pass --config PATH)"
+            f"{path.absolute()}: no such file{via}; run 'broker init --dir DIR' to make one,"
+            " or point --config PATH or BROKER_CONFIG at an existing broker.toml"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None

@@ -201,9 +201,24 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "broker init" in message
 
 
+def test_missing_file_names_broker_config_when_it_chose_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    message = error_of(path, BROKER_CONFIG=str(path))
+    assert f"from BROKER_CONFIG={path}" in message and "--config PATH" in message
+    assert "from BROKER_CONFIG" not in error_of(path, BROKER_CONFIG=str(tmp_path / "other"))
+
+
+def test_a_directory_means_its_broker_toml(tmp_path: Path) -> None:
+    message = error_of(tmp_path)  # a directory without a broker.toml
+    assert message.startswith(str(tmp_path / "broker.toml")) and "no such file" in message
+    write(tmp_path, "[ssh]\nlisten = '127.0.0.1:2022'\n")
+    assert load(tmp_path).settings.ssh.listen == "127.0.0.1:2022"
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
-    message = error_of(tmp_path)  # a directory, not a file
-    assert message.startswith(str(tmp_path)) and "cannot read" in message
+    (tmp_path / "plain").write_text("")  # a file where a directory should be
+    message = error_of(tmp_path / "plain" / "broker.toml")
+    assert "cannot read" in message
 
 
 def test_not_utf8(tmp_path: Path) -> None:
