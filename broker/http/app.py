@@ -5,6 +5,7 @@ Features add themselves with a ``setup(app)`` function called from :func:`create
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     env = aiohttp_jinja2.get_env(app)
     env.globals["static"] = lambda name: f"/static/{name}"
     env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
+    env.filters["fields"] = data_fields
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC)
     api.setup(app)
@@ -48,6 +50,18 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     approval_pages.setup(app)
     webproxy.setup(app)
     return app
+
+
+def data_fields(data: str) -> list[tuple[str, str]]:
+    """An audit row's JSON data as (key, text) pairs to show; nested values stay compact JSON."""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return [("data", data)]
+    if not isinstance(parsed, dict):
+        return [("data", json.dumps(parsed))]
+    return [(str(key), value if isinstance(value, str) else json.dumps(value))
+            for key, value in parsed.items() if value is not None]
 
 
 async def healthz(request: web.Request) -> web.Response:
