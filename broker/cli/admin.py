@@ -27,6 +27,8 @@ def init(directory: Path, public_url: str | None) -> None:
     config = initialise(directory, public_url, click.echo)
     asyncio.run(migrate_database(config.database_url))
     click.echo(f"database ready: {Store(config.database_url).display_url}")
+    for line in next_steps(config):
+        click.echo(line)
 
 
 def initialise(directory: Path, public_url: str | None = None,
@@ -41,6 +43,10 @@ def initialise(directory: Path, public_url: str | None = None,
     else:
         say(f"kept existing {config_file}")
     config = load_config(config_file)
+    kept = config.settings.broker.public_url
+    if public_url is not None and public_url.rstrip("/") != kept.rstrip("/"):
+        say(f"note: public_url stays {kept!r} (from {config_file}); to change it, edit"
+            f" [broker] public_url there or set BROKER_BROKER_PUBLIC_URL")
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     config.policy_dir.mkdir(parents=True, exist_ok=True)
@@ -50,6 +56,33 @@ def initialise(directory: Path, public_url: str | None = None,
     if (webhook_key := create_webhook_secret(config)) is not None:
         say(f"created {webhook_key}")
     return config
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def next_steps(config: Config) -> list[str]:
+    """What a new admin does after ``broker init``, with the --config of this install."""
+    where = f" --config {config.source}" if Path(config.source).resolve() != (
+        Path.cwd() / DEFAULT_CONFIG).resolve() else ""
+    lines = []
+    host = urlsplit(config.settings.broker.public_url).hostname or ""
+    if host in LOCAL_HOSTS or host.endswith(".localdomain") or "." not in host:
+        lines.append(f"warning: public_url is {config.settings.broker.public_url!r}: approval"
+                     " links in e-mails will not open on an approver's phone; set [broker]"
+                     " public_url to the name people reach this broker by")
+    lines += [
+        "next steps:",
+        f"  1. a staff account for the portal: broker{where} staff add NAME --role admin"
+        " --password-env PW",
+        f"  2. approvers: broker{where} approver add NAME --email E --group biomed",
+        f"  3. technicians: broker{where} tech add NAME --vendor ORG --key KEY.pub --email E",
+        f"  4. devices: broker{where} device add NAME --host H --user U --password-env VAR",
+        f"  5. policies: put YAML files in {config.policy_dir} (see policies/ in the source),"
+        f" then: broker{where} policy check",
+        f"  6. run it: broker{where} serve",
+    ]
+    return lines
 
 
 async def migrate_database(url: str) -> None:

@@ -21,7 +21,8 @@ MEASURE = """() => {
   const out = {wide: [], broken: []};
   for (const td of document.querySelectorAll('td')) {
     const box = td.getBoundingClientRect();
-    if (box.width > window.innerWidth) out.wide.push([td.textContent.trim().slice(0, 40), box.width]);
+    if (box.width > window.innerWidth)
+      out.wide.push([td.textContent.trim().slice(0, 40), box.width]);
     if (td.classList.contains('wrap')) continue;
     const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
     while (walker.nextNode()) {
