@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sys
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from broker.approvals.notify import Notifier
 from broker.audit.logging import configure_logging
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
+from broker.domain.policy import default_policy_notice
 from broker.errors import ConfigError
 from broker.http import WebSite, create_app
 from broker.recording import default_flusher, seal_interrupted, signer_for
@@ -144,6 +146,10 @@ async def run_server(config: Config) -> None:
     scheme = "HTTPS" if server.web.tls else "HTTP"
     print(f"broker: serving SSH on port {server.ssh_port}, {scheme} on port {server.web.port}",
           flush=True)
+    if not server.ctx.policies():
+        notice = default_policy_notice(str(config.policy_dir))
+        log.warning("default policy in force", detail=notice)
+        print(f"broker: warning: {notice}", file=sys.stderr, flush=True)
     await server.run(stop_on_signals())
 
 

@@ -12,9 +12,9 @@ import click
 from broker.audit import ChainProblem, iter_events, verify_rows
 from broker.audit.export import as_dict, write_export
 from broker.cli._base import common, config_of, emit, run, since
-from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts
+from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts, default_policy_notice
 from broker.errors import Refused
-from broker.policy import check_policies, explain, explain_json
+from broker.policy import PolicyError, explain, explain_json, load_policies
 from broker.services.context import Context
 from broker.services.lookup import by_name
 from broker.services.policies import facts
@@ -97,11 +97,16 @@ def policy() -> None:
 def policy_check(directory: Path | None, config_file: str | None, as_json: bool) -> None:
     """Validate policy files; report every problem with file, line and field."""
     target = directory or config_of(config_file).policy_dir
-    problems = check_policies(target)
-    emit(as_json, {"ok": not problems, "directory": str(target), "problems": [
-        {"file": p.file, "line": p.line, "field": p.field, "message": p.message}
-        for p in problems]},
+    try:
+        problems, default = [], not load_policies(target)
+    except PolicyError as exc:
+        problems, default = exc.problems, False
+    notice = default_policy_notice(str(target)) if default else None
+    emit(as_json, {"ok": not problems, "directory": str(target), "default_policy": default,
+                   "problems": [{"file": p.file, "line": p.line, "field": p.field,
+                                 "message": p.message} for p in problems]},
         lambda: click.echo("\n".join(str(p) for p in problems) if problems
+                           else f"ok: {notice}" if notice
                            else f"ok: policies in {target} are valid"))
     if problems:
         raise Refused(f"{len(problems)} problem(s) in {target}")

@@ -128,6 +128,17 @@ DEFAULT_POLICY = Policy(
 )
 
 
+def default_policy_notice(directory: str) -> str:
+    """One line saying that the permissive built-in default is in force, and what it allows."""
+    rules = DEFAULT_POLICY.rules
+    hours = int(rules.max_duration.total_seconds() // 3600)
+    glass = int(rules.breakglass_max.total_seconds() // 3600)
+    return (f"no policy files in {directory}: the permissive built-in default policy is in"
+            f" force (any vendor's technician, any active device, up to {hours}h, every"
+            f" protocol, one approval from any approver, break-glass up to {glass}h);"
+            " add policies/*.yaml to restrict it")
+
+
 @dataclass(frozen=True)
 class PolicyDecision:
     allowed: bool

@@ -81,6 +81,8 @@ async def test_tables_fit_and_never_break_a_word(broker: BrokerProcess, width: i
             assert body <= width, (path, body)
             name = path.strip("/").replace("/", "-") or "staff"
             await screenshot(page, f"layout-{name}-{width}")
+        # serve said, on stderr, that no policy file restricts anything yet
+        assert "warning: no policy files in" in broker.serve_log()
         await page.goto(f"{base}/staff/audit")
         fields = await page.locator("table.audit dl.data dt").all_inner_texts()
         assert "device" in fields  # device.added's data, as fields

@@ -336,6 +336,12 @@ def test_policy_check(tmp_path: Path, broker_run: Run) -> None:
     lines = broken.out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{bad / 'a.yaml'}:3: policies[0].max_durration: unknown field")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    default = broker_run(["policy", "check", empty])
+    assert default.code == 0 and "the permissive built-in default policy is in force" in (
+        default.out) and "up to 8h" in default.out and "break-glass" in default.out
+    assert broker_run(["policy", "check", empty, "--json"]).out.count('"default_policy": true')
     assert "did you mean 'max_duration'" in lines[0]
     assert lines[1].startswith(f"{bad / 'b.yaml'}:") and "YAML syntax error" in lines[1]
 
