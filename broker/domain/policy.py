@@ -132,10 +132,11 @@ def default_policy_notice(directory: str) -> str:
     """One line saying that the permissive built-in default is in force, and what it allows."""
     rules = DEFAULT_POLICY.rules
     hours = int(rules.max_duration.total_seconds() // 3600)
-    glass = int(rules.breakglass_max.total_seconds() // 3600)
+    glass = (f"break-glass up to {int(rules.breakglass_max.total_seconds() // 3600)}h"
+             if rules.breakglass_max else "no break-glass")
     return (f"no policy files in {directory}: the permissive built-in default policy is in"
             f" force (any vendor's technician, any active device, up to {hours}h, every"
-            f" protocol, one approval from any approver, break-glass up to {glass}h);"
+            f" protocol, one approval from any approver, {glass});"
             " add policies/*.yaml to restrict it")
 
 
