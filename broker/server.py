@@ -14,7 +14,7 @@ import asyncssh
 import structlog
 
 from broker.approvals.notify import Notifier
-from broker.audit.logging import configure_logging
+from broker.audit.logging import configure_logging, log_to_file
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.domain.policy import default_policy_notice
@@ -139,7 +139,12 @@ class Server:
 
 
 async def run_server(config: Config) -> None:
-    configure_logging()
+    if sys.stderr.isatty():
+        # A person is watching: JSON lines go to the log file, the terminal gets plain lines.
+        log_to_file(config.log_file, config.settings.log.level)
+        print(f"broker: logging JSON to {config.log_file}", file=sys.stderr, flush=True)
+    else:
+        configure_logging()  # a service manager collects stderr: JSON lines there
     server = Server(Context.open(config))
     await server.start()
     assert server.web is not None
