@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.harness import BROKER, BrokerProcess, wait_for_port
+from tests.integration.harness import BROKER, BrokerProcess
 
 
 def _read_until(fd: int, needle: bytes, timeout: float = 20.0) -> bytes:
@@ -53,8 +53,13 @@ def test_serve_in_a_terminal_prints_plain_lines_and_logs_json_to_the_file(
 
 def test_serve_without_a_terminal_writes_json_to_stderr(tmp_path: Path) -> None:
     proc = BrokerProcess(tmp_path / "b").init().serve()
-    wait_for_port(proc.http_port, proc.proc)
+
+    def events() -> list[str]:
+        return [json.loads(line).get("event") for line in proc.serve_log().splitlines()
+                if line.startswith("{")]
+
+    deadline = time.monotonic() + 20
+    while "serving" not in events() and time.monotonic() < deadline:
+        time.sleep(0.1)
     proc.stop()
-    events = [json.loads(line).get("event") for line in proc.serve_log().splitlines()
-              if line.startswith("{")]
-    assert "serving" in events
+    assert "serving" in events()
