@@ -44,6 +44,7 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
     env.filters["fields"] = data_fields
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", STATIC)
     api.setup(app)
     staff.setup(app)
@@ -62,6 +63,10 @@ def data_fields(data: str) -> list[tuple[str, str]]:
         return [("data", json.dumps(parsed))]
     return [(str(key), value if isinstance(value, str) else json.dumps(value))
             for key, value in parsed.items() if value is not None]
+
+
+async def favicon(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -81,6 +81,11 @@ async def test_tables_fit_and_never_break_a_word(broker: BrokerProcess, width: i
             assert body <= width, (path, body)
             name = path.strip("/").replace("/", "-") or "staff"
             await screenshot(page, f"layout-{name}-{width}")
+        icon = await page.get_attribute("link[rel=icon]", "href")
+        assert icon is not None
+        for path in (icon, "/favicon.ico"):
+            fetched = await page.request.get(base + path)
+            assert fetched.status == 200 and "<svg" in await fetched.text(), path
         # serve said, on stderr, that no policy file restricts anything yet
         assert "warning: no policy files in" in broker.serve_log()
         await page.goto(f"{base}/staff/audit")
