@@ -170,6 +170,9 @@ async def test_kill_asks_the_holding_node_to_cut_the_session(broker_dir: Path,
         killed = await client.post("/staff/sessions/s1/kill", allow_redirects=False,
                                    data={"csrf": csrf, "reason": "unexpected commands"})
         assert killed.status == 303
+        ending = await (await client.get("/staff/sessions")).text()
+        assert "ending: hospital security ended this session" in ending
+        assert "/staff/sessions/s1/watch" not in ending and ">Kill<" not in ending
         async with ctx.store.session() as db:
             row = await db.get(Session, "s1")
         assert row is not None
@@ -232,6 +235,10 @@ async def test_audit_page_shows_the_chain_state_and_pages(broker_dir: Path,
         assert "rel=\"next\"" not in page
         only = await (await client.get("/staff/audit?kind=device.")).text()
         assert "device.retired" in only and "staff.login_succeeded" not in only
+        none = await (await client.get("/staff/audit?kind=nothing.")).text()
+        assert 'id="empty"' in none and "whose kind starts with “nothing.”" in none
+        grants = await (await client.get("/staff/grants?filter=unreviewed")).text()
+        assert "No grants match the filter “unreviewed”" in grants
         async with ctx.store.session() as db:
             for n in range(60):
                 await ctx.audit(db, "test.filler", "test", f"row-{n}")
