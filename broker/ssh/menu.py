@@ -1,7 +1,9 @@
 """``ssh TECH@broker [COMMAND]`` with no device: the technician's grants, and asking for one.
 
     ssh -p 2222 TECH@broker                       list your grants
-    ssh -p 2222 TECH@broker request DEVICE --for 2h --reason "..." [--wait]
+    ssh -p 2222 TECH@broker request DEVICE --for 2h [--wait] --reason TEXT...
+
+Everything after ``--reason`` is the reason (see :mod:`broker.domain.inband`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 import asyncssh
 
 from broker.domain.durations import DurationError, format_duration, parse_duration
+from broker.domain.inband import split_reason
 from broker.errors import BrokerError
 from broker.services.grants import grants_of
 from broker.services.requests import Requests
@@ -57,10 +60,15 @@ class Menu:
         return status
 
     async def run(self) -> int:
+        split = split_reason(self.process.command or "")
         try:
-            words = shlex.split(self.process.command or "")
+            words = shlex.split(split.head)
         except ValueError as exc:
             return self.fail(f"cannot parse the command: {exc}", 2)
+        if split.reason is not None:
+            words.append(f"--reason={split.reason}")
+        if split.wait:
+            words.append("--wait")
         if not words or words[0] in ("grants", "list"):
             return await self.grants()
         if words[0] == "request":
@@ -75,7 +83,7 @@ class Menu:
     def help(self) -> int:
         me = f"ssh -p {self.port} {self.conn.technician}"
         self.say(f"{me}@{self.host}                     list your grants")
-        self.say(f"{me}@{self.host} request DEVICE --for 2h --reason \"...\" [--wait]")
+        self.say(f"{me}@{self.host} request DEVICE --for 2h [--wait] --reason TEXT...")
         self.say(f"{me}@{self.host} weblogin DEVICE     a one-time link to DEVICE's web UI")
         self.say(f"{me}+DEVICE@{self.host}              open a shell on DEVICE")
         self.say(f"{me}+DEVICE@{self.host} CMD          run CMD on DEVICE")
@@ -117,8 +125,8 @@ class Menu:
             parsed = _request_parser().parse_args(args)
             duration = parse_duration(parsed.duration)
         except (_ArgumentError, DurationError) as exc:
-            return self.fail(f"request: {exc}; usage: request DEVICE --for 2h --reason \"...\""
-                             " [--wait]", 2)
+            return self.fail(f"request: {exc}; usage: request DEVICE --for 2h [--wait]"
+                             " --reason TEXT... (everything after --reason is the reason)", 2)
         tech = self.conn.technician
         requests = Requests(self.conn.ctx, f"technician:{tech}")
         try:
