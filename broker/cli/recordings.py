@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from broker.cli._base import actor, common, config_of, emit, fields, run, since, table
+from broker.domain.ids import IdError, by_prefix
 from broker.errors import NotFound, Refused, UsageError
 from broker.recording import (
     RecordingError,
@@ -22,6 +23,7 @@ from broker.recording import (
     verify_all,
     verify_session,
 )
+from broker.recording.logtext import har_lines, log_lines
 from broker.recording.manifest import SIGNATURE_FILE, signer_for
 from broker.recording.player import play_in_terminal
 from broker.services.context import Context
@@ -50,11 +52,13 @@ def _sessions(config_file: str | None) -> list[SessionInfo]:
 
 
 def find_session(config_file: str | None, ident: str) -> SessionInfo:
-    matches = [s for s in _sessions(config_file) if s.session_id == ident
-               or s.path.name == ident]
-    if not matches:
-        raise NotFound(f"no recorded session {ident!r} (see 'broker recordings list')")
-    return matches[0]
+    """A recorded session by its ID, its directory name, or a unique prefix of either."""
+    sessions = _sessions(config_file)
+    named = [(s.session_id, s) for s in sessions] + [(s.path.name, s) for s in sessions]
+    try:
+        return by_prefix(ident, named, "recorded session")
+    except IdError as exc:
+        raise NotFound(f"{exc} (see 'broker recordings list')") from None
 
 
 @recordings.command("list")
@@ -322,31 +326,66 @@ def recordings_prune(dry_run: bool, config_file: str | None, as_json: bool) -> N
 
 
 @click.command("replay")
-@click.argument("ident", metavar="ID")
+@click.argument("ident", metavar="ID", required=False)
+@click.option("--last", is_flag=True, help="the most recent session (instead of an ID)")
 @click.option("--speed", type=click.FloatRange(min=0.01, max=1000), default=1.0,
               show_default=True, help="2 plays twice as fast")
-@click.option("--channel", type=int, default=None, help="terminal channel (default: first)")
+@click.option("--channel", type=int, default=None, help="only this channel (default: all)")
 @click.option("--config", "config_file", metavar="PATH", default=None,
               help="broker.toml to use (default ./broker.toml or $BROKER_CONFIG)")
-def replay_command(ident: str, speed: float, channel: int | None,
+def replay_command(ident: str | None, last: bool, speed: float, channel: int | None,
                    config_file: str | None) -> None:
-    """Play a session's terminal in this terminal, with its timing."""
-    session = find_session(config_file, ident)
-    casts = sorted(session.path.glob("term-*.cast"))
-    if channel is not None:
-        casts = [c for c in casts if c.name.startswith(f"term-{channel}.")
-                 or c.name.startswith(f"term-{channel}-")]
-    if not casts:
-        raise NotFound(f"session {session.session_id} has no terminal recording"
-                       " (exec channels are in exec-*.jsonl)")
-    try:
-        cast = read_cast(casts[0])
-    except RecordingError as exc:
-        raise UsageError(str(exc)) from None
-    if sys.stdin.isatty() and sys.stdout.isatty():
-        click.echo("space: pause/resume, left/right: -/+5 s, q: quit", err=True)
-        play_in_terminal(cast, speed, sys.stdout.buffer, sys.stdin.fileno())
+    """Play a session back: terminals with their timing, exec, SFTP, scp and forward
+    channels as their logs. ID may be a unique prefix."""
+    if (ident is None) == (not last):
+        raise UsageError("replay: give a session ID (or a unique prefix of one), or --last")
+    if last:
+        sessions = _sessions(config_file)
+        if not sessions:
+            raise NotFound("no recorded session yet")
+        session = max(sessions, key=lambda s: s.started_at)
     else:
-        asyncio.run(replay(cast, sys.stdout.buffer, speed=speed))
-    sys.stdout.buffer.write(b"\r\n")
+        session = find_session(config_file, str(ident))
+    files = channel_files(session.path, channel)
+    if not files:
+        raise NotFound(f"session {session.session_id} has no recorded channel"
+                       + (f" {channel}" if channel is not None else ""))
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    out = sys.stdout.buffer
+    for path in files:
+        out.write(f"== {session.session_id} {path.name} ==\r\n".encode())
+        out.flush()
+        try:
+            if path.suffix == ".cast":
+                cast = read_cast(path)
+                if interactive:
+                    click.echo("space: pause/resume, left/right: -/+5 s, q: quit", err=True)
+                    play_in_terminal(cast, speed, out, sys.stdin.fileno())
+                else:
+                    asyncio.run(replay(cast, out, speed=speed))
+                out.write(b"\r\n")
+            else:
+                for line in (har_lines(path) if path.suffix == ".har" else log_lines(path)):
+                    out.write(line.replace("\n", "\r\n").encode() + b"\r\n")
+        except RecordingError as exc:
+            raise UsageError(str(exc)) from None
+    out.flush()
 
+
+def channel_files(directory: Path, channel: int | None) -> list[Path]:
+    """The session's channel recordings in channel order (``term-0.cast``, ``exec-1.jsonl``,
+    ``sftp-2-2.jsonl`` ...), optionally only those of one channel."""
+    found = []
+    for path in directory.iterdir():
+        kind, _, rest = path.stem.partition("-")
+        number = rest.split("-")[0]
+        if (kind in CHANNEL_KINDS and number.isdigit() and path.suffix in (".cast", ".jsonl")
+                and (channel is None or int(number) == channel)):
+            found.append((int(number), path.name, path))
+        elif path.name == WEB_LOG and channel is None:
+            found.append((WEB_ORDER, path.name, path))
+    return [path for *_, path in sorted(found)]
+
+
+CHANNEL_KINDS = ("term", "exec", "sftp", "scp", "forward")
+WEB_LOG, WEB_ORDER = "web.har", 1 << 30  # a web session's one HAR, after any channel
