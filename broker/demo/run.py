@@ -39,6 +39,11 @@ async def run_demo(directory: Path | None, ssh_port: int, http_port: int = 8443)
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
+            click.echo(f"\ndemo stopped; its temporary data ({root}) is removed. To keep it"
+                       " next time: broker demo --dir DIR", err=True)
+        else:
+            click.echo(f"\ndemo stopped; its data stays in {root} (broker demo --dir {root}"
+                       " starts it again, as it was)", err=True)
 
 
 async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
@@ -115,9 +120,6 @@ async def _exists(directory: Directory) -> bool:
 def walkthrough(root: Path, port: int, http_port: int, portal_password: str) -> str:
     bin_dir = shlex.quote(str(Path(shutil.which("broker") or sys.argv[0]).resolve().parent))
     ssh = f"ssh -F {shlex.quote(str(root / 'ssh_config'))}"
-    pick_terminal = ("broker recordings list --json | python3 -c 'import json,sys; print([r[\"id\"]"
-                     " for r in json.load(sys.stdin) if any(f.startswith(\"term-\")"
-                     " for f in r[\"files\"])][-1])'")
     return f"""
 The vendor access broker demo is running: SSH on localhost:{port}, data in {root}.
 Behind it: a simulated infusion pump 'pump-7'. Registered: technician 'alice'
@@ -139,19 +141,20 @@ Behind it: a simulated infusion pump 'pump-7'. Registered: technician 'alice'
   {ssh} alice+pump-7@broker-demo       # interactive: status, logs, config show, exit
   {ssh} alice@broker-demo              # her grants
 
-  # 4. alice opens the pump's own web UI through the broker (the broker logs in for her):
+  # 4. An auditor replays alice's shell session (an ID prefix works too) and checks the
+  #    audit chain:
+  broker recordings list
+  broker replay --last
+  broker audit tail
+  broker audit verify
+
+  # 5. alice opens the pump's own web UI through the broker (the broker logs in for her):
   {ssh} alice@broker-demo weblogin pump-7     # prints a one-time https://... link
   #    open it in a browser (accept the demo's self-signed certificate), then Live log
 
-  # 5. The staff portal: https://localhost:{http_port}/staff/  (user dana, password
+  # 6. The staff portal: https://localhost:{http_port}/staff/  (user dana, password
   #    {portal_password}): pending requests, grants, live sessions (Watch, Kill),
   #    recordings with the player, the audit log, devices.
-
-  # 6. An auditor replays the session and checks the audit chain:
-  broker recordings list
-  broker replay $({pick_terminal})
-  broker audit tail
-  broker audit verify
 
   # 7. Revoke: live sessions (the web page too) are cut within a second, new ones refused:
   broker grant revoke 1 --reason "demo over"
