@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -44,6 +45,17 @@ class BrokerSection(_Section):
     database_url: str = "sqlite:///data/broker.db"
     data_dir: str = "data"
     node: str = ""  # this node's name in a cluster; empty means the host name
+    timezone: str = "UTC"  # pages show times here (IANA name, e.g. Europe/Berlin), UTC on hover
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"expected an IANA time zone such as Europe/Berlin or"
+                             f" America/New_York, got {value!r}") from None
+        return value
 
     @field_validator("node")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp_jinja2
 import jinja2
@@ -21,6 +22,7 @@ from broker.http import api, staff
 from broker.http.errors import error_pages
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
 from broker.http.security import security_headers
+from broker.http.times import time_filter
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 
@@ -43,6 +45,7 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     env.globals["static"] = lambda name: f"/static/{name}"
     env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
     env.filters["fields"] = data_fields
+    env.filters["when"] = time_filter(ZoneInfo(settings.broker.timezone))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", STATIC)

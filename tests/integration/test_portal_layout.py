@@ -49,6 +49,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
              env={"PW": "x"})
     proc.cli("staff", "add", "pat", "--role", "admin", "--password-env", "STAFF_PW",
              env={"STAFF_PW": PASSWORD})
+    proc.env["BROKER_BROKER_TIMEZONE"] = "Europe/Berlin"
     proc.serve()
     wait_for_port(proc.http_port, proc.proc)
     yield proc
@@ -86,6 +87,10 @@ async def test_tables_fit_and_never_break_a_word(broker: BrokerProcess, width: i
         for path in (icon, "/favicon.ico"):
             fetched = await page.request.get(base + path)
             assert fetched.status == 200 and "<svg" in await fetched.text(), path
+        await page.goto(f"{base}/staff/grants")
+        shown = page.locator("table time").first
+        assert (await shown.inner_text()).endswith((" CET", " CEST"))  # the hospital's zone
+        assert (await shown.get_attribute("title") or "").endswith(" UTC")  # UTC on hover
         # serve said, on stderr, that no policy file restricts anything yet
         assert "warning: no policy files in" in broker.serve_log()
         await page.goto(f"{base}/staff/audit")
