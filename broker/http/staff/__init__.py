@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.http.staff import auth, pages, watch
+from broker.http.staff import auth, insight, pages, watch
 
 
 def setup(app: web.Application) -> None:
     auth.setup(app)
     pages.setup(app)
     watch.setup(app)
+    insight.setup(app)

@@ -17,6 +17,7 @@ from broker.http.errors import BadInput
 from broker.http.keys import CONTEXT
 from broker.http.staff.accounts import may
 from broker.http.staff.auth import redirect, requires, signed_in
+from broker.http.staff.insight import chart_for_dashboard
 from broker.http.staff.queries import (
     SESSION_ID,
     audit_page,
@@ -101,7 +102,8 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         counts["unreviewed"] = len(await breakglass.unreviewed(ctx))
     if may(role, "sessions"):
         counts["live"] = len(await live_session_views(ctx))
-    return render(request, "dashboard.html", {"counts": counts})
+    chart = await chart_for_dashboard(request) if may(role, "grants") else {}
+    return render(request, "dashboard.html", {"counts": counts, **chart})
 
 
 # -- requests ---------------------------------------------------------------------------
