@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from broker.cli._base import common, config_of, emit
+from broker.cli.progress import progress
 from broker.services import backup as service
 
 NOT_INCLUDED = ("Recordings are NOT included: copy the recordings directory (sessions with"
@@ -26,7 +27,8 @@ def backup_command(out: str, config_file: str | None, as_json: bool) -> None:
     manifests) separately.
     """
     config = config_of(config_file)
-    report = asyncio.run(service.backup(config, Path(out)))
+    with progress("backing up", as_json=as_json) as bar:
+        report = asyncio.run(service.backup(config, Path(out), progress=bar))
     audit = report.audit
     data = {"path": str(report.path), "database": report.database, "files": report.files,
             "audit": None if audit is None else {"rows": audit.rows, "ok": audit.ok,
@@ -60,7 +62,8 @@ def restore_command(source: Path, directory: Path, as_json: bool) -> None:
 
     Recordings are not in a backup: copy them back separately.
     """
-    report = asyncio.run(service.restore(source, directory))
+    with progress("restoring", as_json=as_json) as bar:
+        report = asyncio.run(service.restore(source, directory, progress=bar))
     emit(as_json, {"directory": str(report.directory), "database": report.database,
                    "files": report.files, "audit": {"rows": report.audit.rows, "ok": True}},
          f"restored {len(report.files)} files and the {report.database} database into"

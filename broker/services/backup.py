@@ -47,6 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.audit import iter_events, verify_rows
 from broker.config import Config, settings_from
 from broker.errors import ConfigError, Conflict, Refused, StoreError
+from broker.services.progress import SILENT, Progress
 from broker.store.engine import Store
 
 FORMAT = "broker-backup"
@@ -237,8 +238,10 @@ def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-async def backup(config: Config, out: Path, now: datetime | None = None) -> BackupReport:
-    """Write the archive to ``out`` (which must not exist yet), mode 0600."""
+async def backup(config: Config, out: Path, now: datetime | None = None,
+                 progress: Progress = SILENT) -> BackupReport:
+    """Write the archive to ``out`` (which must not exist yet), mode 0600; ``progress``
+    counts the bytes written."""
     if out.exists() or out.is_symlink():
         raise Conflict(f"--out {out} already exists: choose a new file name")
     if not out.parent.is_dir():
@@ -276,11 +279,13 @@ async def backup(config: Config, out: Path, now: datetime | None = None) -> Back
                 body = json.dumps(manifest, indent=2, sort_keys=True).encode()
                 stamp = datetime.now(UTC).timestamp()
                 tar.addfile(_tarinfo(MANIFEST, len(body), 0o600, stamp), io.BytesIO(body))
+                progress.start(sum(entry["size"] for entry in entries.values()))
                 for name, path in sorted(members.items()):
                     info = _tarinfo(name, entries[name]["size"], entries[name]["mode"],
                                     path.stat().st_mtime)
                     with path.open("rb") as stream:
                         tar.addfile(info, stream)
+                    progress.advance(entries[name]["size"])
         except BaseException:
             out.unlink(missing_ok=True)
             raise
@@ -316,10 +321,12 @@ def _read_manifest(tar: tarfile.TarFile, source: Path) -> dict[str, Any]:
 
 
 def _stage(tar: tarfile.TarFile, source: Path, manifest: dict[str, Any],
-           staging: Path) -> dict[str, Path]:
+           staging: Path, progress: Progress) -> dict[str, Path]:
     """Every member checked against the manifest and written under ``staging``."""
     expected: dict[str, Any] = manifest["files"]
     staged: dict[str, Path] = {}
+    progress.start(sum(e.get("size", 0) for e in expected.values()
+                       if isinstance(e, dict) and isinstance(e.get("size"), int)))
     for member in tar:
         name = member.name
         if name == MANIFEST:
@@ -341,6 +348,7 @@ def _stage(tar: tarfile.TarFile, source: Path, manifest: dict[str, Any],
             while chunk := stream.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
+                progress.advance(len(chunk))
         if not hmac.compare_digest(digest.hexdigest(), str(entry.get("sha256", ""))):
             raise Refused(f"{source}: {name} does not match its SHA-256 in the manifest"
                           " (altered or corrupt): nothing was restored")
@@ -383,7 +391,7 @@ def _open_archive(source: Path) -> tarfile.TarFile:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
 
 
-async def restore(source: Path, directory: Path) -> RestoreReport:
+async def restore(source: Path, directory: Path, progress: Progress = SILENT) -> RestoreReport:
     """Restore ``source`` into ``directory``; nothing is written unless every hash matches
     and nothing there would be overwritten."""
     if not source.is_file():
@@ -391,7 +399,7 @@ async def restore(source: Path, directory: Path) -> RestoreReport:
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        return await _restore(source, directory)
+        return await _restore(source, directory, progress)
     except BaseException:
         if created:  # leave no empty directory behind a refused restore
             with contextlib.suppress(OSError):
@@ -399,14 +407,14 @@ async def restore(source: Path, directory: Path) -> RestoreReport:
         raise
 
 
-async def _restore(source: Path, directory: Path) -> RestoreReport:
+async def _restore(source: Path, directory: Path, progress: Progress) -> RestoreReport:
     with _open_archive(source) as tar, \
             tempfile.TemporaryDirectory(prefix=".broker-restore-", dir=directory) as scratch:
         staging = Path(scratch)
         os.chmod(staging, 0o700)
         try:
             manifest = _read_manifest(tar, source)
-            staged = _stage(tar, source, manifest, staging)
+            staged = _stage(tar, source, manifest, staging, progress)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise Refused(f"{source}: the archive is damaged ({exc}): nothing was restored"
                           ) from None
