@@ -20,23 +20,26 @@ from broker.credentials.keys import KeyPaths, load_secret_bytes
 from broker.domain.durations import format_duration
 from broker.http import api, staff
 from broker.http.errors import error_pages
-from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
+from broker.http.keys import CONTEXT, LIVE_SESSIONS, NODE, SECRET
 from broker.http.security import security_headers
 from broker.http.times import time_filter
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
+from broker.services.readiness import NodeState, readiness
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 
 
-def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Application:
+def create_app(ctx: Context, sessions: LiveSessions | None = None,
+               node: NodeState | None = None) -> web.Application:
     settings = ctx.config.settings
     app = web.Application(middlewares=[security_headers, error_pages],
                           client_max_size=settings.http.max_body)
     app[CONTEXT] = ctx
     app[LIVE_SESSIONS] = sessions if sessions is not None else LiveSessions()
+    app[NODE] = node if node is not None else NodeState()
     app[SECRET] = load_secret_bytes(KeyPaths.of(ctx.config).web_key, "the web secret key")
     aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -47,6 +50,7 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     env.filters["fields"] = data_fields
     env.filters["when"] = time_filter(ZoneInfo(settings.broker.timezone))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", STATIC)
     api.setup(app)
@@ -70,6 +74,15 @@ def data_fields(data: str) -> list[tuple[str, str]]:
 
 async def favicon(_request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when this node takes new sessions; 503 with one line per problem otherwise."""
+    state = await readiness(request.app[CONTEXT], draining=request.app[NODE].draining)
+    return web.json_response({"ready": state.ready, "problems": list(state.problems),
+                              "node": request.app[CONTEXT].node},
+                             status=200 if state.ready else 503,
+                             headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: web.Request) -> web.Response:

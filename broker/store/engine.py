@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -89,7 +90,7 @@ class Store:
             )
 
     async def check_migrated(self) -> None:
-        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        head = head_revision()
         current = await self.current_revision()
         if current != head:
             state = "not initialised" if current is None else f"at revision {current}"
@@ -129,6 +130,12 @@ class Store:
                 yield connection
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreError(f"cannot use database {self.display_url}: {_first_line(exc)}") from exc
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration this broker ships (read once: the files do not change)."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,90 @@
+"""Is this node ready for new sessions? ``/readyz`` asks, and load balancers act on it: the
+database answers and is at the current migration, every key is readable, the recordings
+directory takes writes, and the node is not draining. Each problem is one line naming what
+is wrong (never a path or a secret: the answer is public)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from broker.credentials.keys import KeyPaths
+from broker.errors import StoreError
+from broker.services.context import Context
+from broker.store.engine import head_revision
+
+DATABASE_TIMEOUT = 2.0  # seconds
+log = structlog.get_logger("broker.readiness")
+
+
+@dataclass
+class NodeState:
+    """What this node is doing, as far as taking new work goes."""
+
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class Readiness:
+    problems: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+
+async def readiness(ctx: Context, *, draining: bool = False) -> Readiness:
+    problems: list[str] = []
+    if draining:
+        problems.append("draining: this node is shutting down and takes no new sessions")
+    try:
+        current = await asyncio.wait_for(ctx.store.current_revision(), DATABASE_TIMEOUT)
+    except StoreError as exc:
+        log.warning("readiness: database not reachable", error=str(exc))
+        problems.append("database: not reachable")
+    except TimeoutError:
+        problems.append(f"database: no answer within {DATABASE_TIMEOUT:g} s")
+    else:
+        if current != head_revision():
+            problems.append(f"database: schema at {current or 'nothing'}, this broker needs"
+                            f" {head_revision()} (run 'broker migrate')")
+    problems += await asyncio.to_thread(_file_problems, ctx)
+    return Readiness(tuple(problems))
+
+
+def _file_problems(ctx: Context) -> list[str]:
+    problems = []
+    paths = KeyPaths.of(ctx.config)
+    keys = {"the SSH host key": paths.host_key, "the user CA": paths.user_ca,
+            "the recording signing key": paths.recording_key, "the vault key": paths.vault_key,
+            "the web secret key": paths.web_key}
+    for name, path in keys.items():
+        try:
+            with path.open("rb") as key:
+                if not key.read(1):
+                    problems.append(f"keys: {name} is empty")
+        except OSError as exc:
+            problems.append(f"keys: {name} is not readable ({exc.strerror or exc})")
+    problems += _writable(ctx.config.recordings_dir)
+    return problems
+
+
+def _writable(directory: Path) -> list[str]:
+    probe = directory / f".readyz-{secrets.token_hex(6)}"
+    try:
+        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(descriptor, b"ok")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        return [f"recordings: the directory does not take writes ({exc.strerror or exc})"]
+    return []
+
