@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncssh
 from asyncssh.channel import SSHChannel
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
@@ -47,6 +48,7 @@ from asyncssh.misc import DisconnectError, ProtocolError
 from asyncssh.packet import SSHPacketLogger, String, UInt32
 from cryptography.exceptions import InvalidTag
 
+from broker.errors import ConfigError
 from broker.ssh import fastpath
 
 PACKET_LOG_LEVEL = 3
@@ -253,11 +255,27 @@ def _gcm_decrypt_packet(self: Any, seq: int, first: bytes, rest: bytes | memoryv
     return plain
 
 
+#: The asyncssh releases whose private methods these changes were read against and tested
+#: with. pyproject.toml pins the same version; requirements.lock pins it with its hash.
+CHECKED_VERSIONS = ("2.24.1",)
+
+
+def check_version(version: str) -> None:
+    """Refuse, in one line, to patch an asyncssh these changes were not checked against."""
+    if version not in CHECKED_VERSIONS:
+        raise ConfigError(
+            f"asyncssh {version} is installed, but the broker's relay changes to asyncssh"
+            f" were checked against {', '.join(CHECKED_VERSIONS)} only: install that"
+            " (pip install -r requirements.lock) or re-check broker/ssh/asyncssh_fixes.py"
+            " and broker/ssh/fastpath.py against the new version")
+
+
 def install() -> None:
-    """Apply the five changes (once per process)."""
+    """Apply the five changes (once per process), to a checked asyncssh only."""
     global _installed
     if _installed:
         return
+    check_version(asyncssh.__version__)
     SSHChannel._deliver_data = _deliver_data  # type: ignore[method-assign]
     SSHPacketLogger.log_sent_packet = _log_sent_if_logging  # type: ignore[method-assign,assignment]
     SSHPacketLogger.log_received_packet = _log_received_if_logging  # type: ignore[method-assign,assignment]

@@ -7,12 +7,14 @@ import contextlib
 import logging
 import os
 import random
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
 import pytest
 
+from broker.errors import ConfigError
 from broker.ssh import asyncssh_fixes
 from broker.ssh.asyncssh_fixes import window_credit
 
@@ -418,3 +420,22 @@ async def test_a_write_of_several_packets_reaches_the_socket_in_one_send(loopbac
     assert writes and max(writes) > 7 * PACKET, writes
     done.set_result(None)
     process.close()
+
+
+def test_install_refuses_an_unchecked_asyncssh_version() -> None:
+    asyncssh_fixes.check_version(asyncssh.__version__)  # the installed one is checked
+    assert asyncssh.__version__ in asyncssh_fixes.CHECKED_VERSIONS
+    for other in ("2.23.1", "2.25.0", "3.0.0"):
+        with pytest.raises(ConfigError) as caught:
+            asyncssh_fixes.check_version(other)
+        message = str(caught.value)
+        assert f"asyncssh {other} is installed" in message and "\n" not in message
+        assert "requirements.lock" in message
+
+
+def test_pyproject_pins_the_checked_version_exactly() -> None:
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    pins = re.findall(r'"asyncssh==([0-9.]+)"', text)
+    assert pins == [asyncssh_fixes.CHECKED_VERSIONS[-1]]
+    lock = (Path(__file__).resolve().parents[2] / "requirements.lock").read_text()
+    assert f"asyncssh=={asyncssh_fixes.CHECKED_VERSIONS[-1]}" in lock
