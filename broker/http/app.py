@@ -6,14 +6,17 @@ Features add themselves with a ``setup(app)`` function called from :func:`create
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 import broker.http.approvals as approval_pages
 from broker import webproxy
 from broker.credentials.keys import KeyPaths, load_secret_bytes
+from broker.domain.text import visible
 from broker.http import api, staff
 from broker.http.errors import error_pages
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
@@ -35,7 +38,8 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     app[SECRET] = load_secret_bytes(KeyPaths.of(ctx.config).web_key, "the web secret key")
     aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+        autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined,
+        finalize=shown)
     aiohttp_jinja2.get_env(app).globals["static"] = lambda name: f"/static/{name}"
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC)
@@ -44,6 +48,16 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     approval_pages.setup(app)
     webproxy.setup(app)
     return app
+
+
+def shown(value: Any) -> Any:
+    """What every ``{{ ... }}`` prints: stored text with control, bidi-override and
+    line-separator characters written as visible escapes (``\\x1b``), then HTML-escaped."""
+    if isinstance(value, Markup):
+        return Markup(visible(str(value)))  # noqa: S704  (escapes only; already markup)
+    if isinstance(value, str):
+        return visible(value)
+    return value
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -37,7 +37,6 @@ from broker.services.requests import Requests
 
 VIEW_LIMIT = web.AppKey("approval_view_limit", RateLimit)
 DECIDE_LIMIT = web.AppKey("approval_decide_limit", RateLimit)
-MAX_COMMENT = 2000
 CSRF = "csrf token"
 
 AGAIN = "Use the link exactly as it was sent to you, or ask for a fresh one."
@@ -93,13 +92,12 @@ async def decide(request: web.Request) -> web.StreamResponse:
     if choice not in ("approve", "deny"):
         raise BadInput("decision", "decision: must be approve or deny")
     comment = form.get("comment")
-    text = comment.strip() if isinstance(comment, str) else ""
-    if len(text) > MAX_COMMENT:
-        raise BadInput("comment", f"comment: longer than {MAX_COMMENT} characters")
+    text = comment if isinstance(comment, str) else ""  # the service applies the text rule
     ctx = request.app[CONTEXT]
     try:
         result = await Requests(ctx, f"approver:{claims.approver}").decide(
-            claims.request_id, claims.approver, choice == "approve", text or None, via="link",
+            claims.request_id, claims.approver, choice == "approve", text.strip() or None,
+            via="link",
             within=links.spender(ctx, claims))
     except TokenRefused as exc:
         return await _refuse(request, exc.reason, claims)
@@ -109,7 +107,7 @@ async def decide(request: web.Request) -> web.StreamResponse:
         return await _refuse(request, "not found", claims, status=404, message=str(exc))
     return aiohttp_jinja2.render_template("approve_done.html", request, {
         "decision": result, "approved": choice == "approve", "claims": claims,
-        "comment": text or None})
+        "comment": text.strip() or None})
 
 
 async def _claims(request: web.Request) -> ApprovalClaims | web.Response:

@@ -78,6 +78,13 @@ def _text(form: MultiDictProxy[Any], name: str,
     return text
 
 
+def _free(form: MultiDictProxy[Any], name: str) -> str:
+    """A free-text field as typed: the service applies the text rule (and its limit) and
+    answers with a message naming the field."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
 def _approver_of(request: web.Request) -> str:
     user = signed_in(request).user
     if not user.approver_name:
@@ -131,7 +138,7 @@ async def decide(request: web.Request) -> web.StreamResponse:
         raise BadInput("decision", f"decision: expected approve or deny, got {decision[:40]!r}")
     approver = _approver_of(request)
     await Requests(_ctx(request), signed_in(request).actor).decide(
-        ident, approver, decision == "approve", _text(form, "comment") or None, via="web")
+        ident, approver, decision == "approve", _free(form, "comment") or None, via="web")
     done = "approved" if decision == "approve" else "denied"
     return redirect(f"/staff/requests?done={done}&id={ident}")
 
@@ -159,7 +166,8 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     ident = _ident(request)
     form = await request.post()
     who = signed_in(request)
-    reason = _text(form, "reason") or f"revoked from the web UI by {who.user.name}"
+    typed = _free(form, "reason")
+    reason = typed if typed.strip() else f"revoked from the web UI by {who.user.name}"
     await Grants(_ctx(request), who.actor).revoke(ident, reason)
     return redirect(f"/staff/grants?done=revoked&id={ident}")
 
@@ -176,7 +184,7 @@ async def breakglass_page(request: web.Request) -> web.StreamResponse:
 async def review(request: web.Request) -> web.StreamResponse:
     ident = _ident(request)
     form = await request.post()
-    comment = _text(form, "comment", required=True)
+    comment = _free(form, "comment")
     await breakglass.review(_ctx(request), ident, _approver_of(request), comment)
     return redirect(f"/staff/breakglass?done=reviewed&id={ident}")
 
@@ -190,7 +198,7 @@ async def open_breakglass(request: web.Request) -> web.StreamResponse:
     except DurationError as exc:
         raise BadInput("duration", f"duration: {exc}") from None
     grant = await breakglass.open_breakglass(_ctx(request), tech, device, length,
-                                             _text(form, "reason", True),
+                                             _free(form, "reason"),
                                              signed_in(request).actor)
     return redirect(f"/staff/breakglass?done=breakglass&id={grant.id}")
 
@@ -211,8 +219,8 @@ async def kill(request: web.Request) -> web.StreamResponse:
     if not SESSION_ID.fullmatch(session_id):
         raise NotFound(f"no session {session_id[:40]!r}")
     form = await request.post()
-    why = _text(form, "reason")
-    reason = "hospital security ended this session" + (f": {why}" if why else "")
+    why = _free(form, "reason")
+    reason = "hospital security ended this session" + (f": {why}" if why.strip() else "")
     await kill_session(_ctx(request), session_id, signed_in(request).actor, reason)
     return redirect(f"/staff/sessions?killed={session_id}")
 
