@@ -35,7 +35,7 @@ class TextError(InvariantViolation):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field, self.detail = field, message
 
 
 @dataclass(frozen=True)

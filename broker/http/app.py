@@ -19,21 +19,27 @@ from broker.credentials.keys import KeyPaths, load_secret_bytes
 from broker.domain.text import visible
 from broker.http import api, staff
 from broker.http.errors import error_pages
-from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
-from broker.http.security import security_headers
+from broker.http.keys import CONTEXT, LIVE_SESSIONS, REFUSALS, SECRET
+from broker.http.security import Handler, security_headers
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
+from broker.services.refusals import RefusalLog
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
+# Audit rows per (source address, kind of refusal) per minute; beyond them a flood is counted
+# into one refusal.suppressed row (broker/services/refusals.py).
+REFUSAL_BURST = 20
 
 
 def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Application:
     settings = ctx.config.settings
-    app = web.Application(middlewares=[security_headers, error_pages],
+    app = web.Application(middlewares=[security_headers, error_pages, throttled_refusals],
                           client_max_size=settings.http.max_body)
     app[CONTEXT] = ctx
+    app[REFUSALS] = RefusalLog(ctx, burst=REFUSAL_BURST)
+    app.on_cleanup.append(_flush_refusals)
     app[LIVE_SESSIONS] = sessions if sessions is not None else LiveSessions()
     app[SECRET] = load_secret_bytes(KeyPaths.of(ctx.config).web_key, "the web secret key")
     aiohttp_jinja2.setup(
@@ -48,6 +54,27 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
     approval_pages.setup(app)
     webproxy.setup(app)
     return app
+
+
+async def _flush_refusals(app: web.Application) -> None:
+    await app[REFUSALS].flush()  # the counts of refusals summarised but not yet written
+
+
+def source(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def throttled_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A 429 from any rate limit (logins, approval links, API failures, sign-in links) is a
+    refusal too: audited as ``http.throttled`` through the app's RefusalLog."""
+    try:
+        return await handler(request)
+    except web.HTTPTooManyRequests:
+        await request.app[REFUSALS].refused("http.throttled", "anonymous", source(request),
+                                            None, method=request.method,
+                                            path=request.path[:200])
+        raise
 
 
 def shown(value: Any) -> Any:

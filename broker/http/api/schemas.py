@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from broker.domain.protocols import Protocol
 from broker.domain.requests import RequestState
@@ -19,7 +20,9 @@ from broker.domain.text import (
     KILL_REASON,
     REQUEST_REASON,
     REVOKE_REASON,
+    TextError,
     TextKind,
+    check_kind,
 )
 from broker.domain.usernames import NAME_PATTERN
 
@@ -29,12 +32,21 @@ PAGE_MAX = 500
 
 
 def _free_text(kind: TextKind) -> Any:
-    """A free-text field: the services apply the one text rule (broker/domain/text.py) to
-    every channel and answer 400 naming the field; the document states the limit."""
-    return Field(json_schema_extra={
-        "maxLength": kind.limit,
-        "description": "one line of printable text: no control, bidi-override or"
-                       " line-separator characters"})
+    """A free-text field under the one text rule (broker/domain/text.py), checked here as
+    the services check it for every channel: 422 naming the field, like every body field."""
+
+    def check(value: str) -> str:
+        try:
+            cleaned = check_kind(kind, value)
+        except TextError as exc:
+            raise PydanticCustomError("free_text", exc.detail) from None
+        if kind.required and not cleaned:
+            raise PydanticCustomError("free_text", "must not be blank")
+        return cleaned
+
+    return (Field(max_length=kind.limit, description="one line of printable text: no"
+                  " control, bidi-override or line-separator characters"),
+            AfterValidator(check))
 
 
 def _utc(value: datetime) -> datetime:
@@ -46,9 +58,9 @@ def _utc(value: datetime) -> datetime:
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN.pattern.replace(
     r"\Z", "$"))]
-Text = Annotated[str, _free_text(DECISION_COMMENT)]
-RevokeReason = Annotated[str, _free_text(REVOKE_REASON)]
-KillReason = Annotated[str, _free_text(KILL_REASON)]
+Text = Annotated[str, *_free_text(DECISION_COMMENT)]
+RevokeReason = Annotated[str, *_free_text(REVOKE_REASON)]
+KillReason = Annotated[str, *_free_text(KILL_REASON)]
 Moment = Annotated[AwareDatetime, AfterValidator(_utc)]
 Ident = Annotated[int, Field(ge=1, le=MAX_ID)]
 SessionId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -135,7 +147,7 @@ class RequestCreate(_In):
     technician: Name
     device: Name
     duration_s: Annotated[int, Field(ge=60, le=MAX_DURATION_S)]
-    reason: Annotated[str, Field(min_length=1), _free_text(REQUEST_REASON)]
+    reason: Annotated[str, Field(min_length=1), *_free_text(REQUEST_REASON)]
     start: Moment | None = None
     protocols: Annotated[list[Protocol], Field(min_length=1, max_length=5)] | None = None
 
