@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from broker.domain.text import KILL_REASON
+from broker.domain.text import KILL_REASON, visible
 from broker.errors import Conflict, DeviceError, NotFound
 from broker.services.context import Context
 from broker.services.text import free_text
@@ -170,6 +170,8 @@ async def kill_session(ctx: Context, session_id: str, actor: str,
 
 
 async def kill_reason(ctx: Context, session_id: str) -> str | None:
+    """Why the session is to be cut (None: it is not), fit to show the technician: a reason
+    stored before the text rule is shown escaped, never sent raw to their terminal."""
     async with ctx.store.session() as db:
         row = await db.get(Session, session_id)
-        return None if row is None else row.kill_reason
+        return None if row is None or row.kill_reason is None else visible(row.kill_reason)

@@ -16,7 +16,7 @@ from broker.errors import NotFound, Refused
 from broker.http.errors import BadInput
 from broker.http.keys import CONTEXT
 from broker.http.staff.accounts import may
-from broker.http.staff.auth import redirect, requires, signed_in
+from broker.http.staff.auth import redirect, refused, requires, signed_in
 from broker.http.staff.queries import (
     SESSION_ID,
     audit_page,
@@ -85,9 +85,10 @@ def _free(form: MultiDictProxy[Any], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _approver_of(request: web.Request) -> str:
+async def _approver_of(request: web.Request) -> str:
     user = signed_in(request).user
     if not user.approver_name:
+        await refused(request, f"staff:{user.name}", 403, "no approver linked")
         raise Refused(f"staff account {user.name} is not linked to an approver: "
                       "ask an admin to add it with --approver NAME")
     return user.approver_name
@@ -136,7 +137,7 @@ async def decide(request: web.Request) -> web.StreamResponse:
     decision = _text(form, "decision", required=True)
     if decision not in ("approve", "deny"):
         raise BadInput("decision", f"decision: expected approve or deny, got {decision[:40]!r}")
-    approver = _approver_of(request)
+    approver = await _approver_of(request)
     await Requests(_ctx(request), signed_in(request).actor).decide(
         ident, approver, decision == "approve", _free(form, "comment") or None, via="web")
     done = "approved" if decision == "approve" else "denied"
@@ -185,7 +186,7 @@ async def review(request: web.Request) -> web.StreamResponse:
     ident = _ident(request)
     form = await request.post()
     comment = _free(form, "comment")
-    await breakglass.review(_ctx(request), ident, _approver_of(request), comment)
+    await breakglass.review(_ctx(request), ident, await _approver_of(request), comment)
     return redirect(f"/staff/breakglass?done=reviewed&id={ident}")
 
 
