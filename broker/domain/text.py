@@ -17,6 +17,7 @@ which writes each of those characters as a visible escape (``\\x1b``, ``\\u202e`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from broker.domain.errors import InvariantViolation
@@ -28,6 +29,9 @@ MAX_SHORT = 200         # kill reasons, vendor, model, firmware, department
 
 _BIDI = frozenset(range(0x202A, 0x202F)) | frozenset(range(0x2066, 0x206A))
 _SEPARATORS = frozenset({0x2028, 0x2029})
+# The same set as forbidden(), as one character class (for scanning long text quickly).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029"
+                        "\ud800-\udfff]")
 
 
 class TextError(InvariantViolation):
@@ -74,11 +78,11 @@ def check_text(field: str, text: str, limit: int, *, required: bool = False) -> 
     never repeats the text itself."""
     if len(text) > limit:
         raise TextError(field, f"is longer than {limit} characters ({len(text)} given)")
-    for position, char in enumerate(text, 1):
-        if forbidden(char):
-            raise TextError(field, f"contains {describe(char)} at character {position}; free"
-                                   " text must be printable and on one line (no control,"
-                                   " bidi-override or line-separator characters)")
+    found = _FORBIDDEN.search(text)
+    if found:
+        raise TextError(field, f"contains {describe(found.group())} at character"
+                               f" {found.start() + 1}; free text must be printable and on one"
+                               " line (no control, bidi-override or line-separator characters)")
     cleaned = text.strip()
     if required and not cleaned:
         raise TextError(field, "must not be empty")
@@ -105,13 +109,13 @@ def visible(text: str) -> str:
     """``text`` with every character :func:`check_text` refuses written as a visible escape
     (``\\x1b``, ``\\n``, ``\\u202e``), for showing stored text on a terminal, in e-mail or on
     a page. Text without such characters comes back unchanged (the same object)."""
-    if not any(forbidden(c) for c in text):
+    if not _FORBIDDEN.search(text):
         return text
-    return "".join(_escape(c) if forbidden(c) else c for c in text)
+    return _FORBIDDEN.sub(_escape, text)
 
 
-def _escape(char: str) -> str:
-    code = ord(char)
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
     named = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}.get(code)
     if named:
         return named

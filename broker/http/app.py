@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp_jinja2
 import jinja2
+import structlog
 from aiohttp import web
 from markupsafe import Markup
 
@@ -57,7 +58,11 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
 
 
 async def _flush_refusals(app: web.Application) -> None:
-    await app[REFUSALS].flush()  # the counts of refusals summarised but not yet written
+    """At shutdown, write the counts of refusals summarised but not yet written."""
+    try:
+        await app[REFUSALS].flush()
+    except Exception:  # shutting down goes on; the log line keeps what the row would say
+        structlog.get_logger("broker.http").exception("refusal counts not written")
 
 
 def source(request: web.Request) -> str:

@@ -82,6 +82,16 @@ def test_the_rule_accepts_ordinary_text_of_any_script(text: str) -> None:
     assert check_text("reason", text, MAX_REASON) == text.strip()
 
 
+def test_every_code_point_is_judged_the_same_by_check_and_visible() -> None:
+    for code in range(0x110000):
+        char = chr(code)
+        refused = forbidden(char)
+        assert (visible(char) != char) == refused, hex(code)
+        if refused:
+            with pytest.raises(TextError):
+                check_text("reason", char, 10)
+
+
 def test_length_is_checked_first_and_empty_when_required() -> None:
     with pytest.raises(TextError, match=r"reason: is longer than 2000 characters \(100000"):
         check_text("reason", "\x1b" * 100_000, MAX_REASON)
