@@ -92,13 +92,20 @@ async def test_cli_refuses_aliases_and_linked_accounts(broker_dir: Path, cli: Cl
     helptext = cli("approver", "link", "--help").out
     assert "--tech TECH" in helptext and "one person" in helptext
     assert "--same-person-as TECH" in cli("approver", "add", "--help").out
+    twin = cli("approver", "add", "twin", "--email", "twin@elsewhere.example",
+               "--same-person-as", "tech", "--json")
+    assert twin.code == 0 and json.loads(twin.out)["same_person_as"] == ["tech"]
+    unknown = cli("approver", "add", "ghost", "--email", "g@x.example",
+                  "--same-person-as", "nobody")
+    assert unknown.code == 1 and "nobody" in unknown.err and unknown.err.count("\n") == 1
     listed = {d["name"]: d for d in json.loads(cli("approver", "list", "--json").out)}
     assert listed["linked"]["same_person_as"] == ["tech"] == listed["later"]["same_person_as"]
     for approver, words in [("plus", "reaches the mailbox of technician tech"),
                             ("upper", "reaches the mailbox of technician tech"),
                             ("both", "reaches the mailbox of technician tech"),
                             ("linked", "is linked to technician tech as one person"),
-                            ("later", "is linked to technician tech as one person")]:
+                            ("later", "is linked to technician tech as one person"),
+                            ("twin", "is linked to technician tech as one person")]:
         for verb in ("approve", "deny"):
             result = cli("request", verb, str(ident), "--as", approver)
             assert result.code == 1, (approver, verb, result.out)
@@ -110,7 +117,7 @@ async def test_cli_refuses_aliases_and_linked_accounts(broker_dir: Path, cli: Cl
         refused = await _self_refusals(ctx)
         assert [r["actor"] for r in refused] == [f"approver:{a}" for a in (
             "plus", "plus", "upper", "upper", "both", "both", "linked", "linked", "later",
-            "later")]
+            "later", "twin", "twin")]
         assert all(r["subject"] == f"request:{ident}" and r["via"] == "cli" for r in refused)
     finally:
         await ctx.close()
