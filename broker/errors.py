@@ -3,6 +3,7 @@
     BrokerError
     ├── ConfigError          broker.toml or BROKER_* overrides are wrong
     ├── UsageError           a command-line argument is wrong (exit status 2)
+    │   └── BadText          free text breaks the text rule (broker/domain/text.py)
     ├── NotFound             a named technician, device, request, grant ... does not exist
     ├── Conflict             the object already exists, or its state forbids the operation
     ├── Refused              a rule said no (policy, invariant, state machine)
@@ -28,6 +29,14 @@ class ConfigError(BrokerError):
 
 class UsageError(BrokerError):
     exit_status = 2
+
+
+class BadText(UsageError):
+    """Free text (a reason, a comment ...) that breaks the text rule; ``field`` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(BrokerError):

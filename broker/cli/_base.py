@@ -16,6 +16,7 @@ from broker.audit.logging import log_to_file
 from broker.config import Config, config_path, load_config
 from broker.domain.durations import DurationError, parse_duration
 from broker.domain.protocols import Protocol, ProtocolError, parse_protocols
+from broker.domain.text import visible
 from broker.errors import UsageError
 from broker.services.context import Context, default_actor
 
@@ -93,6 +94,12 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
 
 
 def _cell(value: Any) -> str:
+    """One value as text for the terminal: stored free text may hold control characters
+    (rows older than the text rule), which are shown escaped (``\\x1b``), never sent raw."""
+    return visible(_plain(value))
+
+
+def _plain(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):

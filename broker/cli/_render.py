@@ -18,9 +18,11 @@ def technician(view: TechnicianView) -> dict[str, Any]:
             "keys": [{"fingerprint": k.fingerprint, "comment": k.comment} for k in view.keys]}
 
 
-def approver(row: Approver, groups: list[str]) -> dict[str, Any]:
+def approver(row: Approver, groups: list[str],
+             same_person_as: list[str] | None = None) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "email": row.email, "groups": groups,
-            "disabled": row.disabled, "created_at": row.created_at}
+            "same_person_as": same_person_as or [], "disabled": row.disabled,
+            "created_at": row.created_at}
 
 
 def device(row: Device) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from broker.audit import ChainProblem, iter_events, verify_rows
 from broker.audit.export import as_dict, write_export
 from broker.cli._base import common, config_of, emit, run, since
 from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts, default_policy_notice
+from broker.domain.text import visible
 from broker.errors import Refused
 from broker.policy import PolicyError, explain, explain_json, load_policies
 from broker.services.context import Context
@@ -80,8 +81,8 @@ def audit_tail(count: int, config_file: str | None, as_json: bool) -> None:
     def human() -> None:
         for r in rows:
             data = json.dumps(r["data"], sort_keys=True) if r["data"] else ""
-            click.echo(f"{r['seq']:>6} {r['ts'][:19]}Z {r['kind']:<22} {r['actor']:<22}"
-                       f" {r['subject'] or '-'} {data}".rstrip())
+            click.echo(visible(f"{r['seq']:>6} {r['ts'][:19]}Z {r['kind']:<22}"
+                               f" {r['actor']:<22} {r['subject'] or '-'} {data}".rstrip()))
 
     emit(as_json, rows, human)
 

@@ -10,7 +10,9 @@ from broker.cli import _render as render
 from broker.cli._base import actor, common, emit, fields, run, table
 from broker.cli.certs import totp
 from broker.errors import UsageError
+from broker.services.context import Context
 from broker.services.directory import Directory, parse_public_keys
+from broker.store.models import Approver
 
 
 @click.group("tech")
@@ -88,22 +90,54 @@ def approver() -> None:
 @click.argument("name")
 @click.option("--email", required=True, help="where approval links are sent")
 @click.option("--group", "groups", multiple=True, help="approval group (repeatable)")
+@click.option("--same-person-as", "same_as", multiple=True, metavar="TECH",
+              help="technician account this person also holds: they may never approve or"
+                   " review that technician's access (repeatable)")
 @common()
-def approver_add(name: str, email: str, groups: tuple[str, ...], config_file: str | None,
-                 as_json: bool) -> None:
-    """Register an approver and their groups."""
-    row = run(config_file, lambda ctx: Directory(ctx, actor()).add_approver(name, email, groups))
-    emit(as_json, render.approver(row, sorted(set(groups))),
+def approver_add(name: str, email: str, groups: tuple[str, ...], same_as: tuple[str, ...],
+                 config_file: str | None, as_json: bool) -> None:
+    """Register an approver and their groups.
+
+    An approver never decides a request of a technician who is the same person: same name,
+    an e-mail address reaching the same mailbox (case and +tag ignored), or a link made
+    with --same-person-as or 'broker approver link'."""
+    row = run(config_file, lambda ctx: Directory(ctx, actor()).add_approver(
+        name, email, groups, same_as))
+    emit(as_json, render.approver(row, sorted(set(groups)), sorted(set(same_as))),
          f"approver {name} added" + (f" (groups: {', '.join(sorted(set(groups)))})"
-                                     if groups else ""))
+                                     if groups else "")
+         + (f"; same person as technician {', '.join(sorted(set(same_as)))}"
+            if same_as else ""))
+
+
+@approver.command("link")
+@click.argument("name")
+@click.option("--tech", required=True, metavar="TECH",
+              help="the technician account that is the same person as approver NAME")
+@common()
+def approver_link(name: str, tech: str, config_file: str | None, as_json: bool) -> None:
+    """Record that approver NAME and technician TECH are one person.
+
+    From then on NAME may not approve, deny or review TECH's requests and grants (on the
+    approval page, the staff portal, the API or the CLI); each attempt is refused and
+    audited as approval.refused (reason self-approval)."""
+    run(config_file, lambda ctx: Directory(ctx, actor()).link_same_person(name, tech))
+    emit(as_json, {"approver": name, "same_person_as": tech},
+         f"approver {name} linked to technician {tech}: one person")
 
 
 @approver.command("list")
 @common()
 def approver_list(config_file: str | None, as_json: bool) -> None:
     """List approvers."""
-    rows = run(config_file, lambda ctx: Directory(ctx, actor()).approvers())
-    data = [render.approver(a, g) for a, g in rows]
+
+    async def body(ctx: Context) -> tuple[list[tuple[Approver, list[str]]], dict[str, list[str]]]:
+        directory = Directory(ctx, actor())
+        return await directory.approvers(), await directory.same_person_links()
+
+    rows, links = run(config_file, body)
+    data = [render.approver(a, g, links.get(a.name, [])) for a, g in rows]
     emit(as_json, data, lambda: table(
-        [(d["name"], d["email"], d["groups"], d["disabled"]) for d in data],
-        ["name", "email", "groups", "disabled"]))
+        [(d["name"], d["email"], d["groups"], d["same_person_as"], d["disabled"])
+         for d in data],
+        ["name", "email", "groups", "same person as", "disabled"]))

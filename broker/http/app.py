@@ -8,42 +8,53 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp_jinja2
 import jinja2
+import structlog
 from aiohttp import web
+from markupsafe import Markup
 
 import broker.http.approvals as approval_pages
 from broker import webproxy
 from broker.credentials.keys import KeyPaths, load_secret_bytes
 from broker.domain.durations import format_duration
+from broker.domain.text import visible
 from broker.http import api, staff
 from broker.http.errors import error_pages
-from broker.http.keys import CONTEXT, LIVE_SESSIONS, NODE, SECRET
-from broker.http.security import security_headers
+from broker.http.keys import CONTEXT, LIVE_SESSIONS, NODE, REFUSALS, SECRET
+from broker.http.security import Handler, security_headers
 from broker.http.times import time_filter
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 from broker.services.readiness import NodeState, readiness
+from broker.services.refusals import RefusalLog
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
+# Audit rows per (source address, kind of refusal) per minute; beyond them a flood is counted
+# into one refusal.suppressed row (broker/services/refusals.py).
+REFUSAL_BURST = 20
 
 
 def create_app(ctx: Context, sessions: LiveSessions | None = None,
                node: NodeState | None = None) -> web.Application:
     settings = ctx.config.settings
-    app = web.Application(middlewares=[security_headers, error_pages],
+    app = web.Application(middlewares=[security_headers, error_pages, throttled_refusals],
                           client_max_size=settings.http.max_body)
     app[CONTEXT] = ctx
+    app[REFUSALS] = RefusalLog(ctx, burst=REFUSAL_BURST)
+    app.on_cleanup.append(_flush_refusals)
     app[LIVE_SESSIONS] = sessions if sessions is not None else LiveSessions()
     app[NODE] = node if node is not None else NodeState()
     app[SECRET] = load_secret_bytes(KeyPaths.of(ctx.config).web_key, "the web secret key")
     aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+        autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined,
+        finalize=shown)
     env = aiohttp_jinja2.get_env(app)
     env.globals["static"] = lambda name: f"/static/{name}"
     env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
@@ -83,6 +94,41 @@ async def readyz(request: web.Request) -> web.Response:
                               "node": request.app[CONTEXT].node},
                              status=200 if state.ready else 503,
                              headers={"Cache-Control": "no-store"})
+
+
+async def _flush_refusals(app: web.Application) -> None:
+    """At shutdown, write the counts of refusals summarised but not yet written."""
+    try:
+        await app[REFUSALS].flush()
+    except Exception:  # shutting down goes on; the log line keeps what the row would say
+        structlog.get_logger("broker.http").exception("refusal counts not written")
+
+
+def source(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def throttled_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A 429 from any rate limit (logins, approval links, API failures, sign-in links) is a
+    refusal too: audited as ``http.throttled`` through the app's RefusalLog."""
+    try:
+        return await handler(request)
+    except web.HTTPTooManyRequests:
+        await request.app[REFUSALS].refused("http.throttled", "anonymous", source(request),
+                                            None, method=request.method,
+                                            path=request.path[:200])
+        raise
+
+
+def shown(value: Any) -> Any:
+    """What every ``{{ ... }}`` prints: stored text with control, bidi-override and
+    line-separator characters written as visible escapes (``\\x1b``), then HTML-escaped."""
+    if isinstance(value, Markup):
+        return Markup(visible(str(value)))  # noqa: S704  (escapes only; already markup)
+    if isinstance(value, str):
+        return visible(value)
+    return value
 
 
 async def healthz(request: web.Request) -> web.Response:

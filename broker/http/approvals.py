@@ -1,9 +1,11 @@
 """The approval pages: ``GET /approve/{token}`` shows a request and changes nothing;
 ``POST /approve/{token}`` (CSRF token bound to the link's id, optional comment) decides it.
 
-Every refusal is a page with its own status and an ``approval.refused`` audit event (a refusal
-the decision service makes itself, such as an approver outside the policy's groups, is its
-``decision.refused`` event). Both routes are rate-limited per client address.
+Every refusal is a page with its own status and an ``approval.refused`` audit event, written
+through the app's RefusalLog: a flood of bad links from one address is a bounded number of
+rows and a ``refusal.suppressed`` count. A refusal the decision service makes itself is its
+own event (``decision.refused``; ``approval.refused`` with reason ``self-approval`` when the
+approver is the requester). Both routes are rate-limited per client address.
 """
 
 from __future__ import annotations
@@ -30,14 +32,13 @@ from broker.approvals.tokens import (
 from broker.domain.durations import format_duration
 from broker.errors import NotFound
 from broker.http.errors import BadInput
-from broker.http.keys import CONTEXT, SECRET
+from broker.http.keys import CONTEXT, REFUSALS, SECRET
 from broker.http.ratelimit import RateLimit
 from broker.http.security import csrf_ok, csrf_token
 from broker.services.requests import Requests
 
 VIEW_LIMIT = web.AppKey("approval_view_limit", RateLimit)
 DECIDE_LIMIT = web.AppKey("approval_decide_limit", RateLimit)
-MAX_COMMENT = 2000
 CSRF = "csrf token"
 
 AGAIN = "Use the link exactly as it was sent to you, or ask for a fresh one."
@@ -93,13 +94,12 @@ async def decide(request: web.Request) -> web.StreamResponse:
     if choice not in ("approve", "deny"):
         raise BadInput("decision", "decision: must be approve or deny")
     comment = form.get("comment")
-    text = comment.strip() if isinstance(comment, str) else ""
-    if len(text) > MAX_COMMENT:
-        raise BadInput("comment", f"comment: longer than {MAX_COMMENT} characters")
+    text = comment if isinstance(comment, str) else ""  # the service applies the text rule
     ctx = request.app[CONTEXT]
     try:
         result = await Requests(ctx, f"approver:{claims.approver}").decide(
-            claims.request_id, claims.approver, choice == "approve", text or None, via="link",
+            claims.request_id, claims.approver, choice == "approve", text.strip() or None,
+            via="link",
             within=links.spender(ctx, claims))
     except TokenRefused as exc:
         return await _refuse(request, exc.reason, claims)
@@ -109,7 +109,7 @@ async def decide(request: web.Request) -> web.StreamResponse:
         return await _refuse(request, "not found", claims, status=404, message=str(exc))
     return aiohttp_jinja2.render_template("approve_done.html", request, {
         "decision": result, "approved": choice == "approve", "claims": claims,
-        "comment": text or None})
+        "comment": text.strip() or None})
 
 
 async def _claims(request: web.Request) -> ApprovalClaims | web.Response:
@@ -125,7 +125,6 @@ async def _refuse(request: web.Request, reason: str, claims: ApprovalClaims | No
                   status: int | None = None, message: str | None = None,
                   token: str | None = None) -> web.Response:
     default_status, default_message = PAGES.get(reason, (403, reason))
-    ctx = request.app[CONTEXT]
     data: dict[str, Any] = {"reason": reason, "method": request.method,
                             "client": request.remote or "unknown"}
     if claims is not None:
@@ -136,9 +135,9 @@ async def _refuse(request: web.Request, reason: str, claims: ApprovalClaims | No
         subject = None
     if message:
         data["detail"] = message
-    async with ctx.store.session() as db:
-        await ctx.audit(db, "approval.refused", f"link:{request.remote or 'unknown'}", subject,
-                        **data)
+    await request.app[REFUSALS].refused("approval.refused",
+                                        f"link:{request.remote or 'unknown'}",
+                                        request.remote or "unknown", subject, **data)
     return aiohttp_jinja2.render_template(
         "error.html", request, {"status": status or default_status,
                                 "message": message or default_message},

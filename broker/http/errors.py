@@ -52,7 +52,7 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         return _error(request, exc.status_code, message or exc.reason, headers=exc.headers)
     except BrokerError as exc:
         status = next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 400)
-        return _error(request, status, str(exc))
+        return _error(request, status, str(exc), getattr(exc, "field", None))
     except Exception:
         log.exception("request failed", method=request.method, path=request.path)
         return _error(request, 500, "the broker could not complete this request")

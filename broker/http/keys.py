@@ -7,8 +7,10 @@ from aiohttp import web
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 from broker.services.readiness import NodeState
+from broker.services.refusals import RefusalLog
 
 CONTEXT = web.AppKey("context", Context)
 LIVE_SESSIONS = web.AppKey("live_sessions", LiveSessions)
+REFUSALS = web.AppKey("refusals", RefusalLog)  # every refusal, rate-limited per source
 SECRET = web.AppKey("secret", bytes)  # the [http] secret_key; use security.subkey(), never raw
 NODE = web.AppKey("node", NodeState)  # draining or not: /readyz answers 503 while draining

@@ -9,18 +9,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from broker.domain.text import visible
 from broker.recording.reader import RecordingError
 
-_SHOWN_AS_IS = "\n\t"
 _SKIPPED = {"t", "op", "type"}
-
-
-def visible(text: str) -> str:
-    """``text`` with every control character except newline and tab escaped (``\\x1b``)."""
-    return "".join(
-        ch if ch in _SHOWN_AS_IS or (ch.isprintable() and ch not in "\u2028\u2029")
-        else ch.encode("unicode_escape").decode("ascii")
-        for ch in text)
 
 
 def log_lines(path: Path) -> Iterator[str]:
@@ -65,8 +57,8 @@ def _describe(record: dict[str, object]) -> str:
         data = record.get("data")
         if data is None and isinstance(record.get("b64"), str):
             data = base64.b64decode(str(record["b64"])).decode("utf-8", "backslashreplace")
-        body = visible(str(data or "")).rstrip("\n")
-        return f"{at}  [{kind}] " + body.replace("\n", f"\n{'':>9}  [{kind}] ")
+        lines = [visible(line) for line in str(data or "").rstrip("\n").split("\n")]
+        return f"{at}  [{kind}] " + f"\n{'':>9}  [{kind}] ".join(lines)
     fields = " ".join(f"{key}={visible(_short(value))}" for key, value in record.items()
                       if key not in _SKIPPED and value is not None)
     return f"{at}  {kind} {fields}".rstrip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from broker.services.lookup import by_name
 from broker.store.models import ApiToken, Approver
 
 PREFIX = "vab_"
+TOKEN_SHAPE = re.compile(r"vab_[A-Za-z0-9_-]{43}")  # PREFIX + token_urlsafe(32)
 # last_used_at is written at most this often per token, so reads don't all become writes.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -122,8 +124,8 @@ class ApiTokens:
 async def authenticate(ctx: Context, presented: str) -> Caller | None:
     """The caller a presented token stands for, or None if it is unknown, revoked or expired
     (or its approver is disabled)."""
-    if not presented.startswith(PREFIX) or len(presented) > 200:
-        return None
+    if not TOKEN_SHAPE.fullmatch(presented):
+        return None  # not even shaped like a token: no database work for junk
     digest = token_hash(presented)
     now = ctx.now()
     async with ctx.store.session() as db:

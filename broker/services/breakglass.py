@@ -24,11 +24,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.domain.durations import format_duration
 from broker.domain.policy import Policy
+from broker.domain.text import BREAKGLASS_REASON, REVIEW_COMMENT, visible
 from broker.errors import BrokerError, Conflict, Refused, StoreError, UsageError
 from broker.services.context import Context
 from broker.services.grants import GrantRow, Grants
 from broker.services.lookup import by_id, by_name
 from broker.services.policies import decide
+from broker.services.requests import same_person
+from broker.services.text import free_text
 from broker.store.models import Approver, Device, Grant, Technician
 
 MIN_REASON_WORDS = 3
@@ -60,7 +63,7 @@ async def open_breakglass(ctx: Context, tech: str, device: str, duration: timede
     """
     subject = f"{tech}+{device}"[:200]
     try:
-        text = check_reason(reason)
+        text = check_reason(await free_text(ctx, actor, subject, BREAKGLASS_REASON, reason))
         if duration <= timedelta(0):
             raise UsageError("--for must be longer than zero")
         policies = ctx.policies()
@@ -72,7 +75,7 @@ async def open_breakglass(ctx: Context, tech: str, device: str, duration: timede
         async with ctx.store.session() as db:
             await ctx.audit(db, "breakglass.refused", actor, subject, technician=tech,
                             device=device, duration_s=int(duration.total_seconds()),
-                            reason=reason[:MAX_TEXT], refusal=str(refusal))
+                            reason=visible(reason[:MAX_TEXT]), refusal=str(refusal))
         raise
 
 
@@ -135,8 +138,7 @@ async def review(ctx: Context, grant_id: int, approver_name: str, comment: str) 
         text = comment.strip()
         if not text:
             raise UsageError("--comment must say what the review found")
-        if len(text) > MAX_TEXT:
-            raise UsageError(f"--comment is longer than {MAX_TEXT} characters")
+        text = await free_text(ctx, actor, f"grant:{grant_id}", REVIEW_COMMENT, comment)
         async with ctx.store.session() as db:
             return await _review(ctx, db, grant_id, approver_name, text, actor)
     except BrokerError as refusal:
@@ -166,6 +168,9 @@ async def _review(ctx: Context, db: AsyncSession, grant_id: int, approver_name: 
     if tech.name.casefold() == approver.name.casefold():
         raise Refused(f"{approver.name} is the technician of grant {grant_id} and cannot"
                       " review it")
+    same = await same_person(db, tech, approver)
+    if same:
+        raise Refused(f"{same}: nobody reviews their own break-glass grant ({grant_id})")
     grant.reviewed_at, grant.reviewed_by, grant.review_comment = ctx.now(), approver.name, comment
     db.add(grant)
     await ctx.audit(db, "grant.reviewed", actor, f"grant:{grant.id}", grant=grant.id,

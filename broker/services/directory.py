@@ -8,19 +8,23 @@ from dataclasses import dataclass
 import asyncssh
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.domain.rotation import RotationError, method_for
+from broker.domain.text import DEPARTMENT, FIRMWARE, MODEL, PURPOSE, VENDOR
 from broker.domain.usernames import UsernameError, check_name
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
 from broker.services.grants import revoke_all_on_device
 from broker.services.lookup import by_name, maybe_by_name
 from broker.services.rotations import device_retired
+from broker.services.text import address, free_text
 from broker.store.models import (
     Approver,
     ApproverGroup,
     Device,
     DeviceCredential,
+    SamePerson,
     Technician,
     TechnicianKey,
 )
@@ -65,10 +69,13 @@ class Directory:
         valid_name("technician", name)
         if not vendor.strip():
             raise UsageError("--vendor must not be empty")
+        vendor = await free_text(self.ctx, self.actor, name, VENDOR, vendor)
+        if email is not None:
+            email = await address(self.ctx, self.actor, name, "email", email)
         async with self.ctx.store.session() as db:
             if await maybe_by_name(db, Technician, name):
                 raise Conflict(f"technician {name!r} already exists")
-            tech = Technician(name=name, vendor=vendor.strip(), email=email,
+            tech = Technician(name=name, vendor=vendor, email=email,
                               created_at=self.ctx.now())
             db.add(tech)
             await db.flush()
@@ -106,22 +113,45 @@ class Directory:
         return tech
 
     # -- approvers ---------------------------------------------------------------------
-    async def add_approver(self, name: str, email: str, groups: Sequence[str]) -> Approver:
+    async def add_approver(self, name: str, email: str, groups: Sequence[str],
+                           same_person_as: Sequence[str] = ()) -> Approver:
+        """Register an approver; ``same_person_as`` names technicians this person also is
+        (they may never decide or review those technicians' access)."""
         valid_name("approver", name)
-        if "@" not in email:
-            raise UsageError(f"--email {email!r} is not an e-mail address")
+        email = await address(self.ctx, self.actor, name, "email", email)
         for group in groups:
             valid_name("group", group)
         async with self.ctx.store.session() as db:
             if await maybe_by_name(db, Approver, name):
                 raise Conflict(f"approver {name!r} already exists")
+            techs = [await by_name(db, Technician, tech) for tech in sorted(set(same_person_as))]
             approver = Approver(name=name, email=email, created_at=self.ctx.now())
             db.add(approver)
             await db.flush()
             assert approver.id is not None
             db.add_all(ApproverGroup(approver_id=approver.id, group=g) for g in sorted(set(groups)))
             await self.ctx.audit(db, "approver.added", self.actor, name, groups=sorted(set(groups)))
+            for tech in techs:
+                await self._link(db, approver, tech)
         return approver
+
+    async def link_same_person(self, approver_name: str, tech_name: str) -> Approver:
+        """Record that approver ``approver_name`` and technician ``tech_name`` are one person."""
+        async with self.ctx.store.session() as db:
+            approver = await by_name(db, Approver, approver_name)
+            tech = await by_name(db, Technician, tech_name)
+            if await db.get(SamePerson, (approver.id, tech.id)) is not None:
+                raise Conflict(f"approver {approver.name} is already linked to technician"
+                               f" {tech.name}")
+            await self._link(db, approver, tech)
+        return approver
+
+    async def _link(self, db: AsyncSession, approver: Approver, tech: Technician) -> None:
+        assert approver.id is not None and tech.id is not None
+        db.add(SamePerson(approver_id=approver.id, technician_id=tech.id,
+                          created_at=self.ctx.now(), created_by=self.actor[:200]))
+        await self.ctx.audit(db, "approver.linked", self.actor, approver.name,
+                             technician=tech.name, relation="same-person")
 
     async def approvers(self) -> list[tuple[Approver, list[str]]]:
         async with self.ctx.store.session() as db:
@@ -129,12 +159,29 @@ class Directory:
             groups = (await db.exec(select(ApproverGroup))).all()
         return [(a, sorted(g.group for g in groups if g.approver_id == a.id)) for a in approvers]
 
+    async def same_person_links(self) -> dict[str, list[str]]:
+        """Approver name -> the technicians linked to it as the same person."""
+        async with self.ctx.store.session() as db:
+            rows = (await db.exec(select(Approver.name, Technician.name)
+                                  .join(SamePerson, col(SamePerson.approver_id) == Approver.id)
+                                  .join(Technician,
+                                        col(SamePerson.technician_id) == Technician.id))).all()
+        links: dict[str, list[str]] = {}
+        for approver, tech in rows:
+            links.setdefault(approver, []).append(tech)
+        return {name: sorted(techs) for name, techs in links.items()}
+
     # -- devices -----------------------------------------------------------------------
     async def add_device(self, device: Device, credential_kind: str, secret: bytes,
                          owner: str | None = None) -> Device:
         valid_name("device", device.name)
         for tag in device.tags:
             valid_name("tag", tag)
+        for kind in (MODEL, FIRMWARE, DEPARTMENT, PURPOSE):
+            value = getattr(device, kind.field)
+            if value is not None:
+                setattr(device, kind.field,
+                        await free_text(self.ctx, self.actor, device.name, kind, value) or None)
         if not 1 <= device.port <= 65535:
             raise UsageError(f"--port {device.port} is not a TCP port (1-65535)")
         try:

@@ -19,10 +19,12 @@ from broker.domain.grants import (
     state_at,
 )
 from broker.domain.protocols import Protocol
+from broker.domain.text import REVOKE_REASON
 from broker.errors import Conflict
 from broker.services.context import Context
 from broker.services.lookup import by_id, maybe_by_name
 from broker.services.rotations import grant_ended as rotation_after_grant
+from broker.services.text import free_text
 from broker.store.models import Device, Grant, Technician
 
 LIVE_STATES = (GrantState.SCHEDULED.value, GrantState.ACTIVE.value)
@@ -80,6 +82,7 @@ class Grants:
             return GrantRow(grant, tech, device)
 
     async def revoke(self, ident: int, reason: str | None = None) -> Grant:
+        reason = await free_text(self.ctx, self.actor, f"grant:{ident}", REVOKE_REASON, reason)
         async with self.ctx.store.session() as db:
             grant = await by_id(db, Grant, ident)
             current = state_at(Window(grant.start, grant.end), self.ctx.now(),

@@ -11,6 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.domain.errors import DomainError
 from broker.domain.grants import check_device_grantable
+from broker.domain.identity import same_mailbox
 from broker.domain.policy import Policy, approvals_satisfied, check_request, missing_approvals
 from broker.domain.protocols import Protocol
 from broker.domain.requests import (
@@ -20,10 +21,12 @@ from broker.domain.requests import (
     next_request_state,
     window_for,
 )
+from broker.domain.text import DECISION_COMMENT, REQUEST_REASON
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
 from broker.services.lookup import by_id, by_name
 from broker.services.policies import applicable_rules, hours_text, inside_hours
+from broker.services.text import free_text
 from broker.store.models import (
     AccessRequest,
     Approval,
@@ -31,6 +34,7 @@ from broker.store.models import (
     ApproverGroup,
     Device,
     Grant,
+    SamePerson,
     Technician,
 )
 
@@ -58,8 +62,8 @@ class Requests:
     async def create(self, tech_name: str, device_name: str, duration: timedelta, reason: str,
                      start: datetime | None = None,
                      protocols: frozenset[Protocol] | None = None) -> AccessRequest:
-        if not reason.strip():
-            raise UsageError("--reason must say why access is needed")
+        reason = await free_text(self.ctx, self.actor, f"{tech_name}+{device_name}"[:200],
+                                 REQUEST_REASON, reason)
         now = self.ctx.now()
         if start is not None and start.tzinfo is None:
             raise UsageError("--start needs a timezone, e.g. 2026-11-24T14:00:00+01:00")
@@ -83,7 +87,7 @@ class Requests:
                 raise
             assert tech.id is not None and device.id is not None
             request = AccessRequest(
-                technician_id=tech.id, device_id=device.id, reason=reason.strip(),
+                technician_id=tech.id, device_id=device.id, reason=reason,
                 duration_s=int(duration.total_seconds()), requested_start=start,
                 protocols=sorted(p.value for p in wanted), state=RequestState.PENDING.value,
                 policy=policy_name, created_at=now, expires_at=now + rules.pending_expiry)
@@ -129,6 +133,8 @@ class Requests:
                      ) -> Decision:
         """``within`` runs first in the decision's own transaction (an approval link spends
         its single-use token there, so that a replay can never decide twice)."""
+        comment = await free_text(self.ctx, f"approver:{approver_name}"[:200],
+                                  f"request:{ident}", DECISION_COMMENT, comment) or None
         await expire_pending(self.ctx)
         policies = self.ctx.policies()
         async with self.ctx.store.session() as db:
@@ -143,6 +149,12 @@ class Requests:
             try:
                 decision = await self._decide(db, request, approver, tech, device, policies,
                                               approve, comment, via)
+            except SelfApproval as refusal:
+                await self.ctx.audit(db, "approval.refused", f"approver:{approver_name}",
+                                     subject, reason="self-approval", detail=str(refusal),
+                                     technician=tech.name, via=via)
+                await db.commit()
+                raise
             except (Refused, Conflict) as refusal:
                 await self.ctx.audit(db, "decision.refused", f"approver:{approver_name}", subject,
                                      reason=str(refusal), via=via)
@@ -155,6 +167,9 @@ class Requests:
                       comment: str | None, via: str) -> Decision:
         if request.state != RequestState.PENDING:
             raise Conflict(f"request {request.id} is {request.state}: there is nothing to decide")
+        mine = await self_approval(db, tech, approver)
+        if mine:
+            raise SelfApproval(mine)
         refusal = await eligibility_refusal(db, tech, approver, policies, device)
         if refusal:
             raise Refused(refusal)
@@ -215,13 +230,9 @@ async def eligibility_refusal(db: AsyncSession, tech: Technician, approver: Appr
     the policy names may neither approve nor deny."""
     if approver.disabled:
         return f"approver {approver.name} is disabled"
-    try:
-        check_decider(tech.name, approver.name)
-    except DomainError as exc:
-        return str(exc)
-    if tech.email and tech.email.strip().casefold() == approver.email.strip().casefold():
-        return (f"{approver.name} has the e-mail address of {tech.name}, who requested this"
-                " access, and cannot decide on it")
+    mine = await self_approval(db, tech, approver)
+    if mine:
+        return mine
     _, rules = applicable_rules(policies, tech, device)
     needed_groups = {g for rule in rules.approvals for g in rule.groups}
     groups = (await _groups(db, [approver.id])).get(approver.name, frozenset())
@@ -229,6 +240,36 @@ async def eligibility_refusal(db: AsyncSession, tech: Technician, approver: Appr
         return (f"approver {approver.name} is in none of the groups this request needs"
                 f" ({', '.join(sorted(needed_groups))})")
     return None
+
+
+class SelfApproval(Refused):
+    """The approver is the requesting technician (by name, mailbox or an explicit link)."""
+
+
+async def same_person(db: AsyncSession, tech: Technician, approver: Approver) -> str | None:
+    """How ``approver`` is known to be ``tech`` themself (None: two people). One person is
+    recognised by the same name, by addresses that reach the same mailbox (case and ``+tag``
+    ignored, see :mod:`broker.domain.identity`), or by a link an admin made
+    (``broker approver link``)."""
+    if tech.name.casefold() == approver.name.casefold():
+        return f"approver {approver.name} is technician {tech.name}"
+    if same_mailbox(tech.email, approver.email):
+        return (f"approver {approver.name}'s e-mail address reaches the mailbox of technician"
+                f" {tech.name}")
+    if await db.get(SamePerson, (approver.id, tech.id)) is not None:
+        return f"approver {approver.name} is linked to technician {tech.name} as one person"
+    return None
+
+
+async def self_approval(db: AsyncSession, tech: Technician, approver: Approver) -> str | None:
+    """Why ``approver`` may not decide a request ``tech`` filed because they are one person."""
+    try:
+        check_decider(tech.name, approver.name)
+    except DomainError as exc:
+        return str(exc)
+    same = await same_person(db, tech, approver)
+    return f"{same}, who requested this access: nobody decides on their own request" \
+        if same else None
 
 
 async def expire_pending(ctx: Context) -> list[int]:

@@ -9,8 +9,10 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from broker.domain.text import KILL_REASON, visible
 from broker.errors import Conflict, DeviceError, NotFound
 from broker.services.context import Context
+from broker.services.text import free_text
 from broker.store.models import (
     Device,
     DeviceCredential,
@@ -153,13 +155,14 @@ async def kill_session(ctx: Context, session_id: str, actor: str,
                        reason: str = "an operator ended this session") -> Session:
     """Ask for a live session to be cut, from any node: the node holding it sees the audit
     event on its change feed and ends it within a second."""
+    reason = await free_text(ctx, actor, f"session:{session_id}"[:200], KILL_REASON, reason)
     async with ctx.store.session() as db:
         row = await db.get(Session, session_id)
         if row is None:
             raise NotFound(f"no session {session_id!r}")
         if row.state != "live":
             raise Conflict(f"session {session_id} is not live (it is {row.state})")
-        row.kill_reason = reason[:300]
+        row.kill_reason = reason
         db.add(row)
         await ctx.audit(db, "session.kill_requested", actor, f"session:{session_id}",
                         node=row.node, reason=reason)
@@ -167,6 +170,8 @@ async def kill_session(ctx: Context, session_id: str, actor: str,
 
 
 async def kill_reason(ctx: Context, session_id: str) -> str | None:
+    """Why the session is to be cut (None: it is not), fit to show the technician: a reason
+    stored before the text rule is shown escaped, never sent raw to their terminal."""
     async with ctx.store.session() as db:
         row = await db.get(Session, session_id)
-        return None if row is None else row.kill_reason
+        return None if row is None or row.kill_reason is None else visible(row.kill_reason)

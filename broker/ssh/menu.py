@@ -17,6 +17,7 @@ import asyncssh
 
 from broker.domain.durations import DurationError, format_duration, parse_duration
 from broker.domain.inband import split_reason
+from broker.domain.text import visible
 from broker.errors import BrokerError
 from broker.services.grants import grants_of
 from broker.services.requests import Requests
@@ -132,7 +133,7 @@ class Menu:
         try:
             created = await requests.create(tech, parsed.device, duration, parsed.reason)
         except BrokerError as exc:
-            return self.fail(str(exc))
+            return self.fail(f"request: {exc}", exc.exit_status)
         self.say(f"request {created.id} filed: {parsed.device} for {format_duration(duration)};"
                  " the approvers have been asked.")
         if not parsed.wait:
@@ -151,7 +152,7 @@ class Menu:
                          f" {self.conn.technician}+{view.device.name}@{self.host}")
                 return 0
             if state != "pending":
-                reasons = [d.comment for d, _ in view.approvals if d.comment]
+                reasons = [visible(d.comment) for d, _ in view.approvals if d.comment]
                 return self.fail(f"request {ident} {state}"
                                  + (f": {'; '.join(reasons)}" if reasons else ""))
             await asyncio.sleep(WAIT_POLL)

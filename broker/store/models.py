@@ -314,3 +314,15 @@ class WebSession(SQLModel, table=True):
     created_at: datetime = _utc()  # type: ignore[assignment]
     ended_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
     end_reason: str | None = Field(default=None, max_length=300)
+
+
+# -- who is who (issue 16): an approver who is also a technician (migration 0010) -----------
+class SamePerson(SQLModel, table=True):
+    """An approver account and a technician account held by one person: that approver may
+    never decide (or review) the technician's requests and grants, whatever the addresses."""
+
+    __tablename__ = "same_person"
+    approver_id: int = Field(foreign_key="approver.id", primary_key=True)
+    technician_id: int = Field(foreign_key="technician.id", primary_key=True)
+    created_at: datetime = _utc()  # type: ignore[assignment]
+    created_by: str = Field(max_length=200)

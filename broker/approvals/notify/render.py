@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 
 from broker.domain.durations import format_duration
+from broker.domain.text import visible
 
 SHIPPED = Path(__file__).with_name("templates")
 
@@ -25,11 +26,21 @@ def environment(custom_dir: Path | None) -> jinja2.Environment:
     if custom_dir is not None:
         loaders.append(jinja2.FileSystemLoader(custom_dir))
     loaders.append(jinja2.FileSystemLoader(SHIPPED))
+    # finalize: every value a template prints (reasons, comments, names...) shows control,
+    # bidi-override and line-separator characters escaped, whatever the template says.
     env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=False,  # noqa: S701  (plain-text mail)
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             finalize=shown)
     env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
     env.filters["when"] = lambda iso: datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
     return env
+
+
+def shown(value: Any) -> Any:
+    """What a template prints for ``value``: text made visible (:func:`visible`)."""
+    if isinstance(value, str):
+        return visible(value)
+    return value
 
 
 def render_email(env: jinja2.Environment, kind: str, values: dict[str, Any]

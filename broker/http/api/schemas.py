@@ -11,9 +11,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from broker.domain.protocols import Protocol
 from broker.domain.requests import RequestState
+from broker.domain.text import (
+    DECISION_COMMENT,
+    KILL_REASON,
+    REQUEST_REASON,
+    REVOKE_REASON,
+    TextError,
+    TextKind,
+    check_kind,
+)
 from broker.domain.usernames import NAME_PATTERN
 
 MAX_ID = 2**31 - 1  # ids and audit seq are INTEGER columns: 4 bytes on PostgreSQL
@@ -21,13 +31,22 @@ MAX_DURATION_S = 366 * 86400
 PAGE_MAX = 500
 
 
-def _printable(value: str) -> str:
-    """No control characters other than tab and newline (PostgreSQL refuses NUL)."""
-    bad = next((c for c in value if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127),
-               None)
-    if bad is not None:
-        raise ValueError(f"contains the control character U+{ord(bad):04X}")
-    return value
+def _free_text(kind: TextKind) -> Any:
+    """A free-text field under the one text rule (broker/domain/text.py), checked here as
+    the services check it for every channel: 422 naming the field, like every body field."""
+
+    def check(value: str) -> str:
+        try:
+            cleaned = check_kind(kind, value)
+        except TextError as exc:
+            raise PydanticCustomError("free_text", exc.detail) from None
+        if kind.required and not cleaned:
+            raise PydanticCustomError("free_text", "must not be blank")
+        return cleaned
+
+    return (Field(max_length=kind.limit, description="one line of printable text: no"
+                  " control, bidi-override or line-separator characters"),
+            AfterValidator(check))
 
 
 def _utc(value: datetime) -> datetime:
@@ -37,16 +56,11 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value.strip()
-
-
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN.pattern.replace(
     r"\Z", "$"))]
-Text = Annotated[str, Field(max_length=2000), AfterValidator(_printable)]
-Reason = Annotated[str, Field(max_length=300), AfterValidator(_printable)]
+Text = Annotated[str, *_free_text(DECISION_COMMENT)]
+RevokeReason = Annotated[str, *_free_text(REVOKE_REASON)]
+KillReason = Annotated[str, *_free_text(KILL_REASON)]
 Moment = Annotated[AwareDatetime, AfterValidator(_utc)]
 Ident = Annotated[int, Field(ge=1, le=MAX_ID)]
 SessionId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -133,8 +147,7 @@ class RequestCreate(_In):
     technician: Name
     device: Name
     duration_s: Annotated[int, Field(ge=60, le=MAX_DURATION_S)]
-    reason: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_printable),
-                      AfterValidator(_not_blank)]
+    reason: Annotated[str, Field(min_length=1), *_free_text(REQUEST_REASON)]
     start: Moment | None = None
     protocols: Annotated[list[Protocol], Field(min_length=1, max_length=5)] | None = None
 
@@ -144,11 +157,11 @@ class DecisionIn(_In):
 
 
 class RevokeIn(_In):
-    reason: Reason | None = None
+    reason: RevokeReason | None = None
 
 
 class KillIn(_In):
-    reason: Reason | None = None
+    reason: KillReason | None = None
 
 
 # -- responses -------------------------------------------------------------------------------

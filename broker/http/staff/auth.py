@@ -16,7 +16,7 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import web
 
-from broker.http.keys import CONTEXT
+from broker.http.keys import CONTEXT, REFUSALS
 from broker.http.ratelimit import RateLimit
 from broker.http.security import csrf_ok, csrf_token
 from broker.http.staff import logins
@@ -80,9 +80,19 @@ def csrf_for(request: web.Request, who: SignedIn) -> str:
     return csrf_token(request.app, f"staff:{who.session.csrf_binding}")
 
 
-async def check_csrf(request: web.Request, binding: str) -> None:
+async def refused(request: web.Request, actor: str, status: int, reason: str,
+                  **data: object) -> None:
+    """Audit one refusal of a staff route (rate-limited per address by the app's
+    RefusalLog, so a flood is a bounded number of rows and a count)."""
+    await request.app[REFUSALS].refused("staff.refused", actor, _address(request), None,
+                                        status=status, reason=reason, method=request.method,
+                                        path=request.path[:200], **data)
+
+
+async def check_csrf(request: web.Request, binding: str, actor: str = "anonymous") -> None:
     form = await request.post()
     if not csrf_ok(request.app, binding, form.get("csrf")):
+        await refused(request, actor, 403, "csrf token")
         raise web.HTTPForbidden(text="the form's security token is missing or wrong: "
                                      "reload the page and try again")
 
@@ -98,12 +108,16 @@ def requires(permission: str) -> Callable[[Handler], Handler]:
             if who is None:
                 if request.method == "GET":
                     raise web.HTTPSeeOther(f"/staff/login?next={quote(request.path_qs)}")
+                await refused(request, "anonymous", 401, "not signed in")
                 raise web.HTTPUnauthorized(text="sign in first")
+            actor = f"staff:{who.user.name}"
             if not may(who.user.role, permission):
+                await refused(request, actor, 403, "role", role=who.user.role,
+                              permission=permission)
                 raise web.HTTPForbidden(
                     text=f"the {who.user.role} role may not use this page ({permission})")
             if request.method == "POST":
-                await check_csrf(request, f"staff:{who.session.csrf_binding}")
+                await check_csrf(request, f"staff:{who.session.csrf_binding}", actor)
             request[SIGNED_IN] = who
             return await handler(request)
 
@@ -164,6 +178,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     nonce = request.cookies.get(cookie_name(request, LOGIN_COOKIE), "")
     target = str(form.get("next") or "")
     if not nonce or not csrf_ok(request.app, f"login:{nonce}", form.get("csrf")):
+        await refused(request, "anonymous", 403, "csrf token", step="login")
         return _login_form(request, target, "The sign-in form expired; please try again.", 403)
     name, password = str(form.get("name") or "").strip(), str(form.get("password") or "")
     if not name or not password or len(name) > MAX_FIELD or len(password) > MAX_FIELD:
@@ -212,7 +227,8 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
     pending = await current(request, pending=True)
     if pending is None:
         raise web.HTTPSeeOther("/staff/login")
-    await check_csrf(request, f"staff:{pending.session.csrf_binding}")
+    await check_csrf(request, f"staff:{pending.session.csrf_binding}",
+                     f"staff:{pending.user.name}")
     form = await request.post()
     target = str(form.get("next") or "")
     ctx = _context(request)
@@ -235,7 +251,7 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     who = await current(request) or await current(request, pending=True)
     if who is not None:
-        await check_csrf(request, f"staff:{who.session.csrf_binding}")
+        await check_csrf(request, f"staff:{who.session.csrf_binding}", f"staff:{who.user.name}")
         await logins.end(_context(request), who.session)
         await _audit(request, "staff.logout", who.user.name)
     response = redirect("/staff/login")

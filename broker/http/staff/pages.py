@@ -16,7 +16,7 @@ from broker.errors import NotFound, Refused
 from broker.http.errors import BadInput
 from broker.http.keys import CONTEXT
 from broker.http.staff.accounts import may
-from broker.http.staff.auth import redirect, requires, signed_in
+from broker.http.staff.auth import redirect, refused, requires, signed_in
 from broker.http.staff.insight import chart_for_dashboard
 from broker.http.staff.queries import (
     SESSION_ID,
@@ -79,9 +79,17 @@ def _text(form: MultiDictProxy[Any], name: str,
     return text
 
 
-def _approver_of(request: web.Request) -> str:
+def _free(form: MultiDictProxy[Any], name: str) -> str:
+    """A free-text field as typed: the service applies the text rule (and its limit) and
+    answers with a message naming the field."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+async def _approver_of(request: web.Request) -> str:
     user = signed_in(request).user
     if not user.approver_name:
+        await refused(request, f"staff:{user.name}", 403, "no approver linked")
         raise Refused(f"staff account {user.name} is not linked to an approver: "
                       "ask an admin to add it with --approver NAME")
     return user.approver_name
@@ -131,9 +139,9 @@ async def decide(request: web.Request) -> web.StreamResponse:
     decision = _text(form, "decision", required=True)
     if decision not in ("approve", "deny"):
         raise BadInput("decision", f"decision: expected approve or deny, got {decision[:40]!r}")
-    approver = _approver_of(request)
+    approver = await _approver_of(request)
     await Requests(_ctx(request), signed_in(request).actor).decide(
-        ident, approver, decision == "approve", _text(form, "comment") or None, via="web")
+        ident, approver, decision == "approve", _free(form, "comment") or None, via="web")
     done = "approved" if decision == "approve" else "denied"
     return redirect(f"/staff/requests?done={done}&id={ident}")
 
@@ -161,7 +169,8 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     ident = _ident(request)
     form = await request.post()
     who = signed_in(request)
-    reason = _text(form, "reason") or f"revoked from the web UI by {who.user.name}"
+    typed = _free(form, "reason")
+    reason = typed if typed.strip() else f"revoked from the web UI by {who.user.name}"
     await Grants(_ctx(request), who.actor).revoke(ident, reason)
     return redirect(f"/staff/grants?done=revoked&id={ident}")
 
@@ -178,8 +187,8 @@ async def breakglass_page(request: web.Request) -> web.StreamResponse:
 async def review(request: web.Request) -> web.StreamResponse:
     ident = _ident(request)
     form = await request.post()
-    comment = _text(form, "comment", required=True)
-    await breakglass.review(_ctx(request), ident, _approver_of(request), comment)
+    comment = _free(form, "comment")
+    await breakglass.review(_ctx(request), ident, await _approver_of(request), comment)
     return redirect(f"/staff/breakglass?done=reviewed&id={ident}")
 
 
@@ -192,7 +201,7 @@ async def open_breakglass(request: web.Request) -> web.StreamResponse:
     except DurationError as exc:
         raise BadInput("duration", f"duration: {exc}") from None
     grant = await breakglass.open_breakglass(_ctx(request), tech, device, length,
-                                             _text(form, "reason", True),
+                                             _free(form, "reason"),
                                              signed_in(request).actor)
     return redirect(f"/staff/breakglass?done=breakglass&id={grant.id}")
 
@@ -213,8 +222,8 @@ async def kill(request: web.Request) -> web.StreamResponse:
     if not SESSION_ID.fullmatch(session_id):
         raise NotFound(f"no session {session_id[:40]!r}")
     form = await request.post()
-    why = _text(form, "reason")
-    reason = "hospital security ended this session" + (f": {why}" if why else "")
+    why = _free(form, "reason")
+    reason = "hospital security ended this session" + (f": {why}" if why.strip() else "")
     await kill_session(_ctx(request), session_id, signed_in(request).actor, reason)
     return redirect(f"/staff/sessions?killed={session_id}")
 
