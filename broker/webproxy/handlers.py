@@ -3,18 +3,26 @@
     GET/POST /w/signin/<token>     the one-time sign-in link (POST sets the grant's cookie)
     *        /w/<grant>/<path>     the device's web UI, proxied, recorded
 
-The cookie is ``Path=/w/<grant>/``, HttpOnly, SameSite=Strict, Secure when the broker is
-reached over HTTPS; the server keeps only its hash. Every proxied request is checked against
-the live session (which the revocation machinery ends within a second of a revoke or the end
-of the window) and against the window's end itself.
+Served only on the device origin (``[webproxy] listen``), never the portal's; with
+``[webproxy] grant_host`` the Host header must name the grant (one origin per grant).
+The cookie is ``Path=/w/<grant>/``, HttpOnly, SameSite=Strict, Secure when the device origin
+is HTTPS; the server keeps only its hash. The sign-in POST must come from the sign-in page
+itself (same origin, and a CSRF token bound to a pre-session cookie set by that page), so
+another site cannot sign a browser in as someone else. Requests another origin makes the
+browser send (Origin or Sec-Fetch-Site say so) never reach the device. Every proxied request
+is checked against the live session (which the revocation machinery ends within a second of
+a revoke or the end of the window) and against the window's end itself. Pages shown to the
+browser name the device by its broker name; the device's address stays in the audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -24,17 +32,33 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from broker.config import Settings
 from broker.domain.protocols import Protocol
 from broker.errors import BrokerError, DeviceError, Refused
 from broker.http.errors import BadInput
 from broker.http.keys import CONTEXT, LIVE_SESSIONS
 from broker.http.ratelimit import RateLimit
-from broker.http.security import OWN_HEADERS, csrf_ok, csrf_token
+from broker.http.security import (
+    OWN_HEADERS,
+    REFUSALS,
+    csrf_ok,
+    csrf_token,
+    foreign_source,
+    refuse_foreign,
+)
 from broker.recording.har import BodyCapture, WebSocketLog
+from broker.services.context import Context
 from broker.services.grants import check_access
+from broker.services.sessions import audit_event
 from broker.store.models import Device, Grant, Technician
 from broker.webproxy import har_entries
 from broker.webproxy.live import SHUTTING_DOWN, WINDOW_CLOSED, ProxiedSession, monotonic_ms
+from broker.webproxy.origin import (
+    device_base_url,
+    grant_of_host,
+    grant_origin,
+    without_addresses,
+)
 from broker.webproxy.paths import (
     PathRefused,
     check_path,
@@ -44,21 +68,17 @@ from broker.webproxy.paths import (
 )
 from broker.webproxy.settings import load_target
 from broker.webproxy.signin import digest, peek, redeem, session_by_cookie
+from broker.webproxy.upstream_headers import HOP_BY_HOP, upstream_headers
 
 log = structlog.get_logger("broker.webproxy")
 
 COOKIE = "broker_web"
+PRE_COOKIE = "broker_web_signin"  # binds the sign-in form's CSRF token to this browser
+SIGNIN_PATH = "/w/signin/"
 CHUNK = 64 * 1024
 HTML_REWRITE_LIMIT = 4 * 1024 * 1024  # larger HTML pages pass through unrewritten
 WEB_SESSIONS = web.AppKey("web_sessions", dict[str, ProxiedSession])
 RESUME_LOCK = web.AppKey("web_resume_lock", asyncio.Lock)
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-                        "proxy-connection"})
-# Never forwarded to the device: the broker's own cookie and the technician's credentials
-# (the broker injects the device's), and what the broker sets itself.
-DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length",
-                             "accept-encoding", "origin", "referer", "forwarded"}
 # Never passed to the browser: device cookies stay in the broker's jar; headers that would
 # bind the broker's whole origin to a device's choices.
 DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length",
@@ -75,10 +95,12 @@ def setup(app: web.Application) -> None:
 
     async def signin_page(request: web.Request) -> web.StreamResponse:
         limiter.enforce(request)
+        await _on_grant_host(request, None)
         return await _signin_page(request)
 
     async def signin_post(request: web.Request) -> web.StreamResponse:
         limiter.enforce(request)
+        await _on_grant_host(request, None)
         return await _signin_post(request)
 
     app.router.add_get("/w/signin/{token}", signin_page)
@@ -93,9 +115,45 @@ async def _close_all(app: web.Application) -> None:
                            for s in app[WEB_SESSIONS].values()), return_exceptions=True)
 
 
+# -- which origin ----------------------------------------------------------------------------
+def _settings(request: web.Request) -> Settings:
+    return request.app[CONTEXT].config.settings
+
+
+async def _on_grant_host(request: web.Request, grant_id: int | None) -> None:
+    """With ``grant_host``, the Host header must name ``grant_id`` (for the sign-in, the
+    grant of its link): another grant's host is refused, the shared host redirects."""
+    settings = _settings(request)
+    if not settings.webproxy.grant_host:
+        return
+    if grant_id is None:  # the sign-in: its link names the grant
+        view = await peek(request.app[CONTEXT], request.match_info["token"])
+        if view is None:
+            raise web.HTTPForbidden(text=_invalid_link())
+        grant_id = view.grant.id or 0
+    named = grant_of_host(settings, request.host)
+    if named == grant_id:
+        return
+    if named is None and request.method in ("GET", "HEAD"):
+        raise web.HTTPFound(grant_origin(settings, grant_id) + request.raw_path)
+    await refuse_foreign(request, f"Host {request.host[:200]!r} is not grant {grant_id}'s",
+                         "web.grant_host_refused")
+
+
+def _own_url(request: web.Request, grant_id: int | None) -> str:
+    settings = _settings(request)
+    if grant_id is not None and settings.webproxy.grant_host:
+        return grant_origin(settings, grant_id)
+    return device_base_url(settings)
+
+
 # -- sign-in ---------------------------------------------------------------------------------
-def _binding(token: str) -> str:
-    return "web-signin:" + digest(token)
+def _binding(token: str, nonce: str) -> str:
+    return f"web-signin:{digest(token)}:{nonce}"
+
+
+def _secure(request: web.Request) -> bool:
+    return request.secure or device_base_url(_settings(request)).startswith("https:")
 
 
 async def _signin_page(request: web.Request) -> web.StreamResponse:
@@ -103,21 +161,38 @@ async def _signin_page(request: web.Request) -> web.StreamResponse:
     view = await peek(request.app[CONTEXT], token)
     if view is None:
         raise web.HTTPForbidden(text=_invalid_link())
-    return aiohttp_jinja2.render_template("webproxy_signin.html", request, {
-        "view": view, "csrf": csrf_token(request.app, _binding(token)),
-        "action": f"/w/signin/{token}"})
+    nonce = request.cookies.get(PRE_COOKIE, "")
+    if not 20 <= len(nonce) <= 100:
+        nonce = secrets.token_urlsafe(24)
+    response = aiohttp_jinja2.render_template("webproxy_signin.html", request, {
+        "view": view, "csrf": csrf_token(request.app, _binding(token, nonce)),
+        "action": f"{SIGNIN_PATH}{token}"})
+    response.set_cookie(PRE_COOKIE, nonce, path=SIGNIN_PATH, httponly=True,
+                        samesite="Strict", secure=_secure(request), max_age=15 * 60)
+    return response
 
 
 async def _signin_post(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     token = request.match_info["token"]
+    foreign = foreign_source(request, _own_url(request, None))
+    if foreign is not None:
+        await refuse_foreign(request, foreign, "web.signin_cross_origin_refused")
     form = await request.post()
-    if not csrf_ok(request.app, _binding(token), form.get("csrf")):
+    nonce = request.cookies.get(PRE_COOKIE, "")
+    if not nonce or not csrf_ok(request.app, _binding(token, nonce), form.get("csrf")):
+        await request.app[REFUSALS].refused(
+            "web.signin_csrf_refused", f"web:{request.remote or 'unknown'}",
+            request.remote or "unknown", None, reason="missing or wrong CSRF token or"
+            " sign-in cookie")
         raise BadInput("csrf", "this form was not sent from the sign-in page; open the"
                                " sign-in link again", 403)
     client = request.remote or "unknown"
     row, cookie, view = await redeem(ctx, token, client)
-    target = await load_target(ctx, view.device.id or 0)
+    try:
+        target = await load_target(ctx, view.device.id or 0)
+    except BrokerError as exc:
+        await _device_failure(ctx, view.device.name, view.technician.name, client, exc)
     live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, view.technician, view.device,
                           view.grant, target, client)
     await live.start()
@@ -127,16 +202,29 @@ async def _signin_post(request: web.Request) -> web.StreamResponse:
     sessions[row.cookie_hash] = live
     response = web.HTTPSeeOther(live.prefix)
     _set_cookie(request, response, live, cookie)
+    response.del_cookie(PRE_COOKIE, path=SIGNIN_PATH, secure=_secure(request), httponly=True,
+                        samesite="Strict")
     raise response
 
 
 def _set_cookie(request: web.Request, response: web.StreamResponse, live: ProxiedSession,
                 cookie: str) -> None:
-    public = request.app[CONTEXT].config.settings.broker.public_url
     remaining = max(1, int((live.ends_at - live.ctx.now()).total_seconds()))
     response.set_cookie(COOKIE, cookie, path=live.prefix, httponly=True, samesite="Strict",
-                        secure=request.secure or public.startswith("https:"),
+                        secure=_secure(request),
                         max_age=min(remaining, int(timedelta(days=1).total_seconds())))
+
+
+async def _device_failure(ctx: Context, device: str, technician: str, client: str,
+                          exc: BaseException) -> NoReturn:
+    """The device could not be used: the details (which may name its address) go to the
+    audit log; the browser is told the device's broker name and the reason, with every
+    address taken out."""
+    await audit_event(ctx, "web.device_failed", f"technician:{technician}", device,
+                      client=client, error=f"{exc.__class__.__name__}: {exc}"[:500])
+    raise web.HTTPBadGateway(text=f"{device}'s web interface could not be used:"
+                                  f" {without_addresses(str(exc))} (details in the broker's"
+                                  " audit log)")
 
 
 def _invalid_link() -> str:
@@ -148,6 +236,7 @@ def _invalid_link() -> str:
 async def _to_prefix(request: web.Request) -> web.StreamResponse:
     if not request.raw_path.startswith("/"):
         raise BadInput(None, "absolute-form request targets are not accepted")
+    await _on_grant_host(request, int(request.match_info["grant"]))
     raise web.HTTPPermanentRedirect(f"/w/{int(request.match_info['grant'])}/")
 
 
@@ -159,6 +248,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if request.method in ("CONNECT", "TRACE"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST", "PUT", "PATCH",
                                                         "DELETE", "OPTIONS"])
+    await _on_grant_host(request, grant_id)
+    foreign = foreign_source(request, _own_url(request, grant_id))
+    if foreign is not None:  # another origin (another grant, the portal) drives this page
+        await refuse_foreign(request, foreign, "web.cross_origin_refused")
     live = await _session_for(request, grant_id)
     reason = live.refusal()
     if reason is not None:
@@ -167,15 +260,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text=_closed_text(live.device, reason))
     try:
         rest, query = split_target(request.raw_path, prefix)
-        check_path(rest)
-        url = live.target.origin.upstream(rest, query)
+        url = live.target.origin.upstream(check_path(rest), query)
     except PathRefused as exc:
         await live.audit("web.request_refused", path=request.raw_path[:300], reason=str(exc))
         raise BadInput(None, f"refused: {exc}") from None
     try:
         client = await live.client()
     except (DeviceError, Refused) as exc:
-        raise web.HTTPBadGateway(text=str(exc)) from None
+        await _device_failure(live.ctx, live.device, live.technician, live.client_addr, exc)
     live.requests += 1
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await relay_websocket(request, live, client, url)
@@ -228,7 +320,7 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
     try:
         target = await load_target(ctx, device.id or 0)
     except BrokerError as exc:
-        raise web.HTTPBadGateway(text=str(exc)) from None
+        await _device_failure(ctx, device.name, tech.name, request.remote or "unknown", exc)
     live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, tech, device, access.grant,
                           target, request.remote or "unknown")
     await live.start()
@@ -236,32 +328,9 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
 
 
 def _upstream_headers(request: web.Request, live: ProxiedSession) -> CIMultiDict[str]:
-    named = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        lowered = name.lower()
-        if lowered in DROP_REQUEST or lowered in named or lowered.startswith(
-                ("x-forwarded-", "sec-websocket-")):
-            continue
-        headers.add(name, value)
-    origin = live.target.origin
-    if "Origin" in request.headers:
-        headers["Origin"] = origin.origin
-    referer = urlsplit(request.headers.get("Referer", ""))
-    if referer.path.startswith(live.prefix):
-        headers["Referer"] = (origin.origin + origin.base_path + referer.path[len(live.prefix):]
-                              + (f"?{referer.query}" if referer.query else ""))
-    headers["Accept-Encoding"] = "identity"  # so recordings and link rewriting see plain bodies
-    headers["X-Forwarded-For"] = request.remote or "unknown"
-    headers["X-Forwarded-Proto"] = "https" if _public_https(request) else request.scheme
-    headers["X-Forwarded-Host"] = request.host
-    headers["X-Forwarded-Prefix"] = live.prefix.rstrip("/")
-    return headers
-
-
-def _public_https(request: web.Request) -> bool:
-    return request.secure or request.app[CONTEXT].config.settings.broker.public_url.startswith(
-        "https:")
+    return upstream_headers(request.headers, live.target.origin, live.prefix,
+                            _own_url(request, live.grant.id or 0),
+                            request.remote or "unknown")
 
 
 def _response_headers(response: web.StreamResponse, upstream: CIMultiDictProxy[str],
@@ -374,7 +443,8 @@ def _rewritten(body: bytes, charset: str, request: web.Request, live: ProxiedSes
         text = body.decode(charset, errors="surrogateescape")
     except LookupError:
         return body  # a charset Python does not know: leave the page alone
-    ws_origin = ("wss://" if _public_https(request) else "ws://") + request.host
+    own = urlsplit(_own_url(request, live.grant.id or 0))
+    ws_origin = ("wss://" if own.scheme == "https" else "ws://") + own.netloc
     rewritten = rewrite_html(text, live.target.origin, live.prefix, ws_origin)
     return rewritten.encode(charset, errors="surrogateescape")
 
