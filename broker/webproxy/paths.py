@@ -11,8 +11,8 @@ and Location headers and links in HTML pages are rewritten with it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 import unicodedata
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from yarl import URL

@@ -125,7 +125,8 @@ async def kinds(ctx) -> list[str]:  # type: ignore[no-untyped-def]
 # -- sign-in ---------------------------------------------------------------------------------
 async def test_signin_link_works_once_and_expires(broker_dir: Path) -> None:
     clock = FakeClock(dt.datetime.now(dt.UTC))
-    async with upstream(device_app) as device, device_origin(broker_dir, clock=clock) as (client, ctx):
+    async with upstream(device_app) as device, \
+            device_origin(broker_dir, clock=clock) as (client, ctx):
         await add_grant(ctx, device.url)
         token, _ = await create_signin(ctx, "tech", "dev", "test")
         page = await client.get(f"/w/signin/{token}")
@@ -383,7 +384,8 @@ async def test_https_devices_are_trusted_only_as_configured(broker_dir: Path, tm
     cert, key, pin = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    async with upstream(device_app, ssl=context) as device, device_origin(broker_dir) as (client, ctx):
+    async with upstream(device_app, ssl=context) as device, \
+            device_origin(broker_dir) as (client, ctx):
         url = f"https://127.0.0.1:{device.port}/"
         grant = await add_grant(ctx, url, insecure_http=False)
         options = {"pin": WebOptions(pin_sha256=pin), "ca": WebOptions(ca_pem=cert.read_text()),
@@ -431,7 +433,8 @@ async def test_revoke_closes_websockets_and_refuses_requests(broker_dir: Path) -
 
 async def test_the_window_end_is_enforced_per_request(broker_dir: Path) -> None:
     clock = FakeClock(dt.datetime.now(dt.UTC))
-    async with upstream(device_app) as device, device_origin(broker_dir, clock=clock) as (client, ctx):
+    async with upstream(device_app) as device, \
+            device_origin(broker_dir, clock=clock) as (client, ctx):
         grant = await add_grant(ctx, device.url, hours=1)
         cookie = await sign_in(client, ctx)
         assert (await client.get(f"/w/{grant}/echo", headers={"Cookie": cookie})).status == 200
