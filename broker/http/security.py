@@ -83,13 +83,20 @@ def own_origins(request: web.Request, public_url: str) -> set[str]:
 
 def foreign_source(request: web.Request, public_url: str) -> str | None:
     """Why a request comes from another origin (None: from this origin, or from a
-    non-browser client that sends neither Origin nor Sec-Fetch-Site)."""
+    non-browser client that sends neither Sec-Fetch-Site nor Origin).
+
+    Sec-Fetch-Site decides when the browser sends it (only ``same-origin`` and ``none``, a
+    typed URL or bookmark, pass: ``same-site`` is another port or host of the same site);
+    else Origin must be this listener's own (``null``, sent by sandboxed frames and by
+    browsers under ``Referrer-Policy: no-referrer``, is not)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site.lower() in ("same-origin", "none"):
+            return None
+        return f"Sec-Fetch-Site is {site[:40]!r}"
     origin = request.headers.get("Origin")
     if origin is not None and origin.lower() not in own_origins(request, public_url):
         return f"Origin {origin[:200]!r} is not this site"
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site.lower() not in ("same-origin", "none"):
-        return f"Sec-Fetch-Site is {site[:40]!r}"
     return None
 
 
