@@ -17,14 +17,15 @@ from aiohttp import web
 import broker.http.approvals as approval_pages
 from broker import webproxy
 from broker.credentials.keys import KeyPaths, load_secret_bytes
+from broker.errors import BrokerError
 from broker.http import api, staff
 from broker.http.errors import error_pages
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, SECRET
-from broker.http.security import REFUSALS, same_origin_writes, security_headers
+from broker.http.security import REFUSALS, Handler, same_origin_writes, security_headers
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 from broker.services.refusals import RefusalLog
-from broker.webproxy.origin import device_base_url
+from broker.webproxy.origin import device_base_url, without_addresses
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -69,11 +70,25 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Applic
 
 def create_device_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Application:
     """The device origin: the web proxy and its sign-in page, and nothing of the portal."""
-    app = _base(ctx, sessions, [security_headers, error_pages])
+    app = _base(ctx, sessions, [security_headers, error_pages, no_device_addresses])
     aiohttp_jinja2.get_env(app).globals["static"] = lambda name: SIGNIN_STYLE
     app.router.add_get(SIGNIN_STYLE, signin_style)
     webproxy.setup(app)
     return app
+
+
+@web.middleware
+async def no_device_addresses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Device origin: no refusal or error page names a device's address (host, port, URL),
+    whichever code raised it; the details are in the audit log."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status_code >= 400 and exc.text:
+            exc.text = without_addresses(exc.text)
+        raise
+    except BrokerError as exc:
+        raise type(exc)(without_addresses(str(exc))) from None
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -390,6 +390,7 @@ async def relay_http(request: web.Request, live: ProxiedSession, client: aiohttp
             return response
         if live.closing is not None:
             raise web.HTTPForbidden(text=_closed_text(live.device, live.closing)) from None
+        await live.audit("web.device_failed", path=request.path[:300], error=error[:500])
         raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
                                       f" ({exc.__class__.__name__})") from None
     finally:
@@ -489,6 +490,8 @@ async def relay_websocket(request: web.Request, live: ProxiedSession,
         raise web.HTTPBadGateway(text=f"{live.device} refused the WebSocket"
                                       f" (HTTP {exc.status})") from None
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        await live.audit("web.device_failed", path=request.path[:300],
+                         error=f"{exc.__class__.__name__}: {exc}"[:500])
         raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
                                       f" ({exc.__class__.__name__})") from None
     answer = getattr(upstream, "_response", None)
