@@ -109,6 +109,9 @@ async def test_a_device_page_cannot_read_or_drive_the_portal(broker_dir: Path,
             await staff.fill("input[name=password]", PASSWORD)
             await staff.click("button[type=submit]")
             await staff.wait_for_url(f"{portal}/staff/")
+            jar = {c["name"]: c for c in await context.cookies()}  # type: ignore[attr-defined]
+            session = jar["__Host-broker_session"]  # host-only, Path=/, no subdomain can set it
+            assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
             await staff.goto(f"{portal}/staff/requests")
             leaked = re.search(r'name="csrf" value="([^"]+)"', await staff.content())
             assert leaked  # the worst case: the device's script even knows the CSRF tokens
