@@ -284,20 +284,31 @@ def _closed_text(device: str, reason: str) -> str:
 async def _session_for(request: web.Request, grant_id: int) -> ProxiedSession:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
+        await _refused(request, "web.not_signed_in", grant_id, "no sign-in cookie")
         raise web.HTTPForbidden(text=NOT_SIGNED_IN)
     key = digest(cookie)
     sessions = request.app[WEB_SESSIONS]
     live = sessions.get(key)
     if live is None:
         if await session_by_cookie(request.app[CONTEXT], cookie) is None:
+            await _refused(request, "web.not_signed_in", grant_id, "unknown sign-in cookie")
             raise web.HTTPForbidden(text=NOT_SIGNED_IN)  # bogus cookies never wait on the lock
         async with request.app[RESUME_LOCK]:
             live = sessions.get(key) or await _resume(request, cookie)
             sessions[key] = live
     if live.grant.id != grant_id:
+        await _refused(request, "web.wrong_grant", grant_id,
+                       f"signed in for grant {live.grant.id}")
         raise web.HTTPForbidden(text=f"this sign-in is for grant {live.grant.id}, not grant"
                                      f" {grant_id}")
     return live
+
+
+async def _refused(request: web.Request, kind: str, grant_id: int, reason: str) -> None:
+    """Audit a refusal of the proxy (rate-limited per client address and kind)."""
+    client = request.remote or "unknown"
+    await request.app[REFUSALS].refused(kind, f"web:{client}", client, f"grant:{grant_id}",
+                                        path=request.path[:300], reason=reason)
 
 
 async def _resume(request: web.Request, cookie: str) -> ProxiedSession:

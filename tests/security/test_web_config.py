@@ -84,5 +84,5 @@ def test_device_origins_follow_the_settings() -> None:
     assert grant_of_host(per_grant, "7.devices.example") == 7
     assert grant_of_host(per_grant, "7.DEVICES.example.:443") == 7
     for host in ("devices.example", "07.devices.example", "x7.devices.example",
-                 "7.devices.example.evil", "7.x.devices.example", "７.devices.example"):
+                 "7.devices.example.evil", "7.x.devices.example", "\uff17.devices.example"):
         assert grant_of_host(per_grant, host) is None, host

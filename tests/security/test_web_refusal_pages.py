@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from broker.http.security import REFUSALS
 from broker.store.models import AuditEvent, Device
 from broker.webproxy.handlers import WEB_SESSIONS
 from tests.integration.harness import free_port
@@ -49,3 +50,22 @@ async def test_unreachable_devices_are_named_not_addressed(broker_dir: Path) -> 
     # the audit log has what the page leaves out
     assert len(audited) >= 3 and any(str(dead) in json.loads(data)["error"]
                                      for data in audited)
+
+
+async def test_proxy_refusals_are_audited_without_flooding(broker_dir: Path) -> None:
+    async with device_origin(broker_dir) as (client, ctx):
+        grant = await add_grant(ctx, f"http://127.0.0.1:{free_port()}/", device="pump-7")
+        other = await add_grant(ctx, f"http://127.0.0.1:{free_port()}/", device="xray-2")
+        cookie = await sign_in(client, ctx, device="pump-7")
+        answers = [await client.get(f"/w/{grant}/") for _ in range(20)]
+        answers.append(await client.get(f"/w/{grant}/", headers={"Cookie": "broker_web=bogus"}))
+        answers.append(await client.get(f"/w/{other}/", headers={"Cookie": cookie}))
+        assert [a.status for a in answers] == [403] * 22
+        await client.app[REFUSALS].flush()
+        async with ctx.store.session() as db:
+            rows = (await db.exec(select(AuditEvent))).all()
+    kinds = [row.kind for row in rows]
+    assert kinds.count("web.not_signed_in") == 5  # the burst; the rest are counted
+    summary = [json.loads(r.data) for r in rows if r.kind == "refusal.suppressed"]
+    assert summary and summary[0]["count"] == 16 and summary[0]["refusal"] == "web.not_signed_in"
+    assert kinds.count("web.wrong_grant") == 1
