@@ -73,8 +73,7 @@ class _TimedSite(web.TCPSite):
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *,
                  ssl_context: ssl.SSLContext | None, handshake_timeout: float) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True,
-                         shutdown_timeout=2)
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         self._handshake_timeout = handshake_timeout
 
     async def start(self) -> None:
@@ -101,7 +100,7 @@ class WebSite:
         # aiohttp's keep-alive timer starts when a connection opens and closes it while no
         # complete request head has arrived: exactly the head timeout wanted here.
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                    keepalive_timeout=head)
+                                    keepalive_timeout=head, shutdown_timeout=2)
         self.port = 0
         self.tls = False
 
