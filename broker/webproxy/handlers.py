@@ -1,6 +1,6 @@
 """Routes of the device web proxy.
 
-    GET/POST /w/signin/<token>     the one-time sign-in link (POST sets the grant's cookie)
+    GET/POST /w/signin/<token>     the one-time sign-in link (see signin_pages)
     *        /w/<grant>/<path>     the device's web UI, proxied, recorded
 
 Served only on the device origin (``[webproxy] listen``), never the portal's; with
@@ -18,21 +18,17 @@ browser name the device by its broker name; the device's address stays in the au
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
-from typing import NoReturn
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import aiohttp
-import aiohttp_jinja2
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from broker.config import Settings
 from broker.domain.protocols import Protocol
 from broker.errors import BrokerError, DeviceError, Refused
 from broker.http.errors import BadInput
@@ -41,24 +37,14 @@ from broker.http.ratelimit import RateLimit
 from broker.http.security import (
     OWN_HEADERS,
     REFUSALS,
-    csrf_ok,
-    csrf_token,
     foreign_source,
     refuse_foreign,
 )
 from broker.recording.har import BodyCapture, WebSocketLog
-from broker.services.context import Context
 from broker.services.grants import check_access
-from broker.services.sessions import audit_event
 from broker.store.models import Device, Grant, Technician
 from broker.webproxy import har_entries
 from broker.webproxy.live import SHUTTING_DOWN, WINDOW_CLOSED, ProxiedSession, monotonic_ms
-from broker.webproxy.origin import (
-    device_base_url,
-    grant_of_host,
-    grant_origin,
-    without_addresses,
-)
 from broker.webproxy.paths import (
     PathRefused,
     check_path,
@@ -67,17 +53,22 @@ from broker.webproxy.paths import (
     split_target,
 )
 from broker.webproxy.settings import load_target
-from broker.webproxy.signin import digest, peek, redeem, session_by_cookie
+from broker.webproxy.signin import digest, session_by_cookie
+from broker.webproxy.signin_pages import (
+    COOKIE,
+    WEB_SESSIONS,
+    device_failure,
+    on_grant_host,
+    own_url,
+    signin_page,
+    signin_post,
+)
 from broker.webproxy.upstream_headers import HOP_BY_HOP, upstream_headers
 
 log = structlog.get_logger("broker.webproxy")
 
-COOKIE = "broker_web"
-PRE_COOKIE = "broker_web_signin"  # binds the sign-in form's CSRF token to this browser
-SIGNIN_PATH = "/w/signin/"
 CHUNK = 64 * 1024
 HTML_REWRITE_LIMIT = 4 * 1024 * 1024  # larger HTML pages pass through unrewritten
-WEB_SESSIONS = web.AppKey("web_sessions", dict[str, ProxiedSession])
 RESUME_LOCK = web.AppKey("web_resume_lock", asyncio.Lock)
 # Never passed to the browser: device cookies stay in the broker's jar; headers that would
 # bind the broker's whole origin to a device's choices.
@@ -93,18 +84,18 @@ def setup(app: web.Application) -> None:
     app[RESUME_LOCK] = asyncio.Lock()
     limiter = RateLimit(per_minute=30, burst=10)
 
-    async def signin_page(request: web.Request) -> web.StreamResponse:
+    async def show(request: web.Request) -> web.StreamResponse:
         limiter.enforce(request)
-        await _on_grant_host(request, None)
-        return await _signin_page(request)
+        await on_grant_host(request, None)
+        return await signin_page(request)
 
-    async def signin_post(request: web.Request) -> web.StreamResponse:
+    async def redeem(request: web.Request) -> web.StreamResponse:
         limiter.enforce(request)
-        await _on_grant_host(request, None)
-        return await _signin_post(request)
+        await on_grant_host(request, None)
+        return await signin_post(request)
 
-    app.router.add_get("/w/signin/{token}", signin_page)
-    app.router.add_post("/w/signin/{token}", signin_post)
+    app.router.add_get("/w/signin/{token}", show)
+    app.router.add_post("/w/signin/{token}", redeem)
     app.router.add_route("*", r"/w/{grant:\d+}", _to_prefix)
     app.router.add_route("*", r"/w/{grant:\d+}/{tail:.*}", proxy)
     app.on_cleanup.append(_close_all)
@@ -115,128 +106,11 @@ async def _close_all(app: web.Application) -> None:
                            for s in app[WEB_SESSIONS].values()), return_exceptions=True)
 
 
-# -- which origin ----------------------------------------------------------------------------
-def _settings(request: web.Request) -> Settings:
-    return request.app[CONTEXT].config.settings
-
-
-async def _on_grant_host(request: web.Request, grant_id: int | None) -> None:
-    """With ``grant_host``, the Host header must name ``grant_id`` (for the sign-in, the
-    grant of its link): another grant's host is refused, the shared host redirects."""
-    settings = _settings(request)
-    if not settings.webproxy.grant_host:
-        return
-    if grant_id is None:  # the sign-in: its link names the grant
-        view = await peek(request.app[CONTEXT], request.match_info["token"])
-        if view is None:
-            raise web.HTTPForbidden(text=_invalid_link())
-        grant_id = view.grant.id or 0
-    named = grant_of_host(settings, request.host)
-    if named == grant_id:
-        return
-    if named is None and request.method in ("GET", "HEAD"):
-        raise web.HTTPFound(grant_origin(settings, grant_id) + request.raw_path)
-    await refuse_foreign(request, f"Host {request.host[:200]!r} is not grant {grant_id}'s",
-                         "web.grant_host_refused")
-
-
-def _own_url(request: web.Request, grant_id: int | None) -> str:
-    settings = _settings(request)
-    if grant_id is not None and settings.webproxy.grant_host:
-        return grant_origin(settings, grant_id)
-    return device_base_url(settings)
-
-
-# -- sign-in ---------------------------------------------------------------------------------
-def _binding(token: str, nonce: str) -> str:
-    return f"web-signin:{digest(token)}:{nonce}"
-
-
-def _secure(request: web.Request) -> bool:
-    return request.secure or device_base_url(_settings(request)).startswith("https:")
-
-
-async def _signin_page(request: web.Request) -> web.StreamResponse:
-    token = request.match_info["token"]
-    view = await peek(request.app[CONTEXT], token)
-    if view is None:
-        raise web.HTTPForbidden(text=_invalid_link())
-    nonce = request.cookies.get(PRE_COOKIE, "")
-    if not 20 <= len(nonce) <= 100:
-        nonce = secrets.token_urlsafe(24)
-    response = aiohttp_jinja2.render_template("webproxy_signin.html", request, {
-        "view": view, "csrf": csrf_token(request.app, _binding(token, nonce)),
-        "action": f"{SIGNIN_PATH}{token}"})
-    response.set_cookie(PRE_COOKIE, nonce, path=SIGNIN_PATH, httponly=True,
-                        samesite="Strict", secure=_secure(request), max_age=15 * 60)
-    return response
-
-
-async def _signin_post(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    token = request.match_info["token"]
-    foreign = foreign_source(request, _own_url(request, None))
-    if foreign is not None:
-        await refuse_foreign(request, foreign, "web.signin_cross_origin_refused")
-    form = await request.post()
-    nonce = request.cookies.get(PRE_COOKIE, "")
-    if not nonce or not csrf_ok(request.app, _binding(token, nonce), form.get("csrf")):
-        await request.app[REFUSALS].refused(
-            "web.signin_csrf_refused", f"web:{request.remote or 'unknown'}",
-            request.remote or "unknown", None, reason="missing or wrong CSRF token or"
-            " sign-in cookie")
-        raise BadInput("csrf", "this form was not sent from the sign-in page; open the"
-                               " sign-in link again", 403)
-    client = request.remote or "unknown"
-    row, cookie, view = await redeem(ctx, token, client)
-    try:
-        target = await load_target(ctx, view.device.id or 0)
-    except BrokerError as exc:
-        await _device_failure(ctx, view.device.name, view.technician.name, client, exc)
-    live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, view.technician, view.device,
-                          view.grant, target, client)
-    await live.start()
-    sessions = request.app[WEB_SESSIONS]
-    for key in [k for k, s in sessions.items() if s.closing is not None]:
-        del sessions[key]
-    sessions[row.cookie_hash] = live
-    response = web.HTTPSeeOther(live.prefix)
-    _set_cookie(request, response, live, cookie)
-    response.del_cookie(PRE_COOKIE, path=SIGNIN_PATH, secure=_secure(request), httponly=True,
-                        samesite="Strict")
-    raise response
-
-
-def _set_cookie(request: web.Request, response: web.StreamResponse, live: ProxiedSession,
-                cookie: str) -> None:
-    remaining = max(1, int((live.ends_at - live.ctx.now()).total_seconds()))
-    response.set_cookie(COOKIE, cookie, path=live.prefix, httponly=True, samesite="Strict",
-                        secure=_secure(request),
-                        max_age=min(remaining, int(timedelta(days=1).total_seconds())))
-
-
-async def _device_failure(ctx: Context, device: str, technician: str, client: str,
-                          exc: BaseException) -> NoReturn:
-    """The device could not be used: the details (which may name its address) go to the
-    audit log; the browser is told the device's broker name and the reason, with every
-    address taken out."""
-    await audit_event(ctx, "web.device_failed", f"technician:{technician}", device,
-                      client=client, error=f"{exc.__class__.__name__}: {exc}"[:500])
-    raise web.HTTPBadGateway(text=f"{device}'s web interface could not be used:"
-                                  f" {without_addresses(str(exc))} (details in the broker's"
-                                  " audit log)")
-
-
-def _invalid_link() -> str:
-    return ("this sign-in link is not valid (already used, expired or mistyped); ask for a new"
-            " one with: ssh -p PORT TECH@BROKER weblogin DEVICE")
-
-
 # -- the proxy -------------------------------------------------------------------------------
 async def _to_prefix(request: web.Request) -> web.StreamResponse:
     if not request.raw_path.startswith("/"):
         raise BadInput(None, "absolute-form request targets are not accepted")
-    await _on_grant_host(request, int(request.match_info["grant"]))
+    await on_grant_host(request, int(request.match_info["grant"]))
     raise web.HTTPPermanentRedirect(f"/w/{int(request.match_info['grant'])}/")
 
 
@@ -248,8 +122,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if request.method in ("CONNECT", "TRACE"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST", "PUT", "PATCH",
                                                         "DELETE", "OPTIONS"])
-    await _on_grant_host(request, grant_id)
-    foreign = foreign_source(request, _own_url(request, grant_id))
+    await on_grant_host(request, grant_id)
+    foreign = foreign_source(request, own_url(request, grant_id))
     if foreign is not None:  # another origin (another grant, the portal) drives this page
         await refuse_foreign(request, foreign, "web.cross_origin_refused")
     live = await _session_for(request, grant_id)
@@ -267,7 +141,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         client = await live.client()
     except (DeviceError, Refused) as exc:
-        await _device_failure(live.ctx, live.device, live.technician, live.client_addr, exc)
+        await device_failure(live.ctx, live.device, live.technician, live.client_addr, exc)
     live.requests += 1
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await relay_websocket(request, live, client, url)
@@ -331,7 +205,7 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
     try:
         target = await load_target(ctx, device.id or 0)
     except BrokerError as exc:
-        await _device_failure(ctx, device.name, tech.name, request.remote or "unknown", exc)
+        await device_failure(ctx, device.name, tech.name, request.remote or "unknown", exc)
     live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, tech, device, access.grant,
                           target, request.remote or "unknown")
     await live.start()
@@ -340,7 +214,7 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
 
 def _upstream_headers(request: web.Request, live: ProxiedSession) -> CIMultiDict[str]:
     return upstream_headers(request.headers, live.target.origin, live.prefix,
-                            _own_url(request, live.grant.id or 0),
+                            own_url(request, live.grant.id or 0),
                             request.remote or "unknown")
 
 
@@ -455,7 +329,7 @@ def _rewritten(body: bytes, charset: str, request: web.Request, live: ProxiedSes
         text = body.decode(charset, errors="surrogateescape")
     except LookupError:
         return body  # a charset Python does not know: leave the page alone
-    own = urlsplit(_own_url(request, live.grant.id or 0))
+    own = urlsplit(own_url(request, live.grant.id or 0))
     ws_origin = ("wss://" if own.scheme == "https" else "ws://") + own.netloc
     rewritten = rewrite_html(text, live.target.origin, live.prefix, ws_origin)
     return rewritten.encode(charset, errors="surrogateescape")
