@@ -102,9 +102,10 @@ def foreign_source(request: web.Request, public_url: str) -> str | None:
 
 async def refuse_foreign(request: web.Request, reason: str, kind: str) -> None:
     """Audit (rate-limited, per client address) and answer 403."""
-    await request.app[REFUSALS].refused(kind, f"web:{request.remote or 'unknown'}",
-                           request.remote or "unknown", None, method=request.method,
-                           path=request.path[:300], reason=reason)
+    client = request.remote or "unknown"
+    await request.app[REFUSALS].refused(kind, f"web:{client}", client, None,
+                                        method=request.method, path=request.path[:300],
+                                        reason=reason)
     raise web.HTTPForbidden(text="refused: this request was sent from another site")
 
 
