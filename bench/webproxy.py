@@ -81,11 +81,13 @@ async def sign_in(broker: BrokerProcess, session: aiohttp.ClientSession) -> str:
         token, _ = await create_signin(ctx, "tech", "dev", "bench")
     finally:
         await ctx.close()
-    url = f"https://127.0.0.1:{broker.http_port}/w/signin/{token}"
+    url = f"https://127.0.0.1:{broker.devices_port}/w/signin/{token}"  # the device origin
     async with session.get(url) as page:
         csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+        pre = page.cookies["broker_web_signin"].value  # the sign-in form's own cookie
     assert csrf
-    async with session.post(url, data={"csrf": csrf.group(1)}, allow_redirects=False) as done:
+    async with session.post(url, data={"csrf": csrf.group(1)}, allow_redirects=False,
+                            headers={"Cookie": f"broker_web_signin={pre}"}) as done:
         assert done.status == 303, await done.text()
         return f"broker_web={done.cookies['broker_web'].value}"
 
@@ -97,7 +99,7 @@ async def measure(broker: BrokerProcess, device_port: int, grant: int, rounds: i
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
         cookie = {"Cookie": await sign_in(broker, session)}
         direct_base = f"http://127.0.0.1:{device_port}"
-        proxy_base = f"https://127.0.0.1:{broker.http_port}"
+        proxy_base = f"https://127.0.0.1:{broker.devices_port}"
         runs: dict[str, list[float]] = {"direct": [], "proxied": []}
         for warm in range(2):  # connections, TLS sessions, the broker's device client
             await load_page(session, f"{direct_base}/page", direct_base, {})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -128,11 +129,58 @@ class HTTPSection(_Section):
     tls_key: str = "data/tls.key"
     secret_key: str = "data/web.key"  # signs approval links, cookies and CSRF tokens
     max_body: int = Field(default=1024 * 1024, ge=1024)  # bytes, for the portal and the API
+    # Both listeners (portal and device origin): a TLS handshake, and a request head (also
+    # the next one on a kept-alive connection), must complete within these.
+    handshake_timeout: str = "10s"
+    head_timeout: str = "10s"
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_listen(v)))
+    _timeouts = field_validator("handshake_timeout", "head_timeout")(
+        classmethod(lambda cls, v: _duration_text(v, at_most="5m", at_least="1s")))
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HTTPSection:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must both be set, or both be empty")
+        return self
+
+
+_GRANT_HOST = re.compile(r"\{grant\}((?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+)")
+
+
+class WebProxySection(_Section):
+    """The device web UIs' own origin (never the portal's): a listener of its own, and
+    optionally one host name per grant (wildcard DNS and certificate)."""
+
+    listen: str = "0.0.0.0:8444"
+    public_url: str = ""  # empty: [broker] public_url's scheme and host, this listen port
+    grant_host: str = ""  # e.g. "{grant}.devices.broker.example"; empty: one shared origin
+    tls_cert: str = ""  # both empty: the [http] pair
+    tls_key: str = ""
+
+    _listen = field_validator("listen")(classmethod(lambda cls, v: _check_listen(v)))
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname
+                      or parts.path.strip("/") or parts.query or parts.fragment):
+            raise ValueError(f"expected an http(s) URL of a host (no path), or nothing, got"
+                             f" {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("grant_host")
+    @classmethod
+    def _grant_host(cls, value: str) -> str:
+        value = value.lower()
+        if value and not _GRANT_HOST.fullmatch(value):
+            raise ValueError(f"expected a host name whose first label is {{grant}}, like"
+                             f" \"{{grant}}.devices.broker.example\", got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebProxySection:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must both be set, or both be empty")
         return self
@@ -167,7 +215,8 @@ class LogSection(_Section):
         return value.lower()
 
 
-def _duration_text(value: str, *, at_most: str | None = None) -> str:
+def _duration_text(value: str, *, at_most: str | None = None, at_least: str | None = None
+                   ) -> str:
     from broker.domain.durations import DurationError, parse_duration
 
     try:
@@ -176,6 +225,8 @@ def _duration_text(value: str, *, at_most: str | None = None) -> str:
         raise ValueError(str(exc)) from None
     if at_most is not None and parsed > parse_duration(at_most):
         raise ValueError(f"{value!r} is longer than the most allowed, {at_most}")
+    if at_least is not None and parsed < parse_duration(at_least):
+        raise ValueError(f"{value!r} is shorter than the least allowed, {at_least}")
     return value
 
 
@@ -227,6 +278,7 @@ class Settings(_Section):
     broker: BrokerSection = BrokerSection()
     ssh: SSHSection = SSHSection()
     http: HTTPSection = HTTPSection()
+    webproxy: WebProxySection = WebProxySection()
     recording: RecordingSection = RecordingSection()
     policy: PolicySection = PolicySection()
     vault: VaultSection = VaultSection()
@@ -384,6 +436,20 @@ listen = "0.0.0.0:8443"
 tls_cert = "data/tls.crt"
 tls_key = "data/tls.key"
 secret_key = "data/web.key"
+# a TLS handshake and a request head must arrive within these (both listeners)
+handshake_timeout = "10s"
+head_timeout = "10s"
+
+[webproxy]
+# Device web UIs are served only here, on an origin of their own (never the portal's).
+listen = "0.0.0.0:8444"
+# Links to it; empty: [broker] public_url's scheme and host with the port above.
+public_url = ""
+# With wildcard DNS and certificate, one origin per grant, e.g. "{{grant}}.devices.example.org".
+grant_host = ""
+# Empty: the [http] certificate and key.
+tls_cert = ""
+tls_key = ""
 
 [recording]
 dir = "recordings"

@@ -19,7 +19,8 @@ from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.domain.policy import default_policy_notice
 from broker.errors import ConfigError
-from broker.http import WebSite, create_app
+from broker.http import WebSite, create_app, create_device_app
+from broker.http.site import Listener
 from broker.recording import default_flusher, seal_interrupted, signer_for
 from broker.revocation.feed import ChangeFeed, feed_for
 from broker.revocation.registry import LiveSessions
@@ -51,6 +52,7 @@ class Server:
         self.listener: asyncssh.SSHAcceptor | ProxiedAcceptor | None = None
         self.ssh_port = 0
         self.web: WebSite | None = None
+        self.devices_web: WebSite | None = None  # the device web UIs' own origin
         self.feed: ChangeFeed | None = None
 
     async def start(self) -> None:
@@ -93,9 +95,13 @@ class Server:
         services.public_port = port or self.ssh_port
         self.web = WebSite(create_app(self.ctx, self.sessions), self.ctx.config)
         await self.web.start()
+        self.devices_web = WebSite(create_device_app(self.ctx, self.sessions), self.ctx.config,
+                                   Listener.devices(self.ctx.config))
+        await self.devices_web.start()
         await self.scheduler.tick()
         log.info("serving", ssh=f"{host}:{self.ssh_port}", http=self.web.port,
-                 tls=self.web.tls, database=self.ctx.store.display_url, node=self.ctx.node)
+                 devices=self.devices_web.port, tls=self.web.tls,
+                 database=self.ctx.store.display_url, node=self.ctx.node)
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.ensure_future(self.scheduler.run()),
@@ -118,6 +124,8 @@ class Server:
             await self.listener.wait_closed()
         if self.web is not None:
             await self.web.close()
+        if self.devices_web is not None:
+            await self.devices_web.close()
         await default_flusher().stop()
         await self.ctx.close()
 
@@ -147,10 +155,10 @@ async def run_server(config: Config) -> None:
         configure_logging()  # a service manager collects stderr: JSON lines there
     server = Server(Context.open(config))
     await server.start()
-    assert server.web is not None
+    assert server.web is not None and server.devices_web is not None
     scheme = "HTTPS" if server.web.tls else "HTTP"
-    print(f"broker: serving SSH on port {server.ssh_port}, {scheme} on port {server.web.port}",
-          flush=True)
+    print(f"broker: serving SSH on port {server.ssh_port}, {scheme} on port {server.web.port},"
+          f" device web UIs on port {server.devices_web.port}", flush=True)
     if not server.ctx.policies():
         notice = default_policy_notice(str(config.policy_dir))
         log.warning("default policy in force", detail=notice)

@@ -29,8 +29,9 @@ def need_chromium() -> None:
 
 
 @asynccontextmanager
-async def chromium() -> AsyncIterator[object]:
-    """A BrowserContext (fresh user-data dir) that accepts the broker's self-signed cert."""
+async def chromium(extra_args: tuple[str, ...] = ()) -> AsyncIterator[object]:
+    """A BrowserContext (fresh user-data dir) that accepts the broker's self-signed cert
+    (``extra_args``: more Chromium flags, e.g. ``--host-resolver-rules=...``)."""
     need_chromium()
     from playwright.async_api import async_playwright
 
@@ -38,7 +39,7 @@ async def chromium() -> AsyncIterator[object]:
     try:
         async with async_playwright() as playwright:
             context = await playwright.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+                profile, executable_path=CHROMIUM, headless=True, args=[*FLAGS, *extra_args],
                 ignore_https_errors=True, viewport={"width": 1200, "height": 800})
             try:
                 yield context

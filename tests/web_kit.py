@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from aiohttp import web
@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from broker.clock import Clock
 from broker.config import load_config
-from broker.http import create_app
+from broker.http import create_app, create_device_app
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 
@@ -21,10 +21,12 @@ from broker.services.context import Context
 async def portal(broker_dir: Path, *, clock: Clock | None = None,
                  sessions: LiveSessions | None = None,
                  extend: Callable[[web.Application], None] | None = None,
+                 factory: Callable[[Context, LiveSessions | None], web.Application] = create_app,
                  ) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], Context]]:
-    """``async with portal(broker_dir) as (client, ctx):`` the app served on a loopback port."""
+    """``async with portal(broker_dir) as (client, ctx):`` the app served on a loopback port
+    (``factory=create_device_app``: the device origin's app instead)."""
     ctx = Context.open(load_config(broker_dir / "broker.toml"), clock=clock)
-    app = create_app(ctx, sessions)
+    app = factory(ctx, sessions)
     if extend is not None:
         extend(app)
     client = TestClient(TestServer(app))
@@ -34,3 +36,10 @@ async def portal(broker_dir: Path, *, clock: Clock | None = None,
     finally:
         await client.close()
         await ctx.close()
+
+
+def device_origin(broker_dir: Path, **options: object
+                  ) -> AbstractAsyncContextManager[tuple[TestClient[web.Request, web.Application],
+                                                         Context]]:
+    """Like :func:`portal`, for the device origin's app (the web proxy and its sign-in)."""
+    return portal(broker_dir, factory=create_device_app, **options)  # type: ignore[arg-type]

@@ -52,7 +52,8 @@ async def _demo(root: Path, ssh_port: int, http_port: int) -> None:
     text = config_file.read_text()
     config_file.write_text(
         text.replace('listen = "0.0.0.0:2222"', f'listen = "127.0.0.1:{ssh_port}"', 1)
-        .replace('listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{http_port}"', 1))
+        .replace('listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{http_port}"', 1)
+        .replace('listen = "0.0.0.0:8444"', f'listen = "127.0.0.1:{http_port + 1}"', 1))
     config = load_config(config_file)
     log_to_file(config.log_file, config.settings.log.level)
     await migrate_database(config.database_url)

@@ -1,7 +1,8 @@
-"""The HTTPS side of the broker: approval pages, the staff portal, the REST API and the
-device web proxy, all in one aiohttp application (see :func:`create_app`)."""
+"""The HTTPS side of the broker: approval pages, the staff portal and the REST API in one
+aiohttp application (:func:`create_app`), the device web proxy in another on its own origin
+(:func:`create_device_app`)."""
 
-from broker.http.app import create_app
+from broker.http.app import create_app, create_device_app
 from broker.http.site import WebSite
 
-__all__ = ["WebSite", "create_app"]
+__all__ = ["WebSite", "create_app", "create_device_app"]

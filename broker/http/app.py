@@ -1,6 +1,9 @@
-"""The aiohttp application: middlewares, templates, static files, and each feature's routes.
+"""The aiohttp applications: middlewares, templates, static files, and each feature's routes.
 
-Features add themselves with a ``setup(app)`` function called from :func:`create_app`.
+Two applications on two listeners, so that device web UIs never share the portal's origin:
+:func:`create_app` is the portal (staff UI, approval pages, API) on ``[http] listen``;
+:func:`create_device_app` serves nothing but the device web proxy and its sign-in page on
+``[webproxy] listen``. Features add themselves with a ``setup(app)`` function.
 """
 
 from __future__ import annotations
@@ -22,28 +25,31 @@ from broker import webproxy
 from broker.credentials.keys import KeyPaths, load_secret_bytes
 from broker.domain.durations import format_duration
 from broker.domain.text import visible
+from broker.errors import BrokerError
 from broker.http import api, staff
 from broker.http.errors import error_pages
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, NODE, REFUSALS, SECRET
-from broker.http.security import Handler, security_headers
+from broker.http.security import Handler, same_origin_writes, security_headers
 from broker.http.times import time_filter
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 from broker.services.readiness import NodeState, readiness
 from broker.services.refusals import RefusalLog
+from broker.webproxy.origin import device_base_url, without_addresses
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
+SIGNIN_STYLE = "/w/_broker/broker.css"  # the one portal file the device origin serves
 # Audit rows per (source address, kind of refusal) per minute; beyond them a flood is counted
 # into one refusal.suppressed row (broker/services/refusals.py).
 REFUSAL_BURST = 20
 
 
-def create_app(ctx: Context, sessions: LiveSessions | None = None,
-               node: NodeState | None = None) -> web.Application:
+def _base(ctx: Context, sessions: LiveSessions | None, middlewares: list[object],
+          node: NodeState | None = None) -> web.Application:
     settings = ctx.config.settings
-    app = web.Application(middlewares=[security_headers, error_pages, throttled_refusals],
+    app = web.Application(middlewares=[*middlewares, throttled_refusals],  # type: ignore[list-item]
                           client_max_size=settings.http.max_body)
     app[CONTEXT] = ctx
     app[REFUSALS] = RefusalLog(ctx, burst=REFUSAL_BURST)
@@ -56,10 +62,19 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None,
         autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined,
         finalize=shown)
     env = aiohttp_jinja2.get_env(app)
-    env.globals["static"] = lambda name: f"/static/{name}"
     env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
     env.filters["fields"] = data_fields
     env.filters["when"] = time_filter(ZoneInfo(settings.broker.timezone))
+    return app
+
+
+def create_app(ctx: Context, sessions: LiveSessions | None = None,
+               node: NodeState | None = None) -> web.Application:
+    """The portal: staff UI, approval pages, API. Never device content."""
+    public = ctx.config.settings.broker.public_url
+    app = _base(ctx, sessions, [security_headers, error_pages,
+                                same_origin_writes(lambda request: public)], node)
+    aiohttp_jinja2.get_env(app).globals["static"] = lambda name: f"/static/{name}"
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/favicon.ico", favicon)
@@ -67,6 +82,15 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None,
     api.setup(app)
     staff.setup(app)
     approval_pages.setup(app)
+    app.router.add_route("*", "/w/{tail:.*}", to_device_origin)
+    return app
+
+
+def create_device_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Application:
+    """The device origin: the web proxy and its sign-in page, and nothing of the portal."""
+    app = _base(ctx, sessions, [security_headers, error_pages, no_device_addresses])
+    aiohttp_jinja2.get_env(app).globals["static"] = lambda name: SIGNIN_STYLE
+    app.router.add_get(SIGNIN_STYLE, signin_style)
     webproxy.setup(app)
     return app
 
@@ -131,5 +155,31 @@ def shown(value: Any) -> Any:
     return value
 
 
+@web.middleware
+async def no_device_addresses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Device origin: no refusal or error page names a device's address (host, port, URL),
+    whichever code raised it; the details are in the audit log."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status_code >= 400 and exc.text:
+            exc.text = without_addresses(exc.text)
+        raise
+    except BrokerError as exc:
+        raise type(exc)(without_addresses(str(exc))) from None
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "node": request.app[CONTEXT].node})
+
+
+async def signin_style(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "broker.css")
+
+
+async def to_device_origin(request: web.Request) -> web.StreamResponse:
+    """``/w/...`` on the portal: device pages live on the device origin only."""
+    if request.method not in ("GET", "HEAD"):
+        raise web.HTTPNotFound()
+    base = device_base_url(request.app[CONTEXT].config.settings)
+    raise web.HTTPFound(base + request.raw_path if request.raw_path.startswith("/") else base)

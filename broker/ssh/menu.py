@@ -111,12 +111,13 @@ class Menu:
         if len(args) != 1:
             return self.fail("weblogin: usage: weblogin DEVICE", 2)
         try:
-            token, _ = await create_signin(self.conn.ctx, self.conn.technician, args[0],
+            token, row = await create_signin(self.conn.ctx, self.conn.technician, args[0],
                                            self.conn.peer)
         except BrokerError as exc:
             return self.fail(f"weblogin: {exc}")
-        public = self.conn.ctx.config.settings.broker.public_url
-        self.say(f"{public}/w/signin/{token}")
+        from broker.webproxy.origin import signin_url
+
+        self.say(signin_url(self.conn.ctx.config.settings, row.grant_id, token))
         self.say(f"(open it in your browser within {int(SIGNIN_TTL.total_seconds() // 60)}"
                  " minutes; it works once)")
         return 0

@@ -1,12 +1,18 @@
 """Routes of the device web proxy.
 
-    GET/POST /w/signin/<token>     the one-time sign-in link (POST sets the grant's cookie)
+    GET/POST /w/signin/<token>     the one-time sign-in link (see signin_pages)
     *        /w/<grant>/<path>     the device's web UI, proxied, recorded
 
-The cookie is ``Path=/w/<grant>/``, HttpOnly, SameSite=Strict, Secure when the broker is
-reached over HTTPS; the server keeps only its hash. Every proxied request is checked against
-the live session (which the revocation machinery ends within a second of a revoke or the end
-of the window) and against the window's end itself.
+Served only on the device origin (``[webproxy] listen``), never the portal's; with
+``[webproxy] grant_host`` the Host header must name the grant (one origin per grant).
+The cookie is ``Path=/w/<grant>/``, HttpOnly, SameSite=Strict, Secure when the device origin
+is HTTPS; the server keeps only its hash. The sign-in POST must come from the sign-in page
+itself (same origin, and a CSRF token bound to a pre-session cookie set by that page), so
+another site cannot sign a browser in as someone else. Requests another origin makes the
+browser send (Origin or Sec-Fetch-Site say so) never reach the device. Every proxied request
+is checked against the live session (which the revocation machinery ends within a second of
+a revoke or the end of the window) and against the window's end itself. Pages shown to the
+browser name the device by its broker name; the device's address stays in the audit log.
 """
 
 from __future__ import annotations
@@ -14,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import aiohttp
-import aiohttp_jinja2
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -27,9 +32,13 @@ from yarl import URL
 from broker.domain.protocols import Protocol
 from broker.errors import BrokerError, DeviceError, Refused
 from broker.http.errors import BadInput
-from broker.http.keys import CONTEXT, LIVE_SESSIONS
+from broker.http.keys import CONTEXT, LIVE_SESSIONS, REFUSALS
 from broker.http.ratelimit import RateLimit
-from broker.http.security import OWN_HEADERS, csrf_ok, csrf_token
+from broker.http.security import (
+    OWN_HEADERS,
+    foreign_source,
+    refuse_foreign,
+)
 from broker.recording.har import BodyCapture, WebSocketLog
 from broker.services.grants import check_access
 from broker.store.models import Device, Grant, Technician
@@ -43,22 +52,23 @@ from broker.webproxy.paths import (
     split_target,
 )
 from broker.webproxy.settings import load_target
-from broker.webproxy.signin import digest, peek, redeem, session_by_cookie
+from broker.webproxy.signin import digest, session_by_cookie
+from broker.webproxy.signin_pages import (
+    COOKIE,
+    WEB_SESSIONS,
+    device_failure,
+    on_grant_host,
+    own_url,
+    signin_page,
+    signin_post,
+)
+from broker.webproxy.upstream_headers import HOP_BY_HOP, upstream_headers
 
 log = structlog.get_logger("broker.webproxy")
 
-COOKIE = "broker_web"
 CHUNK = 64 * 1024
 HTML_REWRITE_LIMIT = 4 * 1024 * 1024  # larger HTML pages pass through unrewritten
-WEB_SESSIONS = web.AppKey("web_sessions", dict[str, ProxiedSession])
 RESUME_LOCK = web.AppKey("web_resume_lock", asyncio.Lock)
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-                        "proxy-connection"})
-# Never forwarded to the device: the broker's own cookie and the technician's credentials
-# (the broker injects the device's), and what the broker sets itself.
-DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length",
-                             "accept-encoding", "origin", "referer", "forwarded"}
 # Never passed to the browser: device cookies stay in the broker's jar; headers that would
 # bind the broker's whole origin to a device's choices.
 DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length",
@@ -73,16 +83,18 @@ def setup(app: web.Application) -> None:
     app[RESUME_LOCK] = asyncio.Lock()
     limiter = RateLimit(per_minute=30, burst=10)
 
-    async def signin_page(request: web.Request) -> web.StreamResponse:
+    async def show(request: web.Request) -> web.StreamResponse:
         limiter.enforce(request)
-        return await _signin_page(request)
+        await on_grant_host(request, None)
+        return await signin_page(request)
 
-    async def signin_post(request: web.Request) -> web.StreamResponse:
+    async def redeem(request: web.Request) -> web.StreamResponse:
         limiter.enforce(request)
-        return await _signin_post(request)
+        await on_grant_host(request, None)
+        return await signin_post(request)
 
-    app.router.add_get("/w/signin/{token}", signin_page)
-    app.router.add_post("/w/signin/{token}", signin_post)
+    app.router.add_get("/w/signin/{token}", show)
+    app.router.add_post("/w/signin/{token}", redeem)
     app.router.add_route("*", r"/w/{grant:\d+}", _to_prefix)
     app.router.add_route("*", r"/w/{grant:\d+}/{tail:.*}", proxy)
     app.on_cleanup.append(_close_all)
@@ -93,61 +105,11 @@ async def _close_all(app: web.Application) -> None:
                            for s in app[WEB_SESSIONS].values()), return_exceptions=True)
 
 
-# -- sign-in ---------------------------------------------------------------------------------
-def _binding(token: str) -> str:
-    return "web-signin:" + digest(token)
-
-
-async def _signin_page(request: web.Request) -> web.StreamResponse:
-    token = request.match_info["token"]
-    view = await peek(request.app[CONTEXT], token)
-    if view is None:
-        raise web.HTTPForbidden(text=_invalid_link())
-    return aiohttp_jinja2.render_template("webproxy_signin.html", request, {
-        "view": view, "csrf": csrf_token(request.app, _binding(token)),
-        "action": f"/w/signin/{token}"})
-
-
-async def _signin_post(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CONTEXT]
-    token = request.match_info["token"]
-    form = await request.post()
-    if not csrf_ok(request.app, _binding(token), form.get("csrf")):
-        raise BadInput("csrf", "this form was not sent from the sign-in page; open the"
-                               " sign-in link again", 403)
-    client = request.remote or "unknown"
-    row, cookie, view = await redeem(ctx, token, client)
-    target = await load_target(ctx, view.device.id or 0)
-    live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, view.technician, view.device,
-                          view.grant, target, client)
-    await live.start()
-    sessions = request.app[WEB_SESSIONS]
-    for key in [k for k, s in sessions.items() if s.closing is not None]:
-        del sessions[key]
-    sessions[row.cookie_hash] = live
-    response = web.HTTPSeeOther(live.prefix)
-    _set_cookie(request, response, live, cookie)
-    raise response
-
-
-def _set_cookie(request: web.Request, response: web.StreamResponse, live: ProxiedSession,
-                cookie: str) -> None:
-    public = request.app[CONTEXT].config.settings.broker.public_url
-    remaining = max(1, int((live.ends_at - live.ctx.now()).total_seconds()))
-    response.set_cookie(COOKIE, cookie, path=live.prefix, httponly=True, samesite="Strict",
-                        secure=request.secure or public.startswith("https:"),
-                        max_age=min(remaining, int(timedelta(days=1).total_seconds())))
-
-
-def _invalid_link() -> str:
-    return ("this sign-in link is not valid (already used, expired or mistyped); ask for a new"
-            " one with: ssh -p PORT TECH@BROKER weblogin DEVICE")
-
-
 # -- the proxy -------------------------------------------------------------------------------
 async def _to_prefix(request: web.Request) -> web.StreamResponse:
     if not request.raw_path.startswith("/"):
         raise BadInput(None, "absolute-form request targets are not accepted")
+    await on_grant_host(request, int(request.match_info["grant"]))
     raise web.HTTPPermanentRedirect(f"/w/{int(request.match_info['grant'])}/")
 
 
@@ -159,6 +121,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if request.method in ("CONNECT", "TRACE"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST", "PUT", "PATCH",
                                                         "DELETE", "OPTIONS"])
+    await on_grant_host(request, grant_id)
+    foreign = foreign_source(request, own_url(request, grant_id))
+    if foreign is not None:  # another origin (another grant, the portal) drives this page
+        await refuse_foreign(request, foreign, "web.cross_origin_refused")
     live = await _session_for(request, grant_id)
     reason = live.refusal()
     if reason is not None:
@@ -167,15 +133,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text=_closed_text(live.device, reason))
     try:
         rest, query = split_target(request.raw_path, prefix)
-        check_path(rest)
-        url = live.target.origin.upstream(rest, query)
+        url = live.target.origin.upstream(check_path(rest), query)
     except PathRefused as exc:
         await live.audit("web.request_refused", path=request.raw_path[:300], reason=str(exc))
         raise BadInput(None, f"refused: {exc}") from None
     try:
         client = await live.client()
     except (DeviceError, Refused) as exc:
-        raise web.HTTPBadGateway(text=str(exc)) from None
+        await device_failure(live.ctx, live.device, live.technician, live.client_addr, exc)
     live.requests += 1
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await relay_websocket(request, live, client, url)
@@ -192,20 +157,31 @@ def _closed_text(device: str, reason: str) -> str:
 async def _session_for(request: web.Request, grant_id: int) -> ProxiedSession:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
+        await _refused(request, "web.not_signed_in", grant_id, "no sign-in cookie")
         raise web.HTTPForbidden(text=NOT_SIGNED_IN)
     key = digest(cookie)
     sessions = request.app[WEB_SESSIONS]
     live = sessions.get(key)
     if live is None:
         if await session_by_cookie(request.app[CONTEXT], cookie) is None:
+            await _refused(request, "web.not_signed_in", grant_id, "unknown sign-in cookie")
             raise web.HTTPForbidden(text=NOT_SIGNED_IN)  # bogus cookies never wait on the lock
         async with request.app[RESUME_LOCK]:
             live = sessions.get(key) or await _resume(request, cookie)
             sessions[key] = live
     if live.grant.id != grant_id:
+        await _refused(request, "web.wrong_grant", grant_id,
+                       f"signed in for grant {live.grant.id}")
         raise web.HTTPForbidden(text=f"this sign-in is for grant {live.grant.id}, not grant"
                                      f" {grant_id}")
     return live
+
+
+async def _refused(request: web.Request, kind: str, grant_id: int, reason: str) -> None:
+    """Audit a refusal of the proxy (rate-limited per client address and kind)."""
+    client = request.remote or "unknown"
+    await request.app[REFUSALS].refused(kind, f"web:{client}", client, f"grant:{grant_id}",
+                                        path=request.path[:300], reason=reason)
 
 
 async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
@@ -228,7 +204,7 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
     try:
         target = await load_target(ctx, device.id or 0)
     except BrokerError as exc:
-        raise web.HTTPBadGateway(text=str(exc)) from None
+        await device_failure(ctx, device.name, tech.name, request.remote or "unknown", exc)
     live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, tech, device, access.grant,
                           target, request.remote or "unknown")
     await live.start()
@@ -236,32 +212,9 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
 
 
 def _upstream_headers(request: web.Request, live: ProxiedSession) -> CIMultiDict[str]:
-    named = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        lowered = name.lower()
-        if lowered in DROP_REQUEST or lowered in named or lowered.startswith(
-                ("x-forwarded-", "sec-websocket-")):
-            continue
-        headers.add(name, value)
-    origin = live.target.origin
-    if "Origin" in request.headers:
-        headers["Origin"] = origin.origin
-    referer = urlsplit(request.headers.get("Referer", ""))
-    if referer.path.startswith(live.prefix):
-        headers["Referer"] = (origin.origin + origin.base_path + referer.path[len(live.prefix):]
-                              + (f"?{referer.query}" if referer.query else ""))
-    headers["Accept-Encoding"] = "identity"  # so recordings and link rewriting see plain bodies
-    headers["X-Forwarded-For"] = request.remote or "unknown"
-    headers["X-Forwarded-Proto"] = "https" if _public_https(request) else request.scheme
-    headers["X-Forwarded-Host"] = request.host
-    headers["X-Forwarded-Prefix"] = live.prefix.rstrip("/")
-    return headers
-
-
-def _public_https(request: web.Request) -> bool:
-    return request.secure or request.app[CONTEXT].config.settings.broker.public_url.startswith(
-        "https:")
+    return upstream_headers(request.headers, live.target.origin, live.prefix,
+                            own_url(request, live.grant.id or 0),
+                            request.remote or "unknown")
 
 
 def _response_headers(response: web.StreamResponse, upstream: CIMultiDictProxy[str],
@@ -321,6 +274,7 @@ async def relay_http(request: web.Request, live: ProxiedSession, client: aiohttp
             return response
         if live.closing is not None:
             raise web.HTTPForbidden(text=_closed_text(live.device, live.closing)) from None
+        await live.audit("web.device_failed", path=request.path[:300], error=error[:500])
         raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
                                       f" ({exc.__class__.__name__})") from None
     finally:
@@ -374,7 +328,8 @@ def _rewritten(body: bytes, charset: str, request: web.Request, live: ProxiedSes
         text = body.decode(charset, errors="surrogateescape")
     except LookupError:
         return body  # a charset Python does not know: leave the page alone
-    ws_origin = ("wss://" if _public_https(request) else "ws://") + request.host
+    own = urlsplit(own_url(request, live.grant.id or 0))
+    ws_origin = ("wss://" if own.scheme == "https" else "ws://") + own.netloc
     rewritten = rewrite_html(text, live.target.origin, live.prefix, ws_origin)
     return rewritten.encode(charset, errors="surrogateescape")
 
@@ -419,6 +374,8 @@ async def relay_websocket(request: web.Request, live: ProxiedSession,
         raise web.HTTPBadGateway(text=f"{live.device} refused the WebSocket"
                                       f" (HTTP {exc.status})") from None
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        await live.audit("web.device_failed", path=request.path[:300],
+                         error=f"{exc.__class__.__name__}: {exc}"[:500])
         raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
                                       f" ({exc.__class__.__name__})") from None
     answer = getattr(upstream, "_response", None)

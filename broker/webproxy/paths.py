@@ -1,8 +1,9 @@
 """Where a proxied request may go, and how device URLs are shown under the proxy.
 
 Pure functions, no I/O. The upstream URL is built only from the device's ``web_url`` and a
-path that has been checked here: no ``.``/``..`` segments (also percent-encoded, also
-double-encoded), no encoded slashes or backslashes, no control characters. The browser sees
+path :func:`check_path` accepted: its one canonical spelling (no needless escapes, strict
+UTF-8), with no dot segments however encoded, no backslashes, ``;`` parameters, double
+encoding, empty segments or control characters. The browser sees
 the device under ``/w/<grant>/``: :func:`DeviceOrigin.browser_path` maps device paths there,
 and Location headers and links in HTML pages are rewritten with it.
 """
@@ -10,15 +11,21 @@ and Location headers and links in HTML pages are rewritten with it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from yarl import URL
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_MAX_DECODING = 4
-_SUSPICIOUS_ENCODED = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_RAW_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\;]|[^\x00-\x7f]")
+_DECODED_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\;]")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})?")
+_HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
+# Characters a percent-escape may never stand for: unreserved ones (never need escaping, so
+# an escape is only there to hide them), and the path's own separators.
+_NEVER_ESCAPED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                           "-._~/\\;")
 
 
 class PathRefused(ValueError):
@@ -98,26 +105,39 @@ class DeviceOrigin:
 
 
 def check_path(rest: str) -> str:
-    """``rest`` unchanged if it may be sent to the device, else :class:`PathRefused`."""
-    if "\\" in rest or _CONTROL.search(rest):
-        raise PathRefused("backslashes, spaces and control characters are not allowed in paths")
-    if rest.startswith("/"):
-        raise PathRefused("an empty first path segment ('//') is not allowed")
-    decoded = rest
-    for _ in range(_MAX_DECODING):
-        if _SUSPICIOUS_ENCODED.search(decoded):
-            raise PathRefused("encoded slashes, backslashes and NUL are not allowed in paths")
-        once = unquote(decoded, errors="replace")
-        if "\\" in once or "\x00" in once:
-            raise PathRefused("encoded slashes, backslashes and NUL are not allowed in paths")
-        for segment in once.split("/"):
-            if segment in (".", ".."):
-                raise PathRefused("'.' and '..' path segments are not allowed")
-        if once == decoded:
-            break
-        decoded = once
-    else:
-        raise PathRefused("the path is encoded too many times")
+    """``rest`` (the raw path after the grant's prefix) unchanged if it may be sent to the
+    device, else :class:`PathRefused`.
+
+    Only one spelling of a path is accepted, so the device cannot read it differently from
+    this check: every percent-escape must be needed (``%2e``, ``%2F``, ``%5c``, ``%3b``,
+    ``%00`` and ``%25`` before two hex digits are refused, whatever their case), and the
+    escapes must decode as strict UTF-8 (overlong forms such as ``%c0%ae`` are not UTF-8).
+    The decoded path must then hold no control character, backslash, ``;`` (path parameters:
+    ``..;/``), empty segment (``//``) or segment of only dots (``..``, ``...``), also after
+    Unicode compatibility folding (fullwidth ``\uff0e\uff0e``)."""
+    if _RAW_FORBIDDEN.search(rest):
+        raise PathRefused("backslashes, ';', spaces and control characters are not allowed"
+                          " in paths")
+    for escape in _ESCAPE.finditer(rest):
+        if escape.group(1) is None:
+            raise PathRefused("a '%' in the path is not followed by two hex digits")
+        byte = int(escape.group(1), 16)
+        if byte < 0x20 or byte == 0x7f or chr(byte) in _NEVER_ESCAPED or (
+                byte == 0x25 and _HEX2.match(rest, escape.end())):
+            raise PathRefused("needless or dangerous percent-encoding (dots, slashes,"
+                              " backslashes, ';', NUL, double encoding) in the path")
+    try:
+        decoded = unquote_to_bytes(rest).decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise PathRefused("the path is not valid UTF-8 once percent-decoded") from None
+    for form in (decoded, unicodedata.normalize("NFKC", decoded)):
+        if _DECODED_FORBIDDEN.search(form):
+            raise PathRefused("backslashes, ';' and control characters are not allowed in"
+                              " paths, however encoded")
+        segments = form.split("/")
+        if any(not segment.strip(". ") for segment in segments[:-1]) or (
+                segments[-1] and not segments[-1].strip(". ")):
+            raise PathRefused("empty ('//'), '.' and '..' path segments are not allowed")
     return rest
 
 

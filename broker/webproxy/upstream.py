@@ -16,12 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from broker.errors import DeviceError
 from broker.services.sessions import DeviceLogin
 from broker.webproxy.settings import WebTarget
 
+log = structlog.get_logger("broker.webproxy")
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 300
 _HIDDEN_INPUT = re.compile(r"<input\b[^>]*>", re.IGNORECASE)
@@ -94,8 +96,10 @@ async def form_login(client: aiohttp.ClientSession, target: WebTarget, login: De
                       or (answer.status < 300 and _PASSWORD_FIELD.search(
                           body.decode("utf-8", "replace")) is not None))
     except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("device web login unreachable", device=target.device,
+                    url=str(url), error=f"{exc.__class__.__name__}: {exc}")  # not for browsers
         raise DeviceError(f"device {target.device}: its web UI could not be reached for the"
-                          f" login ({exc.__class__.__name__}: {exc})") from None
+                          f" login ({exc.__class__.__name__})") from None
     if failed:
         raise DeviceError(f"device {target.device}: the web login with the vaulted credential"
                           f" failed (HTTP {answer.status})")

@@ -117,6 +117,7 @@ class BrokerProcess:
         self.config = root / "broker.toml"
         self.port = free_port()
         self.http_port = free_port()
+        self.devices_port = free_port()  # [webproxy] listen: the device web UIs' origin
         self.env: dict[str, str] = {}  # BROKER_* overrides for serve and cli
         self.proc: subprocess.Popen | None = None
         self.tech_keys: dict[str, Path] = {}
@@ -127,7 +128,8 @@ class BrokerProcess:
         assert run.returncode == 0, run.stderr
         self.config.write_text(self.config.read_text().replace(
             'listen = "0.0.0.0:2222"', f'listen = "127.0.0.1:{self.port}"').replace(
-            'listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{self.http_port}"'))
+            'listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{self.http_port}"').replace(
+            'listen = "0.0.0.0:8444"', f'listen = "127.0.0.1:{self.devices_port}"'))
         return self
 
     def use_database(self, url: str, node: str) -> BrokerProcess:
@@ -147,7 +149,9 @@ class BrokerProcess:
         text = self.config.read_text()
         other.config.write_text(text.replace(f"127.0.0.1:{self.port}", f"127.0.0.1:{other.port}")
                                 .replace(f"127.0.0.1:{self.http_port}",
-                                         f"127.0.0.1:{other.http_port}"))
+                                         f"127.0.0.1:{other.http_port}")
+                                .replace(f"127.0.0.1:{self.devices_port}",
+                                         f"127.0.0.1:{other.devices_port}"))
         other.env = {**self.env, "BROKER_BROKER_NODE": node}
         other.tech_keys = self.tech_keys
         return other

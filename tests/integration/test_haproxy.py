@@ -10,6 +10,7 @@ import shutil
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +40,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
 def haproxy(broker: BrokerProcess) -> Iterator[dict[str, int]]:
     if not Path(HAPROXY).exists():
         pytest.skip("haproxy is missing (apt-get install haproxy)")
-    ports = {"ssh": free_port(), "web": free_port()}
+    ports = {"ssh": free_port(), "web": free_port(), "devices": free_port()}
     env = {**os.environ, "SSH_BIND": f"127.0.0.1:{ports['ssh']}",
-           "WEB_BIND": f"127.0.0.1:{ports['web']}"}
+           "WEB_BIND": f"127.0.0.1:{ports['web']}",
+           "DEVICES_BIND": f"127.0.0.1:{ports['devices']}"}
     for node in ("A", "B"):  # both "nodes" are the one broker here
         env[f"NODE_{node}_SSH"] = f"127.0.0.1:{broker.port}"
         env[f"NODE_{node}_WEB"] = f"127.0.0.1:{broker.http_port}"
+        env[f"NODE_{node}_DEVICES"] = f"127.0.0.1:{broker.devices_port}"
         env[f"NODE_{node}_WEB_PORT"] = str(broker.http_port)
     check = subprocess.run([HAPROXY, "-c", "-f", str(CONFIG)], env=env, capture_output=True,
                            text=True, check=False)
@@ -54,6 +57,7 @@ def haproxy(broker: BrokerProcess) -> Iterator[dict[str, int]]:
     try:
         wait_for_port(ports["ssh"], proc)
         wait_for_port(ports["web"], proc)
+        wait_for_port(ports["devices"], proc)
         time.sleep(2.5)  # the first health checks mark the servers up
         yield ports
     finally:
@@ -88,3 +92,17 @@ def test_web_passes_through_to_the_brokers_https(broker: BrokerProcess,
                                 context=context, timeout=10) as response:
         assert response.status == 200
         assert json.load(response)["ok"] is True
+
+
+def test_device_origin_passes_through_on_its_own_port(broker: BrokerProcess,
+                                                      haproxy: dict[str, int]) -> None:
+    context = ssl.create_default_context(cafile=str(broker.root / "data" / "tls.crt"))
+    context.check_hostname = False
+    base = f"https://127.0.0.1:{haproxy['devices']}"
+    with urllib.request.urlopen(f"{base}/w/_broker/broker.css", context=context,
+                                timeout=10) as response:
+        assert response.status == 200  # the sign-in page's style: the device origin answers
+    for path in ("/healthz", "/staff/", "/approve/x"):  # and it serves nothing of the portal
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + path, context=context, timeout=10)
+        assert refused.value.code == 404

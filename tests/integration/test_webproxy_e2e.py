@@ -69,6 +69,8 @@ async def test_technician_uses_the_device_ui_through_the_broker(
     assert signin.code == 0, signin.err
     link = re.search(r"https://\S+/w/signin/\S+", signin.out)
     assert link, signin.out
+    # on the device origin ([webproxy] listen), never the portal's
+    assert link.group(0).startswith(f"https://127.0.0.1:{broker.devices_port}/w/signin/")
     async with chromium() as context:
         page = await context.new_page()  # type: ignore[attr-defined]
         await page.goto(link.group(0))

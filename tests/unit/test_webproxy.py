@@ -33,7 +33,7 @@ from broker.testing import FakeClock
 from broker.webproxy.settings import WebOptions, configure
 from broker.webproxy.signin import create_signin
 from tests.unit.webproxy_kit import PASSWORD, add_grant, recording_app, sign_in, upstream
-from tests.web_kit import portal
+from tests.web_kit import device_origin
 
 BIG = 3 * 1024 * 1024 + 17
 
@@ -125,20 +125,22 @@ async def kinds(ctx) -> list[str]:  # type: ignore[no-untyped-def]
 # -- sign-in ---------------------------------------------------------------------------------
 async def test_signin_link_works_once_and_expires(broker_dir: Path) -> None:
     clock = FakeClock(dt.datetime.now(dt.UTC))
-    async with upstream(device_app) as device, portal(broker_dir, clock=clock) as (client, ctx):
+    async with upstream(device_app) as device, \
+            device_origin(broker_dir, clock=clock) as (client, ctx):
         await add_grant(ctx, device.url)
         token, _ = await create_signin(ctx, "tech", "dev", "test")
         page = await client.get(f"/w/signin/{token}")
         csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text())
         assert csrf and "Open dev" in await page.text()
+        pre = {"Cookie": f"broker_web_signin={page.cookies['broker_web_signin'].value}"}
         forged = await client.post(f"/w/signin/{token}", data={"csrf": "x" * 64},
-                                   allow_redirects=False)
+                                   headers=pre, allow_redirects=False)
         assert forged.status == 403
         first = await client.post(f"/w/signin/{token}", data={"csrf": csrf.group(1)},
-                                  allow_redirects=False)
+                                  headers=pre, allow_redirects=False)
         assert first.status == 303
         again = await client.post(f"/w/signin/{token}", data={"csrf": csrf.group(1)},
-                                  allow_redirects=False)
+                                  headers=pre, allow_redirects=False)
         assert again.status == 403 and "not valid" in await again.text()
         late, _ = await create_signin(ctx, "tech", "dev", "test")
         clock.advance(dt.timedelta(minutes=5, seconds=1))
@@ -151,7 +153,7 @@ async def test_signin_link_works_once_and_expires(broker_dir: Path) -> None:
 
 
 async def test_signin_refused_without_a_web_grant_or_web_ui(broker_dir: Path) -> None:
-    async with upstream(device_app) as device, portal(broker_dir) as (_, ctx):
+    async with upstream(device_app) as device, device_origin(broker_dir) as (_, ctx):
         await add_grant(ctx, device.url, protocols=("ssh",))
         with pytest.raises(Refused, match="allows ssh, not web"):
             await create_signin(ctx, "tech", "dev", "test")
@@ -164,7 +166,7 @@ async def test_signin_refused_without_a_web_grant_or_web_ui(broker_dir: Path) ->
 
 async def test_requests_without_the_grants_cookie_never_reach_a_device(broker_dir: Path) -> None:
     async with upstream(device_app) as one, upstream(device_app) as two, \
-            portal(broker_dir) as (client, ctx):
+            device_origin(broker_dir) as (client, ctx):
         first = await add_grant(ctx, one.url)
         second = await add_grant(ctx, two.url, device="other")
         cookie = await sign_in(client, ctx)
@@ -182,10 +184,11 @@ async def test_requests_without_the_grants_cookie_never_reach_a_device(broker_di
 
 # -- relaying --------------------------------------------------------------------------------
 async def test_methods_bodies_headers_and_streaming(broker_dir: Path) -> None:
-    async with upstream(device_app) as device, portal(broker_dir) as (client, ctx):
+    async with upstream(device_app) as device, device_origin(broker_dir) as (client, ctx):
         grant = await add_grant(ctx, device.url)
         cookie = {"Cookie": await sign_in(client, ctx) + "; portal=x",
-                  "Authorization": "Basic dGVjaDp0ZWNo", "Origin": "https://broker.test:8443"}
+                  "Authorization": "Basic dGVjaDp0ZWNo",
+                  "Origin": f"http://127.0.0.1:{client.server.port}"}  # this origin's own
         base = f"/w/{grant}/"
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
             body = b"x" * 1000 if method in ("POST", "PUT", "PATCH") else None
@@ -252,7 +255,7 @@ async def test_methods_bodies_headers_and_streaming(broker_dir: Path) -> None:
 
 
 async def test_websocket_is_relayed_and_recorded(broker_dir: Path) -> None:
-    async with upstream(device_app) as device, portal(broker_dir) as (client, ctx):
+    async with upstream(device_app) as device, device_origin(broker_dir) as (client, ctx):
         grant = await add_grant(ctx, device.url)
         cookie = await sign_in(client, ctx)
         async with client.ws_connect(f"/w/{grant}/ws", headers={"Cookie": cookie}) as ws:
@@ -312,7 +315,7 @@ def digest_app(seen: list[str]) -> web.Application:
                                                       ("digest", digest_app, "digest ok")])
 async def test_basic_and_digest_credentials_are_injected(broker_dir: Path, auth: str,
                                                          build, text: str) -> None:  # type: ignore[no-untyped-def]
-    async with upstream(build) as device, portal(broker_dir) as (client, ctx):
+    async with upstream(build) as device, device_origin(broker_dir) as (client, ctx):
         grant = await add_grant(ctx, device.url, auth=auth)
         cookie = await sign_in(client, ctx)
         answer = await client.get(f"/w/{grant}/", headers={"Cookie": cookie})
@@ -324,7 +327,7 @@ async def test_form_login_on_the_simulated_device(broker_dir: Path, tmp_path: Pa
     seed_root(tmp_path, DeviceIdentity())
     state = DeviceState(tmp_path, DeviceIdentity(), "service", PASSWORD)
     async with upstream(lambda seen: device_web_app(state, seen)) as device, \
-            portal(broker_dir) as (client, ctx):
+            device_origin(broker_dir) as (client, ctx):
         grant = await add_grant(ctx, device.url, auth="form", form_path="/login")
         cookie = await sign_in(client, ctx)
         status = await client.get(f"/w/{grant}/", headers={"Cookie": cookie})
@@ -345,7 +348,7 @@ async def test_a_wrong_device_password_is_a_clear_502(broker_dir: Path, tmp_path
     seed_root(tmp_path, DeviceIdentity())
     state = DeviceState(tmp_path, DeviceIdentity(), "service", "another password")
     async with upstream(lambda seen: device_web_app(state, seen)) as device, \
-            portal(broker_dir) as (client, ctx):
+            device_origin(broker_dir) as (client, ctx):
         grant = await add_grant(ctx, device.url, auth="form", form_path="/login")
         cookie = await sign_in(client, ctx)
         answer = await client.get(f"/w/{grant}/status", headers={"Cookie": cookie})
@@ -381,7 +384,8 @@ async def test_https_devices_are_trusted_only_as_configured(broker_dir: Path, tm
     cert, key, pin = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    async with upstream(device_app, ssl=context) as device, portal(broker_dir) as (client, ctx):
+    async with upstream(device_app, ssl=context) as device, \
+            device_origin(broker_dir) as (client, ctx):
         url = f"https://127.0.0.1:{device.port}/"
         grant = await add_grant(ctx, url, insecure_http=False)
         options = {"pin": WebOptions(pin_sha256=pin), "ca": WebOptions(ca_pem=cert.read_text()),
@@ -400,7 +404,7 @@ async def test_https_devices_are_trusted_only_as_configured(broker_dir: Path, tm
 async def test_revoke_closes_websockets_and_refuses_requests(broker_dir: Path) -> None:
     sessions = LiveSessions()
     async with upstream(device_app) as device, \
-            portal(broker_dir, sessions=sessions) as (client, ctx):
+            device_origin(broker_dir, sessions=sessions) as (client, ctx):
         grant = await add_grant(ctx, device.url)
         cookie = await sign_in(client, ctx)
         assert len(sessions) == 1
@@ -429,7 +433,8 @@ async def test_revoke_closes_websockets_and_refuses_requests(broker_dir: Path) -
 
 async def test_the_window_end_is_enforced_per_request(broker_dir: Path) -> None:
     clock = FakeClock(dt.datetime.now(dt.UTC))
-    async with upstream(device_app) as device, portal(broker_dir, clock=clock) as (client, ctx):
+    async with upstream(device_app) as device, \
+            device_origin(broker_dir, clock=clock) as (client, ctx):
         grant = await add_grant(ctx, device.url, hours=1)
         cookie = await sign_in(client, ctx)
         assert (await client.get(f"/w/{grant}/echo", headers={"Cookie": cookie})).status == 200
@@ -443,14 +448,14 @@ async def test_another_node_carries_on_the_signed_in_session(broker_dir: Path) -
     """A cookie this node never saw (HAProxy sent the browser elsewhere, or the broker
     restarted) works while its web session and grant are good, in a new recorded session."""
     async with upstream(device_app) as device:
-        async with portal(broker_dir) as (client, ctx):
+        async with device_origin(broker_dir) as (client, ctx):
             grant = await add_grant(ctx, device.url)
             cookie = await sign_in(client, ctx)
-        async with portal(broker_dir) as (client, ctx):
+        async with device_origin(broker_dir) as (client, ctx):
             answer = await client.get(f"/w/{grant}/echo", headers={"Cookie": cookie})
             assert answer.status == 200
             await Grants(ctx, "test").revoke(grant, "done")
-        async with portal(broker_dir) as (client, ctx):
+        async with device_origin(broker_dir) as (client, ctx):
             refused = await client.get(f"/w/{grant}/echo", headers={"Cookie": cookie})
             assert refused.status == 403 and "window" in await refused.text()
     assert len(list((broker_dir / "recordings").glob("*/web.har"))) == 2

@@ -95,7 +95,10 @@ async def sign_in(client: TestClient, ctx: Context, *, tech: str = "tech",
     assert page.status == 200, await page.text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text())
     assert csrf
+    pre = page.cookies["broker_web_signin"]  # Secure: the test client would not send it
+    assert pre["httponly"] and pre["samesite"] == "Strict" and pre["path"] == "/w/signin/"
     answer = await client.post(f"/w/signin/{token}", data={"csrf": csrf.group(1)},
+                               headers={"Cookie": f"broker_web_signin={pre.value}"},
                                allow_redirects=False)
     assert answer.status == 303, await answer.text()
     cookie = answer.cookies["broker_web"]
