@@ -132,6 +132,8 @@ class Server:
         self.feed = feed_for(self.ctx)
 
         async def on_change(kinds: list[str]) -> None:
+            if self.siem is not None:
+                self.siem.wake()
             if any(kind.startswith(RECHECK_KINDS) for kind in kinds):
                 await self.resync()
 

@@ -9,6 +9,9 @@ still holds the claim and that the cursor is where it read it (compare-and-set).
 exactly one node forwards; when it stops it releases the claim, and when it dies the lease
 runs out and another node carries on from the cursor.
 
+A round starts at once when the server's change feed reports new audit events
+(:meth:`Forwarder.wake`), and at the latest every poll interval otherwise.
+
 When the SIEM is unreachable (refused, timed out, TLS failure, connection closed) the round
 fails, the error is kept in ``siem_cursor.last_error``, and the next attempt waits an
 exponential backoff (``[siem] retry_base`` doubling up to ``retry_max``). The cursor has not
@@ -104,6 +107,7 @@ class Forwarder:
         self.connection = Connection(self.target, tls, timeout)
         self.failures = 0
         self.product_version = _product_version()
+        self._wake = asyncio.Event()
 
     @classmethod
     def from_config(cls, ctx: Context) -> Forwarder | None:
@@ -133,11 +137,21 @@ class Forwarder:
                         await self._record_error(str(exc))
                 except Exception as exc:  # a database blip: keep forwarding
                     log.error("siem round failed", error=str(exc))
-                await asyncio.sleep(delay)
+                if self.failures:
+                    await asyncio.sleep(delay)  # a new event does not shorten a backoff
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                self._wake.clear()
         finally:
             await self.connection.close()
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.release())
+
+    def wake(self) -> None:
+        """New audit events were committed (the server's change feed): forward now rather
+        than at the next poll."""
+        self._wake.set()
 
     def backoff(self, failures: int) -> float:
         """The wait after ``failures`` failed rounds: retry_base doubling, up to retry_max."""
