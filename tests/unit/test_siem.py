@@ -20,6 +20,7 @@ from broker.siem.mapping import KINDS, mapping_for, to_cef, to_ocsf
 from broker.siem.syslog import frame, message
 from broker.store.models import AuditEvent
 from broker.testing import FakeClock
+from tests.conftest import Cli
 from tests.rsyslog_kit import parse
 
 
@@ -154,3 +155,16 @@ async def test_one_node_holds_the_stream_until_it_releases_or_its_lease_runs_out
     finally:
         for ctx in contexts:
             await ctx.close()
+
+
+def test_siem_status_cli(cli: Cli) -> None:
+    off = cli("siem", "status")
+    assert off.code == 0 and "off ([siem] syslog_url is empty)" in off.out
+    cli("approver", "add", "ann", "--email", "ann@hospital.example")
+    data = json.loads(cli("siem", "status", "--json",
+                          env={"BROKER_SIEM_SYSLOG_URL": "tcp://siem.example"}).out)
+    assert data["enabled"] and data["target"] == "tcp://siem.example:514"
+    assert (data["cursor"], data["head"], data["lag"]) == (0, 1, 1)
+    bad = cli("siem", "status", env={"BROKER_SIEM_SYSLOG_URL": "udp://siem.example:514"})
+    assert bad.code == 1 and len(bad.err_lines) == 1
+    assert "BROKER_SIEM_SYSLOG_URL (environment): [siem] syslog_url: expected" in bad.err
