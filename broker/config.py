@@ -274,6 +274,88 @@ class NotifySection(_Section):
         return value
 
 
+# syslog facilities by name (RFC 5424 section 6.2.1); a number 0-23 is accepted too
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13, "console": 14,
+    "solaris-cron": 15, **{f"local{n}": 16 + n for n in range(8)},
+}
+
+
+class SiemSection(_Section):
+    """The audit stream to the hospital's SIEM (``broker/siem``); empty syslog_url = off."""
+
+    syslog_url: str = ""  # tcp://HOST:PORT (RFC 6587 octet counting) or tls://HOST:PORT (5425)
+    format: str = "ocsf"  # ocsf (JSON) | cef
+    ca_file: str = ""  # tls:// only: trust this CA (PEM); empty = the system's trust store
+    cert_file: str = ""  # tls:// only: client certificate (PEM), with key_file
+    key_file: str = ""
+    app_name: str = "vendor-access-broker"
+    facility: str = "authpriv"
+    timeout: str = "10s"  # connecting, and writing a batch
+    retry_base: str = "1s"  # first reconnect after this, doubling each time
+    retry_max: str = "1m"
+
+    _durations = field_validator("timeout", "retry_base", "retry_max")(
+        classmethod(lambda cls, v: _duration_text(v)))
+
+    @field_validator("syslog_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (parts.scheme not in ("tcp", "tls") or not parts.hostname or port == -1
+                or parts.path not in ("", "/") or parts.query):
+            hint = (" (UDP is not offered: it drops audit events silently)"
+                    if parts.scheme == "udp" else "")
+            raise ValueError(f"expected tcp://HOST:PORT or tls://HOST:PORT, got {value!r}{hint}")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value.lower() not in ("ocsf", "cef"):
+            raise ValueError(f"expected ocsf or cef, got {value!r}")
+        return value.lower()
+
+    @field_validator("app_name")
+    @classmethod
+    def _app(cls, value: str) -> str:
+        # RFC 5424 APP-NAME: 1-48 printable US-ASCII characters, no space
+        if not 1 <= len(value) <= 48 or any(not 33 <= ord(c) <= 126 for c in value):
+            raise ValueError(f"expected 1-48 printable ASCII characters without spaces, got"
+                             f" {value!r}")
+        return value
+
+    @field_validator("facility", mode="before")
+    @classmethod
+    def _facility(cls, value: object) -> str:
+        text = str(value).strip().lower()
+        if text in SYSLOG_FACILITIES or (text.isdigit() and 0 <= int(text) <= 23):
+            return text
+        raise ValueError(f"expected a syslog facility name (auth, authpriv, local0 ... local7,"
+                         f" ...) or a number 0-23, got {value!r}")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> SiemSection:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file must both be set, or both be empty")
+        if not self.syslog_url.startswith("tls://"):
+            for key in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, key):
+                    raise ValueError(f"{key} is set but syslog_url is not a tls:// URL")
+        return self
+
+    @property
+    def facility_code(self) -> int:
+        return int(self.facility) if self.facility.isdigit() else SYSLOG_FACILITIES[self.facility]
+
+
 class Settings(_Section):
     broker: BrokerSection = BrokerSection()
     ssh: SSHSection = SSHSection()
@@ -285,6 +367,7 @@ class Settings(_Section):
     log: LogSection = LogSection()
     approvals: ApprovalsSection = ApprovalsSection()
     notify: NotifySection = NotifySection()
+    siem: SiemSection = SiemSection()
 
 
 class Config:
@@ -491,4 +574,18 @@ templates_dir = "notify-templates"
 max_attempts = 8
 retry_base = "10s"
 retry_max = "1h"
+
+[siem]
+# Every audit event, as it is written, to the hospital's SIEM over syslog (RFC 5424):
+# tcp://HOST:514 (octet-counted frames, RFC 6587) or tls://HOST:6514 (RFC 5425). Empty: off.
+syslog_url = ""
+# ocsf (one OCSF JSON event per message) or cef (ArcSight Common Event Format)
+format = "ocsf"
+# tls:// only: the CA that signed the SIEM's certificate (empty: the system's trust store),
+# and a client certificate and key if the SIEM asks for one
+ca_file = ""
+cert_file = ""
+key_file = ""
+app_name = "vendor-access-broker"
+facility = "authpriv"
 """

@@ -28,6 +28,7 @@ from broker.revocation.rotator import Rotator
 from broker.revocation.scheduler import Scheduler
 from broker.services.context import Context
 from broker.services.sessions import mark_interrupted
+from broker.siem.forwarder import Forwarder
 from broker.ssh import asyncssh_fixes
 from broker.ssh.channel import handle_process
 from broker.ssh.connection import BrokerConnection, ConnectionServices
@@ -54,6 +55,7 @@ class Server:
         self.web: WebSite | None = None
         self.devices_web: WebSite | None = None  # the device web UIs' own origin
         self.feed: ChangeFeed | None = None
+        self.siem: Forwarder | None = None
 
     async def start(self) -> None:
         asyncssh_fixes.install()
@@ -63,6 +65,7 @@ class Server:
         host_key = load_ssh_key(keys.host_key, "the SSH host key")
         self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
         signer_for(self.ctx.config)  # likewise the recording signing key
+        self.siem = Forwarder.from_config(self.ctx)  # likewise [siem]'s TLS files
         host, port = split_listen(settings.ssh.listen)
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
         ca_public = keys.user_ca.with_name(keys.user_ca.name + ".pub")
@@ -108,6 +111,8 @@ class Server:
                  asyncio.ensure_future(self.rotator.run()),
                  asyncio.ensure_future(self.watch_changes()),
                  asyncio.ensure_future(Notifier(self.ctx).run())]
+        if self.siem is not None:
+            tasks.append(asyncio.ensure_future(self.siem.run()))
         try:
             await stop.wait()
         finally:
@@ -135,6 +140,8 @@ class Server:
         self.feed = feed_for(self.ctx)
 
         async def on_change(kinds: list[str]) -> None:
+            if self.siem is not None:
+                self.siem.wake()
             if any(kind.startswith(RECHECK_KINDS) for kind in kinds):
                 await self.resync()
 

@@ -13,6 +13,9 @@ command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initd
   || need+=(postgresql)
 # HAProxy runs deploy/haproxy.cfg in the integration tests
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# rsyslog receives the SIEM stream in its tests (imtcp; rsyslog-gnutls for TLS)
+command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+compgen -G '/usr/lib/*/rsyslog/lmnsd_gtls.so' >/dev/null || need+=(rsyslog-gnutls)
 # Debian's Chromium, driven by Playwright in the browser tests
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # npm installs asciinema-player (the web UI's recording player) at build time: 'make static'

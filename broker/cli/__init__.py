@@ -24,6 +24,7 @@ COMMANDS = {
     "cert": "certs:cert", "session": "sessions:session",
     "recordings": "recordings:recordings", "replay": "recordings:replay_command",
     "audit": "auditing:audit", "policy": "auditing:policy", "api-token": "apitokens:api_token",
+    "siem": "siem:siem",
 }
 
 
@@ -37,7 +38,7 @@ TASKS: tuple[tuple[str, tuple[str, ...], str], ...] = (
      "broker request create --tech alice --device pump-7 --for 2h --reason 'battery check'"),
     ("Evidence", ("recordings", "replay", "audit"),
      "broker recordings verify --all"),
-    ("Operations", ("policy", "backup", "restore", "api-token"),
+    ("Operations", ("policy", "backup", "restore", "api-token", "siem"),
      "broker backup --out broker-backup.tar"),
 )
 

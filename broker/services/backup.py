@@ -59,7 +59,8 @@ CONFIG_MEMBER = "broker.toml"
 # (section, key) of settings that name a file of secrets or certificates
 KEY_SETTINGS = (("ssh", "host_key"), ("ssh", "user_ca"), ("http", "tls_cert"),
                 ("http", "tls_key"), ("http", "secret_key"), ("recording", "signing_key"),
-                ("vault", "key_file"), ("notify", "webhook_secret_file"))
+                ("vault", "key_file"), ("notify", "webhook_secret_file"),
+                ("siem", "ca_file"), ("siem", "cert_file"), ("siem", "key_file"))
 DIR_SETTINGS = (("policy", "dir"), ("notify", "templates_dir"))
 CHUNK = 1 << 20
 

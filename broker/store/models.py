@@ -326,3 +326,18 @@ class SamePerson(SQLModel, table=True):
     technician_id: int = Field(foreign_key="technician.id", primary_key=True)
     created_at: datetime = _utc()  # type: ignore[assignment]
     created_by: str = Field(max_length=200)
+
+
+# -- SIEM stream (issue 18): how far along the audit chain the SIEM has been sent ---------------
+class SiemCursor(SQLModel, table=True):
+    """The forwarder's cursor (one row, ``name = 'siem'``): every audit event with
+    ``seq <= seq`` was sent; the node in ``claimed_by`` forwards until ``claimed_until``."""
+
+    __tablename__ = "siem_cursor"
+    name: str = Field(primary_key=True, max_length=40)
+    seq: int = 0
+    claimed_by: str | None = Field(default=None, max_length=100)
+    claimed_until: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    last_sent_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    last_error: str | None = Field(default=None, max_length=500)
+    last_error_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
