@@ -1,6 +1,6 @@
 """The shipped `deploy/haproxy.cfg`, run by a real HAProxy in front of the broker: SSH goes
 through with a PROXY v2 header (the technician's own address is what gets audited), the web
-side passes through to the broker's HTTPS, and health checks use /healthz."""
+side passes through to the broker's HTTPS, and health checks ask /readyz."""
 
 from __future__ import annotations
 

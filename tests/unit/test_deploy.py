@@ -35,3 +35,17 @@ def test_every_broker_variable_is_a_setting(name: str) -> None:
 def test_yaml_parses(name: str) -> None:
     docs = [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
     assert docs
+
+
+def test_load_balancers_ask_readiness_and_the_image_installs_the_lock() -> None:
+    haproxy = (DEPLOY / "haproxy.cfg").read_text()
+    checks = re.findall(r"option httpchk GET (\S+)", haproxy)
+    assert checks and set(checks) == {"/readyz"}  # a draining or broken node gets no sessions
+    kube = yaml.safe_load_all((DEPLOY / "kubernetes" / "broker.yaml").read_text())
+    probes = [c["readinessProbe"]["httpGet"]["path"] for doc in kube if doc
+              for c in doc.get("spec", {}).get("template", {}).get("spec", {})
+              .get("containers", []) if "readinessProbe" in c]
+    assert probes == ["/readyz"]
+    image = (DEPLOY / "Containerfile").read_text()
+    assert "--require-hashes -r /opt/broker/requirements.lock" in image
+    assert "--no-deps /opt/broker" in image
