@@ -70,7 +70,7 @@ async def show(request: web.Request) -> web.StreamResponse:
         return claims
     ctx = request.app[CONTEXT]
     if await links.is_spent(ctx, claims.jti):
-        return await _refuse(request, USED, claims)
+        return await _used(request, claims)
     try:
         page = await links.load_page(ctx, claims)
     except NotFound as exc:
@@ -102,9 +102,11 @@ async def decide(request: web.Request) -> web.StreamResponse:
             via="link",
             within=links.spender(ctx, claims))
     except TokenRefused as exc:
+        if exc.reason == USED:
+            return await _used(request, claims)
         return await _refuse(request, exc.reason, claims)
     except IntegrityError:  # the same link spent by a concurrent POST (PostgreSQL)
-        return await _refuse(request, USED, claims)
+        return await _used(request, claims)
     except NotFound as exc:
         return await _refuse(request, "not found", claims, status=404, message=str(exc))
     return aiohttp_jinja2.render_template("approve_done.html", request, {
@@ -119,6 +121,19 @@ async def _claims(request: web.Request) -> ApprovalClaims | web.Response:
         return verify(request.app[SECRET], token, request.app[CONTEXT].now())
     except TokenRefused as exc:
         return await _refuse(request, exc.reason, None, token=token)
+
+
+async def _used(request: web.Request, claims: ApprovalClaims) -> web.Response:
+    """A spent link: audited like any refusal, then it shows what was decided, by whom, and
+    where the grant stands, instead of a bare error."""
+    refusal = await _refuse(request, USED, claims)
+    try:
+        page = await links.load_page(request.app[CONTEXT], claims)
+    except NotFound:
+        return refusal
+    return aiohttp_jinja2.render_template("approve_used.html", request,
+                                          {"page": page, "r": page.request},
+                                          status=refusal.status)
 
 
 async def _refuse(request: web.Request, reason: str, claims: ApprovalClaims | None, *,

@@ -84,6 +84,15 @@ async def test_approver_approves_from_the_mailed_link_on_a_phone_then_ssh_gets_i
         approve = page.locator("button.approve")
         box_size = await approve.bounding_box()
         assert box_size is not None and box_size["height"] >= 44  # a thumb-sized target
+        # the decision and both buttons are on the first screen of a phone
+        deny = await page.locator("button.deny").bounding_box()
+        assert deny is not None
+        assert box_size["y"] + box_size["height"] <= PHONE["height"], box_size
+        assert deny["y"] + deny["height"] <= PHONE["height"], deny
+        first_screen = await page.inner_text("#decision")
+        for fact in ("tech", "dev", "firmware 4.2 drug library update", "Access opens",
+                     "Decide by"):
+            assert fact in first_screen, fact
         await screenshot(page, "approval-phone-request")
         await page.fill("#comment", "ok for tonight, ward 4 informed")
         await approve.click()
@@ -94,7 +103,11 @@ async def test_approver_approves_from_the_mailed_link_on_a_phone_then_ssh_gets_i
 
         replay = await page.goto(link)  # the link is spent
         assert replay.status == 409
-        assert "already been used" in await page.inner_text("main")
+        used = await page.inner_text("main")
+        assert "already been used" in used
+        # what was decided, by whom, and where the grant stands, instead of a bare error
+        assert "approver approved at" in used and "ok for tonight, ward 4 informed" in used
+        assert "now active" in used
         await screenshot(page, "approval-phone-link-used")
 
     shown = proc.cli_json("request", "list")
