@@ -50,6 +50,7 @@ class Server:
         self.ssh_port = 0
         self.web: WebSite | None = None
         self.feed: ChangeFeed | None = None
+        self.services: ConnectionServices | None = None
 
     async def start(self) -> None:
         asyncssh_fixes.install()
@@ -65,7 +66,9 @@ class Server:
         services = ConnectionServices(
             self.ctx, self.sessions, public, port, handle_process,
             user_ca_public=ca_public.read_text().strip() if ca_public.exists() else None,
-            max_auth_tries=settings.ssh.max_auth_tries, on_session_change=self.scheduler.replan)
+            max_auth_tries=settings.ssh.max_auth_tries, on_session_change=self.scheduler.replan,
+            refusal_burst=settings.ssh.refusal_burst)
+        self.services = services
         listen: Any = asyncssh.listen
         extra: dict[str, Any] = {}
         if settings.ssh.proxy_protocol:
@@ -116,6 +119,8 @@ class Server:
             await self.listener.wait_closed()
         if self.web is not None:
             await self.web.close()
+        if self.services is not None:
+            await self.services.refusals.flush()  # the counts of refusals not yet summarised
         await default_flusher().stop()
         await self.ctx.close()
 
