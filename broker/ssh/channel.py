@@ -143,7 +143,7 @@ class Channel:
         assert conn.recording is not None
         if self.dropped_env:
             await conn.audit("channel.env_dropped", names=[
-                n[:64].encode("ascii", "backslashreplace").decode() for n in self.dropped_env])
+                n[:64].encode("unicode_escape").decode("ascii") for n in self.dropped_env])
         taps = self._taps(kind, conn.recording, width, height)
         conn.channels.add(self)
         try:

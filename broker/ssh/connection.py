@@ -131,7 +131,7 @@ class BrokerConnection(asyncssh.SSHServer):
             reason = self.refusal or ("disconnected before authenticating" if self.username
                                       else "disconnected before naming a user")
             self.refused(self.refusal_kind, reason=reason, failures=self.auth_failures,
-                         **({"error": str(exc)[:200]} if exc is not None else {}))
+                         **({"error": _shown(str(exc))} if exc is not None else {}))
         _background(self._finish("connection closed" if exc is None
                                  else f"connection lost: {exc}"))
 
@@ -186,8 +186,7 @@ class BrokerConnection(asyncssh.SSHServer):
         """Called for each public key the client offers (see ``_wrap_key_validation``).
         Returns whether asyncssh should accept it."""
         if not valid:
-            if signed:
-                self.refusal = self.refusal or "no registered key or valid certificate"
+            self.refusal = self.refusal or "no registered key or valid certificate offered"
             self._failed_attempt()
             return False
         if signed and self.totp_required:
@@ -498,4 +497,6 @@ def _closing_text(decision: AccessDecision) -> str:
 
 
 def _shown(text: str) -> str:
-    return text[:64].encode("ascii", "backslashreplace").decode("ascii")
+    """A client's string for a log line: at most 64 characters, control and non-ASCII
+    characters escaped."""
+    return text[:64].encode("unicode_escape").decode("ascii")
