@@ -32,6 +32,8 @@ CLOSE_TIMEOUT = 0.4
 FORWARDED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
 # Values passed on to the device: locale and zone names only, never a path or shell text.
 ENV_VALUE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
+SIGNALS = frozenset({"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT",
+                     "SEGV", "TERM", "USR1", "USR2"})
 TERM_TYPE = re.compile(r"[A-Za-z0-9_.+-]{1,64}\Z")
 
 
@@ -187,8 +189,8 @@ class Channel:
                 taps.resize(event.width, event.height)
             elif isinstance(event, asyncssh.BreakReceived):
                 up.send_break(event.msec)
-            elif isinstance(event, asyncssh.SignalReceived):
-                up.send_signal(event.signal)
+            elif isinstance(event, asyncssh.SignalReceived) and event.signal in SIGNALS:
+                up.send_signal(event.signal)  # only the names RFC 4254 defines
 
         inbound = asyncio.ensure_future(pump(SSHReceive(self.process.stdin, control),
                                              SSHSend(up.stdin), taps.from_client))

@@ -60,8 +60,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory, device: SshdDevice, down_po
 
 
 def ssh(broker: BrokerProcess, user: str, *options: str, command: str = "true",
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    ssh_, *rest = broker.ssh_args(user, "tech")
+        env: dict[str, str] | None = None, tty: bool = False
+        ) -> subprocess.CompletedProcess[str]:
+    ssh_, *rest = broker.ssh_args(user, "tech", tty=tty)
     return subprocess.run([ssh_, *options, *rest, command], capture_output=True, text=True,
                           timeout=30, env=env, errors="replace")
 
@@ -176,7 +177,7 @@ def test_down_device_is_named_by_its_broker_name_only(broker, down_port):
 
 
 def test_down_device_shell_and_sftp_show_no_address(broker, down_port):
-    shell = ssh(broker, "tech+down-dev", "-tt", command="")
+    shell = ssh(broker, "tech+down-dev", command="", tty=True)
     assert str(down_port) not in shell.stdout + shell.stderr
     sftp = subprocess.run(["sftp", "-P", str(broker.port), "-i", str(broker.tech_keys["tech"]),
                            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
@@ -268,3 +269,15 @@ def test_flood_of_bad_user_names_gives_bounded_rows_and_a_count(limited_broker, 
     assert 1 <= len(refusals) <= 10, [r["kind"] for r in rows]
     assert summaries and all(s["data"]["source"] == "127.0.0.1" for s in summaries)
     assert len(refusals) + sum(s["data"]["count"] for s in summaries) == 200
+
+
+# -- other technician text that would reach the device ------------------------------------
+
+@pytest.mark.parametrize("term", ["../../../tmp/evil", "xterm;id", "x" * 100, "xterm\x1b[2J"])
+def test_odd_terminal_type_is_refused(broker, term):
+    run = ssh(broker, "tech+dev", command="echo ran", env={**os.environ, "TERM": term},
+              tty=True)
+    assert run.returncode == 1 and "ran" not in run.stdout
+    assert "is not accepted" in run.stderr
+    wait_for_row(broker, lambda r: r["kind"] == "session.refused"
+                 and r["data"]["reason"] == "terminal")
