@@ -34,6 +34,7 @@ FORWARDED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
 ENV_VALUE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
 SIGNALS = frozenset({"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT",
                      "SEGV", "TERM", "USR1", "USR2"})
+LOCALE_NAME = re.compile(r"LC_[A-Z]{1,20}\Z")
 TERM_TYPE = re.compile(r"[A-Za-z0-9_.+-]{1,64}\Z")
 
 
@@ -92,7 +93,10 @@ class Channel:
         # the technician's environment variables passed on to the device (locale only)
         self.device_env = {k: v for k, v in process.env.items()
                            if k in FORWARDED_ENV and isinstance(v, str) and ENV_VALUE.match(v)}
-        self.dropped_env = sorted(str(k) for k in process.env if k not in self.device_env)
+        # audited when dropped: anything but the other locale variables clients send by default
+        self.dropped_env = sorted(str(k) for k, v in process.env.items()
+                                  if k not in self.device_env and not (
+                                      LOCALE_NAME.match(str(k)) and ENV_VALUE.match(str(v))))
 
     async def run(self) -> None:
         target = self.conn.target
