@@ -10,8 +10,9 @@ more until it has that answer, so the recorder pairs them the same way, in any c
 
 Log lines (``t`` = seconds since the recorder was created)::
 
-    {"t", "op": "command", "command", "direction": "upload"|"download", "remote": [paths],
-          "recursive", "preserve"}
+    {"t", "op": "command", "command", "requested"?, "direction": "upload"|"download",
+          "remote": [path], "recursive", "preserve"}   # command: what the device ran (built
+                                                       # by the broker); requested: as sent
     {"t", "op": "upload"|"download", "path", "mode", "size", "sha256", "mtime"?, "atime"?,
           "result"}                            # path: the directories entered, then the name
     {"t", "op": "mkdir", "path", "mode", "result"}          # a D record (a directory sent)
@@ -87,7 +88,8 @@ def _result(ack: _Ack) -> str:
 class SCPRecorder:
     """Records one legacy scp exec channel from copies of its two byte streams."""
 
-    def __init__(self, path: Path, command: ScpCommand | str, *, flusher: Flusher | None = None,
+    def __init__(self, path: Path, command: ScpCommand | str, *, requested: str | None = None,
+                 flusher: Flusher | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._log = OpLog(path, flusher=flusher, clock=clock)
         self._command = parse_or_none(command) if isinstance(command, str) else command
@@ -102,6 +104,8 @@ class SCPRecorder:
         self._times: dict[str, object] = {}
         shown = build(self._command) if self._command is not None else command
         record: dict[str, object] = {"op": "command", "command": shown}
+        if requested is not None and requested != shown:
+            record["requested"] = requested  # the technician's text; the device ran "command"
         if self._command is None:
             self._failed = True
             record["result"] = "not an scp -t/-f command"

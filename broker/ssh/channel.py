@@ -165,7 +165,8 @@ class Channel:
             return Taps(sftp.from_client, sftp.from_server, _ignore,
                         lambda _status, _signal: sftp.close())
         if kind.scp is not None:
-            scp = SCPRecorder(recording.add_file(f"scp-{number}", ".jsonl"), kind.scp)
+            scp = SCPRecorder(recording.add_file(f"scp-{number}", ".jsonl"), kind.scp,
+                              requested=command)
             return Taps(scp.from_client, scp.from_server, _ignore,
                         lambda status, _signal: scp.close(status))
         if command is None or self.pty:

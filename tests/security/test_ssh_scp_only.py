@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import subprocess
 import time
 import uuid
@@ -194,6 +195,8 @@ def test_legacy_scp_up_and_down_still_works_and_is_recorded(broker, place, name)
     ops = scp_ops(session)
     assert ops[0]["op"] == "command" and ops[0]["direction"] == "upload"
     assert ops[0]["remote"] == [str(remote)]
+    assert ops[0]["command"] == f"scp -t -- {shlex.quote(str(remote))}"  # built by the broker
+    assert ops[0]["requested"] == f"scp -t {quoted}"  # as the client sent it
     assert any(op["op"] == "upload" and op["sha256"] == digest and op["result"] == "ok"
                for op in ops)
 
