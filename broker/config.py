@@ -98,6 +98,8 @@ class SSHSection(_Section):
     user_ca: str = "data/user_ca"
     login_grace: int = Field(default=60, ge=1, le=3600)
     max_auth_tries: int = Field(default=6, ge=1, le=100)
+    # refusals audited in full per source address and kind per minute (the rest are counted)
+    refusal_burst: int = Field(default=5, ge=1, le=100000)
 
     _listen = field_validator("listen")(classmethod(lambda cls, v: _check_listen(v)))
 

@@ -56,4 +56,13 @@ class StoreError(BrokerError):
 
 
 class DeviceError(BrokerError):
-    pass
+    """Its message names the device by its broker name only (technicians see it); ``full``
+    adds what only staff and the audit log may see, such as the device's address."""
+
+    def __init__(self, message: str, internal: str | None = None) -> None:
+        super().__init__(message)
+        self.internal = internal
+
+    @property
+    def full(self) -> str:
+        return f"{self}: {self.internal}" if self.internal else str(self)

@@ -56,6 +56,7 @@ class Server:
         self.devices_web: WebSite | None = None  # the device web UIs' own origin
         self.feed: ChangeFeed | None = None
         self.siem: Forwarder | None = None
+        self.services: ConnectionServices | None = None
 
     async def start(self) -> None:
         asyncssh_fixes.install()
@@ -72,7 +73,9 @@ class Server:
         services = ConnectionServices(
             self.ctx, self.sessions, public, port, handle_process,
             user_ca_public=ca_public.read_text().strip() if ca_public.exists() else None,
-            max_auth_tries=settings.ssh.max_auth_tries, on_session_change=self.scheduler.replan)
+            max_auth_tries=settings.ssh.max_auth_tries, on_session_change=self.scheduler.replan,
+            refusal_burst=settings.ssh.refusal_burst)
+        self.services = services
         listen: Any = asyncssh.listen
         extra: dict[str, Any] = {}
         if settings.ssh.proxy_protocol:
@@ -131,6 +134,8 @@ class Server:
             await self.web.close()
         if self.devices_web is not None:
             await self.devices_web.close()
+        if self.services is not None:
+            await self.services.refusals.flush()  # the counts of refusals not yet summarised
         await default_flusher().stop()
         await self.ctx.close()
 

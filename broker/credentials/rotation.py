@@ -192,7 +192,7 @@ async def _step(step: str, work: Awaitable[T]) -> T:
     try:
         return await work
     except DeviceError as exc:
-        raise _StepFailed(step, str(exc)) from None
+        raise _StepFailed(step, exc.full) from None
 
 
 async def _rotate_password(ctx: Context, plan: _Plan, new: bytes) -> None:

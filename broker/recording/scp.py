@@ -10,8 +10,9 @@ more until it has that answer, so the recorder pairs them the same way, in any c
 
 Log lines (``t`` = seconds since the recorder was created)::
 
-    {"t", "op": "command", "command", "direction": "upload"|"download", "remote": [paths],
-          "recursive", "preserve"}
+    {"t", "op": "command", "command", "requested"?, "direction": "upload"|"download",
+          "remote": [path], "recursive", "preserve"}   # command: what the device ran (built
+                                                       # by the broker); requested: as sent
     {"t", "op": "upload"|"download", "path", "mode", "size", "sha256", "mtime"?, "atime"?,
           "result"}                            # path: the directories entered, then the name
     {"t", "op": "mkdir", "path", "mode", "result"}          # a D record (a directory sent)
@@ -28,17 +29,19 @@ decides whether that names a directory or the file itself).
 from __future__ import annotations
 
 import hashlib
-import shlex
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+from broker.domain.scp_command import ScpCommand, build, parse_or_none
 
 from .flusher import Flusher
 from .oplog import OpLog, decode_path
 
 __all__ = ["SCPCommand", "SCPRecorder", "is_scp_command", "parse_scp_command"]
+
+SCPCommand = ScpCommand
 
 _MAX_LINE = 64 * 1024
 #: Source bytes held while the answer to the previous record has not been seen yet.
@@ -47,44 +50,13 @@ _MAX_UNACKED = 8 * 1024 * 1024
 _RECORD, _DATA, _TRAILER = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class SCPCommand:
-    upload: bool  # -t: the device is the sink
-    recursive: bool
-    preserve: bool
-    must_be_dir: bool
-    paths: tuple[str, ...]
-
-
-def parse_scp_command(command: str) -> SCPCommand | None:
-    """The server side of legacy scp (``scp [-v -r -p -d] -t|-f [--] PATH...``), or None."""
-    try:
-        argv = shlex.split(command)
-    except ValueError:
-        argv = command.split()
-    if not argv or argv[0].rsplit("/", 1)[-1] != "scp":
-        return None
-    flags: set[str] = set()
-    paths: list[str] = []
-    for i, arg in enumerate(argv[1:], 1):
-        if arg == "--":
-            paths = argv[i + 1:]
-            break
-        if arg.startswith("-") and len(arg) > 1:
-            if not set(arg[1:]) <= set("dfprtv"):
-                return None
-            flags.update(arg[1:])
-        else:
-            paths = argv[i:]
-            break
-    if ("t" in flags) == ("f" in flags) or not paths:
-        return None
-    return SCPCommand(upload="t" in flags, recursive="r" in flags, preserve="p" in flags,
-                      must_be_dir="d" in flags, paths=tuple(paths))
+def parse_scp_command(command: str) -> ScpCommand | None:
+    """The strict parse (:mod:`broker.domain.scp_command`), or None when not plain scp."""
+    return parse_or_none(command)
 
 
 def is_scp_command(command: str) -> bool:
-    return parse_scp_command(command) is not None
+    return parse_or_none(command) is not None
 
 
 class _ProtocolError(Exception):
@@ -116,10 +88,11 @@ def _result(ack: _Ack) -> str:
 class SCPRecorder:
     """Records one legacy scp exec channel from copies of its two byte streams."""
 
-    def __init__(self, path: Path, command: str, *, flusher: Flusher | None = None,
+    def __init__(self, path: Path, command: ScpCommand | str, *, requested: str | None = None,
+                 flusher: Flusher | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._log = OpLog(path, flusher=flusher, clock=clock)
-        self._command = parse_scp_command(command)
+        self._command = parse_or_none(command) if isinstance(command, str) else command
         self._failed = False
         self._src = bytearray()  # source bytes not parsed yet
         self._sink = bytearray()  # a partial answer line from the sink
@@ -129,13 +102,16 @@ class SCPRecorder:
         self._acks: deque[_Ack] = deque()
         self._dirs: list[str] = []
         self._times: dict[str, object] = {}
-        record: dict[str, object] = {"op": "command", "command": command}
+        shown = build(self._command) if self._command is not None else command
+        record: dict[str, object] = {"op": "command", "command": shown}
+        if requested is not None and requested != shown:
+            record["requested"] = requested  # the technician's text; the device ran "command"
         if self._command is None:
             self._failed = True
             record["result"] = "not an scp -t/-f command"
         else:
             record.update(direction="upload" if self._command.upload else "download",
-                          remote=list(self._command.paths), recursive=self._command.recursive,
+                          remote=[self._command.path], recursive=self._command.recursive,
                           preserve=self._command.preserve)
         self._log.write(record)
 

@@ -2,21 +2,32 @@
 SSH server uses to accept them.
 
 A certificate is valid from (the later of now and the grant's start) minus a one-minute
-allowance for clock skew, until the grant's end, never beyond. Its only principal is the
-technician; its key id names the grant. Revocation is the grant's: the server checks the
-database grant at login and by timer, so a revoked grant's certificate opens nothing.
+allowance for clock skew, until the grant's end, never beyond. Its only principal is
+``grant-<id>``; its key id names grant and technician. At login the SSH server accepts the
+broker CA only for the principals of the technician's live grants on the device named in the
+user name, and :func:`certificate_refusal` checks the presented certificate itself against
+the database (serial issued for that grant, same key, same technician and device, grant
+neither ended nor revoked). The server re-checks the grant by timer, so a revoked grant's
+certificate opens nothing.
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncssh
-from sqlmodel import select
+from asyncssh.packet import PacketDecodeError, SSHPacket
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.credentials.certs import certificate_key_id, issue_certificate
+from broker.credentials.certs import (
+    certificate_key_id,
+    grant_principal,
+    issue_certificate,
+    principal_grant,
+)
 from broker.credentials.keys import load_ssh_key
 from broker.domain.grants import GrantState, Window, state_at
 from broker.domain.protocols import Protocol
@@ -30,17 +41,20 @@ CLOCK_SKEW = timedelta(seconds=60)
 _SERIAL_BITS = 63
 
 
-def user_ca_authorized_keys_line(ca_public_key: str, technician: str) -> str:
-    """``cert-authority,principals="TECH" <CA key>``: accept certificates from the broker's user
-    CA for ``technician`` only (the SSH server sets it per connection)."""
-    if not technician or any(c in technician for c in '",\\') or any(
-            c.isspace() for c in technician):
-        raise ValueError(f"{technician!r} cannot be a certificate principal")
+def user_ca_authorized_keys_line(ca_public_key: str, *principals: str) -> str:
+    """``cert-authority,principals="P1,P2" <CA key>``: accept certificates from the broker's
+    user CA for these principals only (the SSH server sets it per connection)."""
+    if not principals:
+        raise ValueError("a certificate authority line needs at least one principal")
+    for principal in principals:
+        if not principal or any(c in principal for c in '",\\') or any(
+                c.isspace() for c in principal):
+            raise ValueError(f"{principal!r} cannot be a certificate principal")
     lines = [line.strip() for line in ca_public_key.splitlines()
              if line.strip() and not line.lstrip().startswith("#")]
     if len(lines) != 1:
         raise ValueError("the user CA public key must be exactly one OpenSSH key line")
-    return f'cert-authority,principals="{technician}" {lines[0]}'
+    return f'cert-authority,principals="{",".join(principals)}" {lines[0]}'
 
 
 def user_ca_key(ctx: Context) -> asyncssh.SSHKey:
@@ -121,3 +135,82 @@ class Certificates:
                 IssuedCertificate.serial == serial))).first()
             if taken is None:
                 return serial
+
+
+async def grant_principals(ctx: Context, technician: str, device: str) -> list[str]:
+    """``grant-<id>`` for each grant of ``technician`` on ``device`` that is not over: the
+    only principals a certificate may name to open ``TECH+DEVICE`` now."""
+    now = ctx.now()
+    async with ctx.store.session() as db:
+        rows = (await db.exec(
+            select(Grant.id).join(Technician, col(Technician.id) == Grant.technician_id)
+            .join(Device, col(Device.id) == Grant.device_id)
+            .where(Technician.name == technician, Device.name == device,
+                   Grant.end > now, col(Grant.revoked_at).is_(None),
+                   Grant.state != GrantState.REVOKED.value))).all()
+    return [grant_principal(grant_id) for grant_id in rows if grant_id is not None]
+
+
+@dataclass(frozen=True)
+class PresentedCertificate:
+    """What a client's certificate says (decoded by the SSH server; signature not yet checked
+    against the CA: asyncssh does that too, and this check only narrows what it accepts)."""
+
+    principals: tuple[str, ...]
+    key_id: str
+    serial: int
+    fingerprint: str
+
+    @classmethod
+    def decode(cls, key_data: bytes) -> PresentedCertificate | None:
+        """The certificate in ``key_data`` (an SSH public key blob), or None if it is a plain
+        key. A certificate that does not decode raises ValueError."""
+        try:
+            algorithm = SSHPacket(key_data).get_string()
+        except (PacketDecodeError, ValueError):
+            return None
+        if not algorithm.endswith(b"-cert-v01@openssh.com"):
+            return None
+        try:
+            cert = asyncssh.public_key.decode_ssh_certificate(key_data)
+        except asyncssh.KeyImportError as exc:
+            raise ValueError(f"undecodable certificate: {exc}") from None
+        return cls(tuple(getattr(cert, "principals", ())), str(getattr(cert, "_key_id", "")),
+                   int(getattr(cert, "_serial", 0)), cert.key.get_fingerprint())
+
+
+async def certificate_refusal(ctx: Context, cert: PresentedCertificate, technician: str,
+                              device: str | None) -> str | None:
+    """Why ``cert`` must not open ``TECH+DEVICE`` now, or None if it may (the CA signature,
+    validity and principal are asyncssh's to check as well)."""
+    if device is None:
+        return "a certificate opens only TECH+DEVICE of its grant, not the menu"
+    principals = list(cert.principals)
+    grant_id = principal_grant(principals[0]) if len(principals) == 1 else None
+    if grant_id is None:
+        return f"certificate principals {principals!r} do not name one grant"
+    if cert.key_id != certificate_key_id(grant_id, technician):
+        return f"certificate key id {cert.key_id!r} is not grant {grant_id} of {technician}"
+    now = ctx.now()
+    async with ctx.store.session() as db:
+        issued = (await db.exec(select(IssuedCertificate).where(
+            IssuedCertificate.serial == cert.serial))).first()
+        grant = await db.get(Grant, grant_id)
+        if issued is None or issued.grant_id != grant_id or grant is None:
+            return f"certificate serial {cert.serial} was not issued for grant {grant_id}"
+        if issued.key_fingerprint != cert.fingerprint:
+            return f"certificate serial {cert.serial} was issued for another key"
+        tech = await db.get(Technician, grant.technician_id)
+        dev = await db.get(Device, grant.device_id)
+        if tech is None or tech.name != technician or issued.technician_id != tech.id:
+            return f"certificate for grant {grant_id} belongs to another technician"
+        if dev is None or dev.name != device:
+            return (f"certificate for grant {grant_id} opens "
+                    f"{dev.name if dev else 'no device'}, not {device}")
+        state = state_at(Window(grant.start, grant.end), now,
+                         grant.state == GrantState.REVOKED.value or grant.revoked_at is not None)
+        if state in (GrantState.REVOKED, GrantState.EXPIRED):
+            return f"certificate for grant {grant_id}: the grant is {state}"
+        if now >= issued.valid_before:
+            return f"certificate for grant {grant_id} has expired"
+    return None

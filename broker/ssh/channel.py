@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,9 +16,10 @@ import structlog
 
 from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
+from broker.domain.scp_command import ScpCommand, build, parse_or_none
 from broker.errors import BrokerError
 from broker.recording import SessionRecording
-from broker.recording.scp import SCPRecorder, is_scp_command
+from broker.recording.scp import SCPRecorder
 from broker.recording.sftp import SFTPRecorder
 from broker.services.breakglass import BANNER as BREAKGLASS_BANNER
 from broker.ssh.connection import BrokerConnection
@@ -28,6 +30,12 @@ log = structlog.get_logger("broker.ssh")
 NOTICE_TIMEOUT = 0.3
 CLOSE_TIMEOUT = 0.4
 FORWARDED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
+# Values passed on to the device: locale and zone names only, never a path or shell text.
+ENV_VALUE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
+SIGNALS = frozenset({"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT",
+                     "SEGV", "TERM", "USR1", "USR2"})
+LOCALE_NAME = re.compile(r"LC_[A-Z]{1,20}\Z")
+TERM_TYPE = re.compile(r"[A-Za-z0-9_.+-]{1,64}\Z")
 
 
 async def handle_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -59,6 +67,7 @@ class Taps:
 class Kind:
     name: str  # shell | exec | sftp | scp
     protocols: tuple[Protocol, ...]  # any one of them lets the channel in
+    scp: ScpCommand | None = None  # the parsed scp command of an scp channel
 
 
 def classify(process: asyncssh.SSHServerProcess[bytes]) -> Kind | None:
@@ -69,8 +78,10 @@ def classify(process: asyncssh.SSHServerProcess[bytes]) -> Kind | None:
     command = process.command
     if command is None:
         return Kind("shell", (Protocol.SSH,))
-    if is_scp_command(command):
-        return Kind("scp", (Protocol.SCP,))
+    # scp never asks for a terminal: with one, even a plain scp command is an exec.
+    scp = parse_or_none(command) if process.get_terminal_type() is None else None
+    if scp is not None:
+        return Kind("scp", (Protocol.SCP,), scp)
     return Kind("exec", (Protocol.SSH,))
 
 
@@ -80,7 +91,12 @@ class Channel:
         self.pty = process.get_terminal_type() is not None
         self.upstream: asyncssh.SSHClientProcess[bytes] | None = None
         # the technician's environment variables passed on to the device (locale only)
-        self.device_env = {k: v for k, v in process.env.items() if k in FORWARDED_ENV}
+        self.device_env = {k: v for k, v in process.env.items()
+                           if k in FORWARDED_ENV and isinstance(v, str) and ENV_VALUE.match(v)}
+        # audited when dropped: anything but the other locale variables clients send by default
+        self.dropped_env = sorted(str(k) for k, v in process.env.items()
+                                  if k not in self.device_env and not (
+                                      LOCALE_NAME.match(str(k)) and ENV_VALUE.match(str(v))))
 
     async def run(self) -> None:
         target = self.conn.target
@@ -94,9 +110,13 @@ class Channel:
                 await self.refuse(f"the {self.process.subsystem!r} subsystem is not available"
                                   " through the broker", "subsystem")
                 return
+            term = self.process.get_terminal_type()
+            if term is not None and not TERM_TYPE.match(term):
+                await self.refuse(f"terminal type {_shown(term)} is not accepted", "terminal")
+                return
             await self.relay(kind)
         except BrokerError as exc:
-            await self.refuse(str(exc), "error")
+            await self.refuse(str(exc), "error", getattr(exc, "internal", None))
         except (asyncssh.Error, OSError, ConnectionError) as exc:
             log.info("channel ended by transport", error=str(exc), session=self.conn.session_id)
             self.process.exit(255)
@@ -108,7 +128,7 @@ class Channel:
         conn = self.conn
         access = await conn.access(*kind.protocols)
         if not access.allowed:
-            await self.refuse_access(access.decision.refusal, access.decision.detail)
+            await self.refuse_access(access.decision.refusal, access.decision.detail, kind)
             return
         assert access.grant is not None
         upstream = await conn.upstream_connection(access)
@@ -120,11 +140,16 @@ class Channel:
         if kind.name == "sftp":
             self.upstream = await upstream.create_process(subsystem="sftp", encoding=None)
         else:
+            # scp: the broker's own command from the parsed parts, never the technician's text
+            command = build(kind.scp) if kind.scp is not None else self.process.command
             self.upstream = await upstream.create_process(
-                self.process.command, term_type=self.process.get_terminal_type(),
+                command, term_type=self.process.get_terminal_type(),
                 term_size=(width, height) if self.pty else None, env=self.device_env,
                 encoding=None)
         assert conn.recording is not None
+        if self.dropped_env:
+            await conn.audit("channel.env_dropped", names=[
+                n[:64].encode("unicode_escape").decode("ascii") for n in self.dropped_env])
         taps = self._taps(kind, conn.recording, width, height)
         conn.channels.add(self)
         try:
@@ -139,8 +164,9 @@ class Channel:
             sftp = SFTPRecorder(recording.add_file(f"sftp-{number}", ".jsonl"))
             return Taps(sftp.from_client, sftp.from_server, _ignore,
                         lambda _status, _signal: sftp.close())
-        if kind.name == "scp" and command is not None and not self.pty:
-            scp = SCPRecorder(recording.add_file(f"scp-{number}", ".jsonl"), command)
+        if kind.scp is not None:
+            scp = SCPRecorder(recording.add_file(f"scp-{number}", ".jsonl"), kind.scp,
+                              requested=command)
             return Taps(scp.from_client, scp.from_server, _ignore,
                         lambda status, _signal: scp.close(status))
         if command is None or self.pty:
@@ -168,8 +194,8 @@ class Channel:
                 taps.resize(event.width, event.height)
             elif isinstance(event, asyncssh.BreakReceived):
                 up.send_break(event.msec)
-            elif isinstance(event, asyncssh.SignalReceived):
-                up.send_signal(event.signal)
+            elif isinstance(event, asyncssh.SignalReceived) and event.signal in SIGNALS:
+                up.send_signal(event.signal)  # only the names RFC 4254 defines
 
         inbound = asyncio.ensure_future(pump(SSHReceive(self.process.stdin, control),
                                              SSHSend(up.stdin), taps.from_client))
@@ -227,19 +253,32 @@ class Channel:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.channel.wait_closed(), CLOSE_TIMEOUT)
 
-    async def refuse_access(self, refusal: Refusal | None, detail: str) -> None:
+    async def refuse_access(self, refusal: Refusal | None, detail: str,
+                            kind: Kind | None = None) -> None:
         conn = self.conn
+        if refusal is Refusal.PROTOCOL and kind is not None and kind.name == "exec":
+            detail = (f"{detail}; only a plain 'scp -t|-f PATH' transfer (no shell syntax, no"
+                      " other command, no terminal) counts as scp, anything else needs ssh")
         how = (f" To ask for access: ssh -p {conn.services.public_port} "
                f"{conn.technician}@{conn.services.public_host} request {conn.device}"
-               " --for 2h --reason \"...\"")
+               " --for 2h --reason WHY...")
         if refusal in (Refusal.RETIRED, Refusal.UNKNOWN_DEVICE, Refusal.DISABLED):
             how = ""
         await self.refuse(f"access to {conn.device} refused ({refusal}): {detail}.{how}",
                           str(refusal))
 
-    async def refuse(self, message: str, reason: str) -> None:
-        await self.conn.audit("session.refused", reason=reason, detail=message)
+    async def refuse(self, message: str, reason: str, internal: str | None = None) -> None:
+        extra = {"internal": internal} if internal else {}
+        command = self.process.command
+        if command is not None:
+            extra["command"] = command[:1024]
+        await self.conn.audit_refusal("session.refused", reason=reason, detail=message, **extra)
         self.process.stderr.write(self._line(f"broker: {message}"))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.stderr.drain(), NOTICE_TIMEOUT)
         self.process.exit(1)
+
+
+def _shown(text: str) -> str:
+    """A technician's string made safe to echo on one line."""
+    return ascii(text if len(text) <= 40 else text[:40] + "...")

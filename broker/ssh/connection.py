@@ -10,7 +10,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Coroutine, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 from typing import Protocol as TypingProtocol
 
 import asyncssh
@@ -20,15 +20,21 @@ from asyncssh.stream import SSHTCPStreamSession
 from broker.domain.grants import AccessDecision, Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.usernames import Target, UsernameError, parse_username
-from broker.errors import BrokerError
+from broker.errors import BrokerError, DeviceError
 from broker.recording import SessionRecording, signer_for
 from broker.recording.forward import ForwardLog
 from broker.revocation.registry import LiveSessions
 from broker.services import totp
-from broker.services.certs import user_ca_authorized_keys_line
+from broker.services.certs import (
+    PresentedCertificate,
+    certificate_refusal,
+    grant_principals,
+    user_ca_authorized_keys_line,
+)
 from broker.services.context import Context
 from broker.services.grants import Access, check_access
 from broker.services.policies import applicable_rules, totp_required
+from broker.services.refusals import RefusalLog
 from broker.services.sessions import (
     audit_event,
     close_session,
@@ -57,8 +63,11 @@ class ConnectionServices:
 
     def __init__(self, ctx: Context, sessions: LiveSessions, public_host: str,
                  public_port: int, process_handler: Handler, user_ca_public: str | None = None,
-                 max_auth_tries: int = 6, on_session_change: Any = None) -> None:
+                 max_auth_tries: int = 6, on_session_change: Any = None,
+                 refusal_burst: int = 5) -> None:
         self.ctx, self.sessions = ctx, sessions
+        # every refusal on the SSH side is audited through this one log (rate-limited)
+        self.refusals = RefusalLog(ctx, burst=refusal_burst)
         self.user_ca_public = user_ca_public
         self.max_auth_tries = max_auth_tries
         self.process_handler = process_handler
@@ -82,6 +91,8 @@ class BrokerConnection(asyncssh.SSHServer):
         self.auth_failures = 0
         self.totp_required = False
         self.key_proven = False
+        self.refusal: str | None = None  # why this connection's login can not succeed
+        self.refusal_kind = "login.failed"
         self.device_id: int | None = None
         self.upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
@@ -98,6 +109,7 @@ class BrokerConnection(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         _wrap_key_validation(conn, self)
+        _wrap_forwarding_requests(conn, self)
         # behind a PROXY header, the client's own address (uvloop's transports report the
         # socket's peer from the file descriptor, not from the wrapped socket object)
         peer = (conn.get_extra_info("client_peer") or conn.get_extra_info("peername")
@@ -108,17 +120,18 @@ class BrokerConnection(asyncssh.SSHServer):
         pending = self.services.unauthenticated
         pending[self.source] += 1
         if pending[self.source] > self.services.max_unauthenticated:
-            _background(audit_event(self.ctx, "login.throttled", f"ssh:{self.peer}", None,
-                                    client=self.peer, pending=pending[self.source]))
+            self.refusal = "throttled"
+            self.refused("login.throttled", pending=pending[self.source])
             # Before the version exchange no message can be shown: close at once, cheaply.
             conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._leave_pending()
-        if not self.authenticated and self.username:
-            _background(audit_event(
-                self.ctx, "login.failed", f"ssh:{self.peer}", _shown(self.username),
-                client=self.peer))
+        if not self.authenticated and self.refusal != "throttled":
+            reason = self.refusal or ("disconnected before authenticating" if self.username
+                                      else "disconnected before naming a user")
+            self.refused(self.refusal_kind, reason=reason, failures=self.auth_failures,
+                         **({"error": _shown(str(exc))} if exc is not None else {}))
         _background(self._finish("connection closed" if exc is None
                                  else f"connection lost: {exc}"))
 
@@ -128,14 +141,20 @@ class BrokerConnection(asyncssh.SSHServer):
         try:
             self.target = parse_username(username)
         except UsernameError as exc:
+            self.refusal = f"bad user name: {exc}"
             self.conn.send_auth_banner(f"broker: {exc}\r\n")
             return True  # still demand auth, which cannot succeed: fail closed
         tech = self.target.technician
         keys = await technician_keys(self.ctx, tech)
         if keys is None:
+            self.refusal = "unknown or disabled technician"
             return True  # unknown technician: no key can match; say nothing that tells so
-        if self.services.user_ca_public:
-            keys.append(user_ca_authorized_keys_line(self.services.user_ca_public, tech))
+        if self.services.user_ca_public and self.target.device is not None:
+            # the broker CA, only for the grants of this technician on this very device
+            principals = await grant_principals(self.ctx, tech, self.target.device)
+            if principals:
+                keys.append(user_ca_authorized_keys_line(self.services.user_ca_public,
+                                                         *principals))
         self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(keys)))
         if self.target.device is not None:
             self.totp_required = await totp_required(self.ctx, tech, self.target.device)
@@ -145,10 +164,29 @@ class BrokerConnection(asyncssh.SSHServer):
                     f" ask an administrator to run 'broker tech totp enroll {tech}'\r\n")
         return True
 
+    async def certificate_allowed(self, key_data: bytes) -> bool:
+        """A certificate opens only its own grant's device while the grant lasts; a plain
+        key passes (asyncssh checks it against the registered keys)."""
+        try:
+            cert = PresentedCertificate.decode(key_data)
+            why = None if cert is None else await certificate_refusal(
+                self.ctx, cert, self.technician, self.target.device if self.target else None)
+        except ValueError as exc:
+            cert, why = None, str(exc)
+        if why is None:
+            return True
+        self.refusal = f"certificate refused: {why}"
+        if self.conn is not None:
+            self.conn.send_auth_banner(f"broker: {self.refusal}\r\n")
+        self.refused("login.refused", reason=self.refusal,
+                     serial=cert.serial if cert is not None else None)
+        return False
+
     def key_validated(self, valid: bool, signed: bool) -> bool:
         """Called for each public key the client offers (see ``_wrap_key_validation``).
         Returns whether asyncssh should accept it."""
         if not valid:
+            self.refusal = self.refusal or "no registered key or valid certificate offered"
             self._failed_attempt()
             return False
         if signed and self.totp_required:
@@ -175,9 +213,8 @@ class BrokerConnection(asyncssh.SSHServer):
     def _failed_attempt(self) -> None:
         self.auth_failures += 1
         if self.auth_failures >= self.services.max_auth_tries and self.conn is not None:
-            _background(audit_event(self.ctx, "login.throttled", f"ssh:{self.peer}",
-                                    _shown(self.username), client=self.peer,
-                                    failures=self.auth_failures))
+            self.refusal = f"too many authentication failures ({self.auth_failures})"
+            self.refusal_kind = "login.throttled"
             self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                                  "broker: too many authentication failures")
 
@@ -211,16 +248,34 @@ class BrokerConnection(asyncssh.SSHServer):
         return self._open_forward(dest_host, dest_port, f"{orig_host}:{orig_port}")
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        _background(self.audit("channel.refused", channel="remote-forward",
-                               destination=f"{listen_host}:{listen_port}"))
+        self.refused("channel.refused", channel="remote-forward",
+                     destination=_shown(f"{listen_host}:{listen_port}"))
         return False
+
+    def forwarding_refused(self, what: str) -> None:
+        """An agent (``ssh -A``) or X11 (``ssh -X``) forwarding request: never granted."""
+        self.refused("channel.refused", channel=what,
+                     reason=f"{what} forwarding is never allowed through the broker")
+
+    def refused(self, kind: str, **data: object) -> None:
+        """Audit a refusal through the process's rate-limited refusal log (in the
+        background, for asyncssh's synchronous callbacks)."""
+        _background(self.audit_refusal(kind, **data))
+
+    async def audit_refusal(self, kind: str, **data: object) -> None:
+        actor = (f"technician:{self.technician}" if self.authenticated
+                 else f"ssh:{self.peer}")
+        subject = (self.device or None) if self.authenticated else (
+            _shown(self.username) if self.username else None)
+        await self.services.refusals.refused(kind, actor, self.source, subject,
+                                             client=self.peer, **data)
 
     async def _open_forward(self, host: str, port: int, origin: str) -> SSHTCPStreamSession[bytes]:
         where = f"{host}:{port}"
 
-        async def refuse(reason: str) -> None:
-            await self.audit("channel.refused", channel="forward", destination=where,
-                             reason=reason)
+        async def refuse(reason: str) -> NoReturn:
+            self.refused("channel.refused", channel="forward", destination=_shown(where),
+                         reason=reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             f"broker: {reason}")
 
@@ -232,13 +287,19 @@ class BrokerConnection(asyncssh.SSHServer):
         assert access.technician is not None and access.device is not None
         if host not in DEVICE_ALIASES | {access.device.name}:
             await refuse(f"forwarding reaches only {access.device.name} (use localhost:PORT),"
-                         f" not {host}")
+                         f" not {_shown(host)}")
         _, rules = applicable_rules(self.ctx.policies(), access.technician, access.device)
         if port not in rules.forward_ports:
             allowed = ", ".join(map(str, sorted(rules.forward_ports))) or "none"
             await refuse(f"port {port} is not allowed on {access.device.name}"
                          f" (allowed: {allowed})")
-        upstream = await self.upstream_connection(access)
+        try:
+            upstream = await self.upstream_connection(access)
+        except DeviceError as exc:
+            self.refused("channel.refused", channel="forward", destination=_shown(where),
+                         reason=str(exc), internal=exc.internal)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            f"broker: {exc}") from None
         await self.ensure_session(access, "forward")
         try:
             up_reader, up_writer = await upstream.open_connection("localhost", port)
@@ -398,11 +459,35 @@ def _wrap_key_validation(conn: asyncssh.SSHServerConnection, owner: BrokerConnec
     """
     original = conn.validate_public_key
 
+    checked: dict[bytes, bool] = {}  # a key is offered unsigned, then signed: check it once
+
     async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
+        if key_data not in checked:
+            checked[key_data] = await owner.certificate_allowed(key_data)
+        if not checked[key_data]:
+            owner._failed_attempt()
+            return False
         valid = await original(username, key_data, msg, signature)
         return owner.key_validated(valid, signed=bool(msg))
 
     conn.validate_public_key = validate  # type: ignore[method-assign]
+
+
+def _wrap_forwarding_requests(conn: asyncssh.SSHServerConnection,
+                              owner: BrokerConnection) -> None:
+    """Audit agent and X11 forwarding requests. The listener runs with both off, so asyncssh
+    refuses them; it offers no callback, so its two entry points are wrapped here."""
+    async def create_agent_listener() -> bool:
+        owner.forwarding_refused("agent")
+        return False
+
+    async def attach_x11_listener(chan: Any, auth_proto: bytes, auth_data: bytes,
+                                  screen: int) -> str | None:
+        owner.forwarding_refused("x11")
+        return None
+
+    conn.create_agent_listener = create_agent_listener  # type: ignore[method-assign]
+    conn.attach_x11_listener = attach_x11_listener  # type: ignore[method-assign]
 
 
 def _closing_text(decision: AccessDecision) -> str:
@@ -411,5 +496,7 @@ def _closing_text(decision: AccessDecision) -> str:
     return f"access ended: {decision.detail}"
 
 
-def _shown(username: str) -> str:
-    return username[:64].encode("ascii", "backslashreplace").decode("ascii")
+def _shown(text: str) -> str:
+    """A client's string for a log line: at most 64 characters, control and non-ASCII
+    characters escaped."""
+    return text[:64].encode("unicode_escape").decode("ascii")

@@ -30,6 +30,7 @@ async def connect_device(ctx: Context, device_id: int,
 async def connect_login(ctx: Context, login: DeviceLogin,
                         timeout: float = 15.0) -> asyncssh.SSHClientConnection:
     """Log in to a device with ``login`` (the vaulted secret, or a rotation's new one)."""
+    where = f"{login.host}:{login.port}"
     try:
         connection = await asyncssh.connect(
             login.host, login.port, username=login.user, known_hosts=_known_hosts(login),
@@ -37,14 +38,17 @@ async def connect_login(ctx: Context, login: DeviceLogin,
             window=RELAY_WINDOW, max_pktsize=RELAY_PACKET,
             agent_forwarding=False, connect_timeout=timeout, config=None,
             **_auth(login))
-    except asyncssh.HostKeyNotVerifiable:
+    except asyncssh.HostKeyNotVerifiable as exc:
         raise DeviceError(f"device {login.name} presented a host key that does not match the"
-                          " pinned one (possible impersonation); refusing to connect") from None
-    except asyncssh.PermissionDenied:
-        raise DeviceError(f"device {login.name} refused the broker's login") from None
+                          " pinned one (possible impersonation); refusing to connect",
+                          f"{where}: {exc}") from None
+    except asyncssh.PermissionDenied as exc:
+        raise DeviceError(f"device {login.name} refused the broker's login",
+                          f"{where} as {login.user}: {exc}") from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise DeviceError(f"cannot reach device {login.name} at {login.host}:{login.port}:"
-                          f" {exc}") from None
+        # the technician sees the device's broker name; its address goes to the audit row
+        raise DeviceError(f"cannot reach device {login.name}",
+                          f"{where}: {exc or type(exc).__name__}") from None
     if login.host_key is None:
         key = connection.get_server_host_key()
         if key is not None:

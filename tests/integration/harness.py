@@ -118,7 +118,9 @@ class BrokerProcess:
         self.port = free_port()
         self.http_port = free_port()
         self.devices_port = free_port()  # [webproxy] listen: the device web UIs' origin
-        self.env: dict[str, str] = {}  # BROKER_* overrides for serve and cli
+        # BROKER_* overrides for serve and cli. Tests look for the audit row of each refusal
+        # they cause, all from 127.0.0.1: no rate limit (tests/security tests the limit).
+        self.env: dict[str, str] = {"BROKER_SSH_REFUSAL_BURST": "100000"}
         self.proc: subprocess.Popen | None = None
         self.tech_keys: dict[str, Path] = {}
 

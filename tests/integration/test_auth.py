@@ -81,8 +81,9 @@ def test_certificate_after_revoke_is_refused(broker, tmp_path):
     assert cert_ssh(broker, "carol+dev", key, cert, "true").returncode == 0
     broker.cli("grant", "revoke", str(grant))
     run = cert_ssh(broker, "carol+dev", key, cert, "true")
-    assert run.returncode != 0
-    assert "revoked" in run.stderr
+    assert run.returncode == 255 and "Permission denied" in run.stderr  # refused at login
+    tail = json.loads(broker.cli("audit", "tail", "-n", "10", "--json").out)
+    assert any(e["kind"] == "login.failed" and "revoked" in e["data"]["reason"] for e in tail)
 
 
 def test_expired_certificate_is_refused(broker, tmp_path):

@@ -152,7 +152,7 @@ def test_issue_prints_a_certificate_for_the_technician_until_the_grant_ends(
     assert len(lines) == 1 and lines[0].startswith("ssh-ed25519-cert-v01@openssh.com ")
     cert = fields_of(lines[0])
     grant_id, end = granted.ssh_only["id"], datetime.fromisoformat(granted.ssh_only["end"])
-    assert cert.principals == ["alice"]
+    assert cert.principals == [f"grant-{grant_id}"]
     assert cert.key_id == f"broker-grant-{grant_id}-alice"
     assert cert.signing_key == ca_public(gcli.dir)
     assert cert.key == asyncssh.read_public_key(str(ssh_pubkey)).public_data
@@ -203,7 +203,7 @@ def test_out_file_is_what_openssh_reads(granted: Granted, gcli: Cli, ssh_pubkey:
     assert f'Key ID: "broker-grant-{grant_id}-alice"' in listed
     assert f"Serial: {cert.serial}" in listed
     principals = listed.split("Principals:")[1].split("Critical Options:")[0].split()
-    assert principals == ["alice"]
+    assert principals == [f"grant-{grant_id}"]
     end = datetime.fromisoformat(granted.forward["end"])
     assert (f"Valid: from {cert.valid_after:%Y-%m-%dT%H:%M:%S} "
             f"to {end:%Y-%m-%dT%H:%M:%S}") in listed
@@ -379,12 +379,16 @@ async def test_serials_are_random_63_bit_and_unique(tmp_path: Path) -> None:
 
 # --- accepting certificates: the authorized-keys line ---------------------------------------
 
-def test_authorized_keys_line_accepts_the_ca_for_that_technician_only() -> None:
+def test_authorized_keys_line_accepts_the_ca_for_those_principals_only() -> None:
     ca_pub = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     ca = asyncssh.import_public_key(ca_pub)
     other_ca = asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
     line = user_ca_authorized_keys_line(ca_pub, "alice")
     assert line.startswith('cert-authority,principals="alice" ssh-ed25519 ')
+    two = asyncssh.import_authorized_keys(user_ca_authorized_keys_line(ca_pub, "grant-1",
+                                                                       "grant-7"))
+    assert two.validate(ca, "h", "127.0.0.1", cert_principals=["grant-7"], ca=True) is not None
+    assert two.validate(ca, "h", "127.0.0.1", cert_principals=["grant-2"], ca=True) is None
     keys = asyncssh.import_authorized_keys(line)
     assert keys.validate(ca, "h", "127.0.0.1", cert_principals=["alice"], ca=True) is not None
     assert keys.validate(ca, "h", "127.0.0.1", cert_principals=["bob"], ca=True) is None
@@ -449,11 +453,11 @@ async def test_migration_0002_upgrades_a_0001_database_and_matches_the_models(
 
 
 class PerTechnician(asyncssh.SSHServer):
-    """Like the broker's SSH server: the CA line for the technician named in the user name
-    (``TECH+DEVICE``) is set per connection."""
+    """Like the broker's SSH server: the CA line for the grants of the technician and device
+    named in the user name (``TECH+DEVICE``) is set per connection."""
 
-    def __init__(self, ca_pub: str) -> None:
-        self.ca_pub = ca_pub
+    def __init__(self, ca_pub: str, grants: dict[str, str]) -> None:
+        self.ca_pub, self.grants = ca_pub, grants
         self.conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -461,7 +465,7 @@ class PerTechnician(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         assert self.conn is not None
-        line = user_ca_authorized_keys_line(self.ca_pub, username.split("+")[0])
+        line = user_ca_authorized_keys_line(self.ca_pub, self.grants.get(username, "none"))
         self.conn.set_authorized_keys(asyncssh.import_authorized_keys(line))
         return True
 
@@ -480,7 +484,8 @@ async def test_issued_certificate_logs_in_through_the_authorized_keys_line(
         ca_pub = (tmp_path / "data" / "user_ca.pub").read_text()
         server = await asyncssh.listen(
             "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-            server_factory=lambda: PerTechnician(ca_pub))
+            server_factory=lambda: PerTechnician(ca_pub, {"alice+pump-7": f"grant-{grant}",
+                                                          "bob+pump-7": "grant-999"}))
         port = server.sockets[0].getsockname()[1]
         cert = asyncssh.import_certificate(text)
 

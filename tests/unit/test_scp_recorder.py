@@ -310,7 +310,7 @@ async def test_asyncssh_scp_client_is_logged(relay: Relay, tmp_path: Path) -> No
                            preserve=True)
         await asyncssh.scp((conn, "up/tree/small.txt"), str(tmp_path / "small.copy"))
     lines = read_log((await relay.next_session()).log)
-    assert lines[0]["command"].startswith("scp -t")
+    assert lines[0]["command"].startswith("scp -") and lines[0]["direction"] == "upload"
     assert {name: (line["sha256"], line["size"]) for name, line in files_of(lines).items()} == {
         name: (sha(data), len(data)) for name, data in tree.items()}
     lines = read_log((await relay.next_session()).log)
@@ -535,7 +535,8 @@ def test_not_an_scp_command_is_recorded_and_ignored(tmp_path: Path) -> None:
     ("scp -f /etc/hosts", True),
     ("scp -v -r -p -d -t -- /tmp/dir", True),
     ("scp -rpt '/tmp/with space'", True),
-    ("/usr/bin/scp -f a b c", True),
+    ("/usr/bin/scp -f a", False),
+    ("scp -f a b c", False),
     ("scp -t -d up", True),
     ("scp -t", False),
     ("scp -t -f x", False),
@@ -544,7 +545,8 @@ def test_not_an_scp_command_is_recorded_and_ignored(tmp_path: Path) -> None:
     ("scpx -t x", False),
     ("sh -c 'scp -t x'", False),
     ("", False),
-    ("scp -t 'unbalanced", True),
+    ("scp -t 'unbalanced", False),
+    ("scp -t x; id", False),
 ])
 def test_is_scp_command(command: str, expected: bool) -> None:
     assert is_scp_command(command) is expected
@@ -553,5 +555,5 @@ def test_is_scp_command(command: str, expected: bool) -> None:
 def test_parse_scp_command_flags() -> None:
     cmd = parse_scp_command("scp -rpt '/tmp/with space'")
     assert cmd is not None
-    assert (cmd.upload, cmd.recursive, cmd.preserve, cmd.must_be_dir, cmd.paths) == (
-        True, True, True, False, ("/tmp/with space",))
+    assert (cmd.upload, cmd.recursive, cmd.preserve, cmd.must_be_dir, cmd.path) == (
+        True, True, True, False, "/tmp/with space")
