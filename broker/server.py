@@ -13,6 +13,7 @@ import asyncssh
 import structlog
 
 from broker.approvals.notify import Notifier
+from broker.audit.checkpoints import Checkpointer
 from broker.audit.logging import configure_logging
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
@@ -50,6 +51,7 @@ class Server:
         self.ssh_port = 0
         self.web: WebSite | None = None
         self.feed: ChangeFeed | None = None
+        self.checkpointer: Checkpointer | None = None
 
     async def start(self) -> None:
         asyncssh_fixes.install()
@@ -58,7 +60,9 @@ class Server:
         keys = KeyPaths.of(self.ctx.config)
         host_key = load_ssh_key(keys.host_key, "the SSH host key")
         self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
-        signer_for(self.ctx.config)  # likewise the recording signing key
+        signer = signer_for(self.ctx.config)  # likewise the recording signing key
+        self.checkpointer = Checkpointer(self.ctx, signer)
+        await self.checkpointer.start()
         host, port = split_listen(settings.ssh.listen)
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
         ca_public = keys.user_ca.with_name(keys.user_ca.name + ".pub")
@@ -100,6 +104,8 @@ class Server:
                  asyncio.ensure_future(self.rotator.run()),
                  asyncio.ensure_future(self.watch_changes()),
                  asyncio.ensure_future(Notifier(self.ctx).run())]
+        if self.checkpointer is not None:
+            tasks.append(asyncio.ensure_future(self.checkpointer.run()))
         try:
             await stop.wait()
         finally:
@@ -117,6 +123,8 @@ class Server:
         if self.web is not None:
             await self.web.close()
         await default_flusher().stop()
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()  # the signed clean-shutdown marker
         await self.ctx.close()
 
     async def watch_changes(self) -> None:

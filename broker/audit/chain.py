@@ -71,9 +71,18 @@ async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
     return row
 
 
+_committed = [0]  # audit events this process has committed
+
+
+def committed_count() -> int:
+    """How many audit events this process has committed (``checkpoint_if_written``)."""
+    return _committed[0]
+
+
 @event.listens_for(OrmSession, "after_commit")
 def _log_committed(session: OrmSession) -> None:
     for line in session.info.pop(_PENDING, []):
+        _committed[0] += 1
         _log.info("audit", **line)
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from broker.audit import ChainProblem, iter_events, verify_rows
+from broker.audit import iter_events, verify_rows
 from broker.audit.export import as_dict, write_export
 from broker.cli._base import common, config_of, emit, run, since
 from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts
-from broker.errors import Refused
+from broker.errors import Refused, UsageError
 from broker.policy import check_policies, explain, explain_json
 from broker.services.context import Context
 from broker.services.lookup import by_name
@@ -27,22 +27,49 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option("--checkpoints", "log_copy", metavar="FILE", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON log lines kept outside the broker host (the SIEM copy): check the "
+                   "database against the audit.checkpoint lines in it")
 @common()
-def audit_verify(config_file: str | None, as_json: bool) -> None:
-    """Check every link of the audit chain."""
+def audit_verify(log_copy: Path | None, config_file: str | None, as_json: bool) -> None:
+    """Check every link of the audit chain and every signed checkpoint of its head."""
+    from broker.audit import checkpoints
+    from broker.recording.manifest import signer_for
 
-    async def body(ctx: Context) -> tuple[int, list[ChainProblem]]:
+    copies: list[Any] = []
+    findings: list[checkpoints.Finding] = []
+    if log_copy is not None:
+        try:
+            with log_copy.open(encoding="utf-8", errors="replace") as lines:
+                copies, findings = checkpoints.parse_log_copy(lines, str(log_copy))
+        except OSError as exc:
+            raise UsageError(f"--checkpoints {log_copy}: {exc.strerror or exc}") from None
+
+    async def body(ctx: Context) -> tuple[int, int, list[checkpoints.Finding]]:
+        public_key = signer_for(ctx.config).public_key
         async with ctx.store.session() as db:
             rows = [row async for row in iter_events(db)]
-        return verify_rows(rows)
+            stored = await checkpoints.load(db)
+        count, problems = verify_rows(rows)
+        found = [checkpoints.Finding(str(p)) for p in problems]
+        found += checkpoints.verify_checkpoints(rows, stored, public_key, ctx.now())
+        if log_copy is not None:
+            found += checkpoints.verify_log_copy(rows, stored, copies, public_key,
+                                                 str(log_copy))
+        return count, len(stored), found
 
-    count, problems = run(config_file, body)
-    emit(as_json, {"ok": not problems, "rows": count, "problems": [
-        {"seq": p.seq, "message": p.message} for p in problems]},
-        lambda: click.echo("\n".join(str(p) for p in problems) if problems
-                           else f"ok: {count} audit rows, chain intact"))
-    if problems:
-        raise Refused(f"audit chain broken: {len(problems)} problem(s)")
+    count, signed, found = run(config_file, body)
+    found = findings + found
+    bad = [f for f in found if not f.note]
+    emit(as_json, {"ok": not bad, "rows": count, "checkpoints": signed,
+                   "problems": [f.message for f in bad],
+                   "notes": [f.message for f in found if f.note]},
+         lambda: click.echo("\n".join(str(f) for f in found + ([] if bad else [
+             checkpoints.Finding(f"ok: {count} audit rows, chain intact, {signed} "
+                                 "checkpoints")]))))
+    if bad:
+        raise Refused(f"audit log does not verify: {len(bad)} problem(s)")
 
 
 @audit.command("export")
