@@ -20,6 +20,7 @@ from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.errors import ConfigError
 from broker.http import WebSite, create_app
 from broker.recording import default_flusher, seal_interrupted, signer_for
+from broker.recording.manifest import Signer, sign_unsigned_head
 from broker.revocation.feed import ChangeFeed, feed_for
 from broker.revocation.registry import LiveSessions
 from broker.revocation.rotator import Rotator
@@ -63,6 +64,7 @@ class Server:
         signer = signer_for(self.ctx.config)  # likewise the recording signing key
         self.checkpointer = Checkpointer(self.ctx, signer)
         await self.checkpointer.start()
+        await sign_recordings_head(self.ctx, signer)
         host, port = split_listen(settings.ssh.listen)
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
         ca_public = keys.user_ca.with_name(keys.user_ca.name + ".pub")
@@ -142,6 +144,18 @@ class Server:
         self.scheduler.replan()
         self.rotator.replan()
         await self.sessions.recheck()
+
+
+async def sign_recordings_head(ctx: Context, signer: Signer) -> None:
+    """Upgrade: a recordings chain head written before heads were signed gets signed now,
+    and the audit log says from when on it is signed."""
+    head = await asyncio.to_thread(sign_unsigned_head, ctx.config.recordings_dir, signer,
+                                   ctx.now())
+    if head is not None:
+        async with ctx.store.session() as db:
+            await ctx.audit(db, "recording.head_signed", "broker", f"session:{head['session']}",
+                            manifest_sha256=head.get("manifest_sha256"),
+                            note="the recordings chain head was unsigned until now")
 
 
 async def run_server(config: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -58,3 +59,25 @@ def _int(value: object) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+async def recordings_in_database(ctx: Context) -> tuple[set[str], dict[str, str], set[str]]:
+    """For ``broker recordings verify --all``: the recording directories of sessions live on
+    any node; every recording directory a ``session.started`` audit row names (directory ->
+    where it is named); and the sessions ``recording.pruned`` rows say retention deleted."""
+    async with ctx.store.session() as db:
+        live = set((await db.exec(select(Session.recording).where(
+            Session.state == "live", col(Session.recording).is_not(None)))).all())
+        started = (await db.exec(select(AuditEvent).where(
+            col(AuditEvent.kind).in_(["session.started", "recording.pruned"]))
+            .order_by(col(AuditEvent.seq)))).all()
+    named: dict[str, str] = {}
+    pruned: set[str] = set()
+    for row in started:
+        data = json.loads(row.data)
+        if row.kind == "recording.pruned":
+            pruned.update(str(s) for s in data.get("deleted") or [])
+        elif data.get("recording"):
+            named[str(data["recording"])] = (f"audit row {row.seq}, {row.subject}, "
+                                             f"{row.ts.isoformat()}")
+    return {r for r in live if r}, named, pruned
