@@ -219,8 +219,10 @@ def _against_rows(cp: AuditCheckpoint, hashes: dict[int, str], newest: int) -> s
         return None if cp.hash == GENESIS else f"{_where(cp)} names row 0 with a wrong hash"
     have = hashes.get(cp.seq)
     if have is None and cp.seq > newest:
+        gone = (f"row {cp.seq} was" if cp.seq == newest + 1
+                else f"rows {newest + 1}-{cp.seq} were")
         return (f"{_where(cp)} signed row {cp.seq}, but the newest row is {newest}: "
-                f"rows {newest + 1}-{cp.seq} were deleted")
+                f"{gone} deleted")
     if have is None:
         return f"{_where(cp)} signed row {cp.seq}, which is missing: rows were deleted"
     if have != cp.hash:
@@ -253,6 +255,8 @@ def verify_checkpoints(rows: list[AuditEvent], checkpoints: list[AuditCheckpoint
             problem = _against_rows(cp, hashes, newest)
             if problem:
                 found.append(Finding(problem))
+            else:
+                covered = cp.seq
             continue
         if not signature_ok(cp, public_key):
             found.append(Finding(f"{_where(cp)}: the signature does not verify "
@@ -265,8 +269,6 @@ def verify_checkpoints(rows: list[AuditEvent], checkpoints: list[AuditCheckpoint
         else:
             covered = max(covered, cp.seq)
     found += _node_chains(good, now, heartbeat + grace)
-    if legacy_seen and not good and rows:
-        covered = 0
     found += _uncovered(rows, covered, now, grace)
     return found
 
