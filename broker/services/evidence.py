@@ -78,6 +78,6 @@ async def recordings_in_database(ctx: Context) -> tuple[set[str], dict[str, str]
         if row.kind == "recording.pruned":
             pruned.update(str(s) for s in data.get("deleted") or [])
         elif data.get("recording"):
-            named[str(data["recording"])] = (f"audit row {row.seq}, {row.subject}, "
-                                             f"{row.ts.isoformat()}")
+            named[str(data["recording"])] = (f"{row.kind} audit row {row.seq}, {row.subject},"
+                                             f" {row.ts.isoformat()}")
     return {r for r in live if r}, named, pruned
