@@ -171,3 +171,28 @@ async def test_an_unsigned_head_is_signed_once_at_upgrade_and_audited(cli: Cli,
     await sign_recordings_head(ctx, signer_for(ctx.config))  # nothing to do a second time
     async with ctx.store.session() as db:
         assert (await db.exec(select(AuditEvent.kind))).all().count("recording.head_signed") == 1
+
+
+async def test_the_evidence_bundle_carries_the_signed_head(cli: Cli, sessions,
+                                                           tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tarfile
+
+    out = tmp_path / "s3.tar"
+    assert cli("recordings", "export", "s3", "--out", str(out)).code == 0
+    bundle = tmp_path / "bundle"
+    with tarfile.open(out) as tar:
+        tar.extractall(bundle, filter="data")
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "verify.py"], cwd=bundle, capture_output=True,
+                              text=True, check=False, timeout=60)
+
+    assert (verify().returncode, verify().stdout) == (0, "ok\n")
+    head = json.loads((bundle / "chain-head.json").read_text())
+    assert head["session"] == "s3"
+    (bundle / "chain-head.json").write_text(json.dumps({**head, "session": "s2"}))
+    checked = verify()
+    assert checked.returncode == 1 and "chain-head.json signature does not match" in \
+        checked.stdout
