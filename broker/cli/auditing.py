@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from broker.audit import iter_events, verify_rows
+from broker.audit import ChainProblem, iter_events, verify_rows
 from broker.audit.export import as_dict, write_export
 from broker.cli._base import common, config_of, emit, run, since
 from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts
@@ -41,35 +41,38 @@ def audit_verify(log_copy: Path | None, config_file: str | None, as_json: bool) 
     findings: list[checkpoints.Finding] = []
     if log_copy is not None:
         try:
-            with log_copy.open(encoding="utf-8", errors="replace") as lines:
-                copies, findings = checkpoints.parse_log_copy(lines, str(log_copy))
+            with log_copy.open(encoding="utf-8", errors="replace") as stream:
+                copies, findings = checkpoints.parse_log_copy(stream, str(log_copy))
         except OSError as exc:
             raise UsageError(f"--checkpoints {log_copy}: {exc.strerror or exc}") from None
 
-    async def body(ctx: Context) -> tuple[int, int, list[checkpoints.Finding]]:
+    async def body(ctx: Context) -> tuple[int, int, list[ChainProblem],
+                                          list[checkpoints.Finding]]:
         public_key = signer_for(ctx.config).public_key
         async with ctx.store.session() as db:
             rows = [row async for row in iter_events(db)]
             stored = await checkpoints.load(db)
         count, problems = verify_rows(rows)
-        found = [checkpoints.Finding(str(p)) for p in problems]
-        found += checkpoints.verify_checkpoints(rows, stored, public_key, ctx.now())
+        found = checkpoints.verify_checkpoints(rows, stored, public_key, ctx.now())
         if log_copy is not None:
             found += checkpoints.verify_log_copy(rows, stored, copies, public_key,
                                                  str(log_copy))
-        return count, len(stored), found
+        return count, len(stored), problems, found
 
-    count, signed, found = run(config_file, body)
+    count, signed, problems, found = run(config_file, body)
     found = findings + found
     bad = [f for f in found if not f.note]
-    emit(as_json, {"ok": not bad, "rows": count, "checkpoints": signed,
-                   "problems": [f.message for f in bad],
+    lines = [str(p) for p in problems] + [str(f) for f in found]
+    if not problems and not bad:
+        lines.append(f"ok: {count} audit rows, chain intact, {signed} "
+                     f"checkpoint{'' if signed == 1 else 's'}")
+    emit(as_json, {"ok": not problems and not bad, "rows": count, "checkpoints": signed,
+                   "problems": [{"seq": p.seq, "message": p.message} for p in problems]
+                   + [{"seq": None, "message": f.message} for f in bad],
                    "notes": [f.message for f in found if f.note]},
-         lambda: click.echo("\n".join(str(f) for f in found + ([] if bad else [
-             checkpoints.Finding(f"ok: {count} audit rows, chain intact, {signed} "
-                                 "checkpoints")]))))
-    if bad:
-        raise Refused(f"audit log does not verify: {len(bad)} problem(s)")
+         "\n".join(lines))
+    if problems or bad:
+        raise Refused(f"audit log does not verify: {len(problems) + len(bad)} problem(s)")
 
 
 @audit.command("export")
