@@ -62,9 +62,6 @@ class Server:
         host_key = load_ssh_key(keys.host_key, "the SSH host key")
         self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
         signer = signer_for(self.ctx.config)  # likewise the recording signing key
-        self.checkpointer = Checkpointer(self.ctx, signer)
-        await self.checkpointer.start()
-        await sign_recordings_head(self.ctx, signer)
         host, port = split_listen(settings.ssh.listen)
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
         ca_public = keys.user_ca.with_name(keys.user_ca.name + ".pub")
@@ -91,6 +88,9 @@ class Server:
             raise ConfigError(f"[ssh] listen = {settings.ssh.listen!r}: cannot listen: "
                               f"{exc.strerror or exc}") from None
         self.ssh_port = self.listener.sockets[0].getsockname()[1]
+        self.checkpointer = Checkpointer(self.ctx, signer)
+        await self.checkpointer.start()
+        await sign_recordings_head(self.ctx, signer)
         for row in await mark_interrupted(self.ctx):
             log.warning("session interrupted by the last stop", session=row.id)
             await seal_interrupted(self.ctx.config, row.recording)

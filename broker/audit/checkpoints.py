@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 INTERVAL = timedelta(seconds=1)
 HEARTBEAT = timedelta(seconds=60)
 GRACE = timedelta(seconds=3)  # rows younger than this may not be checkpointed yet
+STALE = HEARTBEAT + timedelta(seconds=10)  # a running node has signed something since
 SERVER_KINDS = frozenset({"start", "periodic", "shutdown"})
 LEGACY = "legacy"
 LOG_EVENT = "audit.checkpoint"
@@ -85,16 +86,28 @@ async def _head(db: AsyncSession) -> tuple[int, str]:
     return (row.seq, row.hash) if row else (0, GENESIS)
 
 
+_adopted = [False]  # this process has seen a signed checkpoint: no legacy to adopt
+
+
 async def _adopt_legacy(db: AsyncSession, now: datetime, node: str) -> None:
     """The first signed checkpoint after migration 0010: say, in the chain itself, which rows
     were only hash-chained before signing began."""
-    if db.get_bind().dialect.name == "postgresql":
-        await db.exec(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})"))  # type: ignore[call-overload]
-    kinds = set((await db.exec(select(AuditCheckpoint.kind))).all())
-    if kinds != {LEGACY}:
+    if _adopted[0]:
         return
-    legacy = (await db.exec(select(AuditCheckpoint).where(AuditCheckpoint.kind == LEGACY))
-              ).first()
+
+    async def first(*where: Any) -> AuditCheckpoint | None:
+        return (await db.exec(select(AuditCheckpoint).where(*where).limit(1))).first()
+
+    if await first(AuditCheckpoint.kind != LEGACY) is not None:
+        _adopted[0] = True
+        return
+    if await first(AuditCheckpoint.kind == LEGACY) is None:
+        return  # a new install: nothing predates signing
+    if db.get_bind().dialect.name == "postgresql":  # one node adopts it, the others wait
+        await db.exec(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})"))  # type: ignore[call-overload]
+        if await first(AuditCheckpoint.kind != LEGACY) is not None:
+            return
+    legacy = await first(AuditCheckpoint.kind == LEGACY)
     assert legacy is not None
     await record(db, now, "audit.signing_started", "broker", None, node=node,
                  unsigned_through=legacy.seq, unsigned_head=legacy.hash,
@@ -234,8 +247,7 @@ def _against_rows(cp: AuditCheckpoint, hashes: dict[int, str], newest: int) -> s
 
 def verify_checkpoints(rows: list[AuditEvent], checkpoints: list[AuditCheckpoint],
                        public_key: Ed25519PublicKey, now: datetime,
-                       grace: timedelta = GRACE,
-                       heartbeat: timedelta = HEARTBEAT) -> list[Finding]:
+                       grace: timedelta = GRACE, stale: timedelta = STALE) -> list[Finding]:
     """What the signed checkpoints say about the rows (``rows`` in chain order)."""
     found: list[Finding] = []
     hashes = {r.seq: r.hash for r in rows}
@@ -268,7 +280,7 @@ def verify_checkpoints(rows: list[AuditEvent], checkpoints: list[AuditCheckpoint
             found.append(Finding(problem))
         else:
             covered = max(covered, cp.seq)
-    found += _node_chains(good, now, heartbeat + grace)
+    found += _node_chains(good, now, stale)
     found += _uncovered(rows, covered, now, grace)
     return found
 
