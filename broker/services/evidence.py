@@ -63,21 +63,28 @@ def _int(value: object) -> int | None:
 
 async def recordings_in_database(ctx: Context) -> tuple[set[str], dict[str, str], set[str]]:
     """For ``broker recordings verify --all``: the recording directories of sessions live on
-    any node; every recording directory a ``session.started`` audit row names (directory ->
-    where it is named); and the sessions ``recording.pruned`` rows say retention deleted."""
+    some node (a ``live`` row in the sessions table, and no ``session.ended`` or
+    ``session.interrupted`` audit row: the table is not signed, the audit log is); every
+    recording directory a ``session.started`` audit row names (directory -> where it is
+    named); and the sessions ``recording.pruned`` rows say retention deleted."""
+    kinds = ["session.started", "session.ended", "session.interrupted", "recording.pruned"]
     async with ctx.store.session() as db:
-        live = set((await db.exec(select(Session.recording).where(
-            Session.state == "live", col(Session.recording).is_not(None)))).all())
-        started = (await db.exec(select(AuditEvent).where(
-            col(AuditEvent.kind).in_(["session.started", "recording.pruned"]))
-            .order_by(col(AuditEvent.seq)))).all()
+        live_rows = (await db.exec(select(Session.id, Session.recording).where(
+            Session.state == "live", col(Session.recording).is_not(None)))).all()
+        events = (await db.exec(select(AuditEvent).where(col(AuditEvent.kind).in_(kinds))
+                                .order_by(col(AuditEvent.seq)))).all()
     named: dict[str, str] = {}
     pruned: set[str] = set()
-    for row in started:
+    ended: set[str] = set()
+    for row in events:
         data = json.loads(row.data)
         if row.kind == "recording.pruned":
             pruned.update(str(s) for s in data.get("deleted") or [])
+        elif row.kind != "session.started":
+            ended.add(str(row.subject))
         elif data.get("recording"):
             named[str(data["recording"])] = (f"{row.kind} audit row {row.seq}, {row.subject},"
                                              f" {row.ts.isoformat()}")
-    return {r for r in live if r}, named, pruned
+    live = {recording for sid, recording in live_rows
+            if recording and f"session:{sid}" not in ended}
+    return live, named, pruned

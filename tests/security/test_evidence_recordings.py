@@ -196,3 +196,16 @@ async def test_the_evidence_bundle_carries_the_signed_head(cli: Cli, sessions,
     checked = verify()
     assert checked.returncode == 1 and "chain-head.json signature does not match" in \
         checked.stdout
+
+
+async def test_a_closed_session_marked_live_again_in_the_table_is_still_a_finding(
+        cli: Cli, sessions) -> None:
+    """The sessions table is not signed: its ``live`` state is believed only while the
+    audit log has no ``session.ended`` for the session."""
+    from tests.security.evidence_kit import sql
+
+    _ctx, paths = sessions
+    (paths[1] / MANIFEST_FILE).unlink()
+    sql(cli.dir / "data" / "broker.db", "UPDATE session SET state = 'live', ended_at = NULL "
+        "WHERE id = 's2'")
+    _fails(cli("recordings", "verify", "--all"), "s2: no manifest, and not live on any node")
