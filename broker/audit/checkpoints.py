@@ -42,7 +42,15 @@ from sqlalchemy import text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.audit.chain import _ADVISORY_LOCK_ID, GENESIS, committed_count, record
+from broker.audit.chain import (
+    _ADVISORY_LOCK_ID,
+    GENESIS,
+    ChainProblem,
+    committed_count,
+    iter_events,
+    record,
+    verify_rows,
+)
 from broker.store.models import AuditCheckpoint, AuditEvent
 
 if TYPE_CHECKING:
@@ -131,6 +139,13 @@ async def write_checkpoint(ctx: Context, signer: Signer, kind: str,
         await db.flush()
     _log.info(LOG_EVENT, **log_line(cp))
     return cp
+
+
+async def sign_head(ctx: Context, kind: str = "cli") -> AuditCheckpoint:
+    """Sign the chain head now with the configured key (raises ConfigError without it)."""
+    from broker.recording.manifest import signer_for
+
+    return await write_checkpoint(ctx, signer_for(ctx.config), kind)
 
 
 # -- CLI processes ------------------------------------------------------------------------
@@ -382,6 +397,45 @@ def verify_log_copy(rows: list[AuditEvent], stored: list[AuditCheckpoint],
     if not copies:
         found.append(Finding(f"{where}: no {LOG_EVENT} lines found"))
     return found
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """``broker audit verify``'s verdict (also the API's and the staff portal's)."""
+
+    rows: int
+    checkpoints: int
+    chain: list[ChainProblem]
+    findings: list[Finding]
+
+    @property
+    def problems(self) -> list[ChainProblem | Finding]:
+        return [*self.chain, *(f for f in self.findings if not f.note)]
+
+    @property
+    def notes(self) -> list[Finding]:
+        return [f for f in self.findings if f.note]
+
+
+async def check(ctx: Context, copies: list[AuditCheckpoint] | None = None,
+                where: str = "") -> AuditCheck:
+    """Every link of the chain and every signed checkpoint, now; with ``copies`` (the
+    checkpoint lines of a log copy kept elsewhere) the database is checked against them."""
+    from broker.recording.manifest import signer_for
+
+    public_key = signer_for(ctx.config).public_key
+    async with ctx.store.session() as db:
+        rows = [row async for row in iter_events(db)]
+        stored = await load(db)
+
+    def work() -> AuditCheck:
+        count, chain = verify_rows(rows)
+        found = verify_checkpoints(rows, stored, public_key, ctx.now())
+        if copies is not None:
+            found += verify_log_copy(rows, stored, copies, public_key, where)
+        return AuditCheck(count, len(stored), chain, found)
+
+    return await asyncio.to_thread(work)
 
 
 async def load(db: AsyncSession) -> list[AuditCheckpoint]:

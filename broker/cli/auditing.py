@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from broker.audit import ChainProblem, iter_events, verify_rows
+from broker.audit import ChainProblem, iter_events
 from broker.audit.export import as_dict, write_export
 from broker.cli._base import common, config_of, emit, run, since
 from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts
@@ -35,44 +35,34 @@ def audit() -> None:
 def audit_verify(log_copy: Path | None, config_file: str | None, as_json: bool) -> None:
     """Check every link of the audit chain and every signed checkpoint of its head."""
     from broker.audit import checkpoints
-    from broker.recording.manifest import signer_for
 
     copies: list[Any] = []
-    findings: list[checkpoints.Finding] = []
+    unreadable: list[checkpoints.Finding] = []
     if log_copy is not None:
         try:
             with log_copy.open(encoding="utf-8", errors="replace") as stream:
-                copies, findings = checkpoints.parse_log_copy(stream, str(log_copy))
+                copies, unreadable = checkpoints.parse_log_copy(stream, str(log_copy))
         except OSError as exc:
             raise UsageError(f"--checkpoints {log_copy}: {exc.strerror or exc}") from None
 
-    async def body(ctx: Context) -> tuple[int, int, list[ChainProblem],
-                                          list[checkpoints.Finding]]:
-        public_key = signer_for(ctx.config).public_key
-        async with ctx.store.session() as db:
-            rows = [row async for row in iter_events(db)]
-            stored = await checkpoints.load(db)
-        count, problems = verify_rows(rows)
-        found = checkpoints.verify_checkpoints(rows, stored, public_key, ctx.now())
-        if log_copy is not None:
-            found += checkpoints.verify_log_copy(rows, stored, copies, public_key,
-                                                 str(log_copy))
-        return count, len(stored), problems, found
+    async def body(ctx: Context) -> checkpoints.AuditCheck:
+        return await checkpoints.check(ctx, copies if log_copy is not None else None,
+                                       str(log_copy))
 
-    count, signed, problems, found = run(config_file, body)
-    found = findings + found
-    bad = [f for f in found if not f.note]
-    lines = [str(p) for p in problems] + [str(f) for f in found]
-    if not problems and not bad:
-        lines.append(f"ok: {count} audit rows, chain intact, {signed} "
-                     f"checkpoint{'' if signed == 1 else 's'}")
-    emit(as_json, {"ok": not problems and not bad, "rows": count, "checkpoints": signed,
-                   "problems": [{"seq": p.seq, "message": p.message} for p in problems]
-                   + [{"seq": None, "message": f.message} for f in bad],
-                   "notes": [f.message for f in found if f.note]},
+    result = run(config_file, body)
+    problems: list[ChainProblem | checkpoints.Finding] = [*unreadable, *result.problems]
+    lines = [str(p) for p in problems] + [str(f) for f in result.notes]
+    if not problems:
+        lines.append(f"ok: {result.rows} audit rows, chain intact, {result.checkpoints} "
+                     f"checkpoint{'' if result.checkpoints == 1 else 's'}")
+    emit(as_json, {"ok": not problems, "rows": result.rows,
+                   "checkpoints": result.checkpoints,
+                   "problems": [{"seq": getattr(p, "seq", None), "message": p.message}
+                                for p in problems],
+                   "notes": [f.message for f in result.notes]},
          "\n".join(lines))
-    if problems or bad:
-        raise Refused(f"audit log does not verify: {len(problems) + len(bad)} problem(s)")
+    if problems:
+        raise Refused(f"audit log does not verify: {len(problems)} problem(s)")
 
 
 @audit.command("export")
