@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 INTERVAL = timedelta(seconds=1)
 HEARTBEAT = timedelta(seconds=60)
-GRACE = timedelta(seconds=3)  # rows younger than this may not be checkpointed yet
+GRACE = timedelta(seconds=5)  # rows younger than this may not be checkpointed yet
 STALE = HEARTBEAT + timedelta(seconds=10)  # a running node has signed something since
 SERVER_KINDS = frozenset({"start", "periodic", "shutdown"})
 LEGACY = "legacy"

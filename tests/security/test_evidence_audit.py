@@ -30,7 +30,7 @@ from tests.security.evidence_kit import (
 
 
 def _settle() -> None:
-    time.sleep(3.2)  # past verify's grace: rows this old must be covered by a checkpoint
+    time.sleep(5.2)  # past verify's grace: rows this old must be covered by a checkpoint
 
 
 def test_clean_install_with_activity_passes(cli: Cli) -> None:
