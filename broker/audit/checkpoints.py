@@ -32,7 +32,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -126,7 +126,7 @@ async def _adopt_legacy(db: AsyncSession, now: datetime, node: str) -> None:
 async def write_checkpoint(ctx: Context, signer: Signer, kind: str,
                            prev: str | None = None) -> AuditCheckpoint:
     """Sign the current chain head and store the checkpoint; log it once committed."""
-    now = ctx.now()
+    now = ctx.now().astimezone(UTC)  # signed as stored: UTC, so it reads back the same
     async with ctx.store.session() as db:
         await _adopt_legacy(db, now, ctx.node)
         seq, head = await _head(db)
