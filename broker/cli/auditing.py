@@ -34,23 +34,23 @@ def audit() -> None:
 @common()
 def audit_verify(log_copy: Path | None, config_file: str | None, as_json: bool) -> None:
     """Check every link of the audit chain and every signed checkpoint of its head."""
-    from broker.audit import checkpoints
+    from broker.audit import checks
 
     copies: list[Any] = []
-    unreadable: list[checkpoints.Finding] = []
+    unreadable: list[checks.Finding] = []
     if log_copy is not None:
         try:
             with log_copy.open(encoding="utf-8", errors="replace") as stream:
-                copies, unreadable = checkpoints.parse_log_copy(stream, str(log_copy))
+                copies, unreadable = checks.parse_log_copy(stream, str(log_copy))
         except OSError as exc:
             raise UsageError(f"--checkpoints {log_copy}: {exc.strerror or exc}") from None
 
-    async def body(ctx: Context) -> checkpoints.AuditCheck:
-        return await checkpoints.check(ctx, copies if log_copy is not None else None,
+    async def body(ctx: Context) -> checks.AuditCheck:
+        return await checks.check(ctx, copies if log_copy is not None else None,
                                        str(log_copy))
 
     result = run(config_file, body)
-    problems: list[ChainProblem | checkpoints.Finding] = [*unreadable, *result.problems]
+    problems: list[ChainProblem | checks.Finding] = [*unreadable, *result.problems]
     lines = [str(p) for p in problems] + [str(f) for f in result.notes]
     if not problems:
         lines.append(f"ok: {result.rows} audit rows, chain intact, {result.checkpoints} "

@@ -18,7 +18,8 @@ import pytest
 from sqlmodel import col, delete, select
 
 from broker.audit import checkpoints
-from broker.audit.checkpoints import Checkpointer, verify_checkpoints
+from broker.audit.checkpoints import Checkpointer
+from broker.audit.checks import verify_checkpoints
 from broker.config import load_config
 from broker.recording.manifest import signer_for
 from broker.services.context import Context

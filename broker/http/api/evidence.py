@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from broker.audit import checkpoints
+from broker.audit import checks
 from broker.audit.export import as_dict
 from broker.cli import _render as render
 from broker.errors import Conflict, NotFound
@@ -134,7 +134,7 @@ async def list_audit(call: Call[Any, AuditQuery, Any]) -> AuditList:
 
 async def verify_audit(call: Call[Any, Any, Any]) -> AuditVerify:
     """The hash chain and its signed checkpoints (``broker audit verify``)."""
-    result = await checkpoints.check(call.ctx)
+    result = await checks.check(call.ctx)
     return AuditVerify.model_validate({"ok": not result.problems, "rows": result.rows,
                                        "problems": [{"seq": getattr(p, "seq", None),
                                                      "message": p.message}

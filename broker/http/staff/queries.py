@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlmodel import col, func, select
 
 from broker.audit.chain import ChainProblem
-from broker.audit.checkpoints import Finding, check
+from broker.audit.checks import Finding, check
 from broker.recording.reader import SessionInfo, iter_sessions
 from broker.services.context import Context
 from broker.store.models import AuditEvent
