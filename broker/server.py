@@ -14,6 +14,7 @@ import asyncssh
 import structlog
 
 from broker.approvals.notify import Notifier
+from broker.audit.checkpoints import Checkpointer
 from broker.audit.logging import configure_logging, log_to_file
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
@@ -22,6 +23,7 @@ from broker.errors import ConfigError
 from broker.http import WebSite, create_app, create_device_app
 from broker.http.site import Listener
 from broker.recording import default_flusher, seal_interrupted, signer_for
+from broker.recording.manifest import Signer, sign_unsigned_head
 from broker.revocation.feed import ChangeFeed, feed_for
 from broker.revocation.registry import LiveSessions
 from broker.revocation.rotator import Rotator
@@ -57,6 +59,7 @@ class Server:
         self.feed: ChangeFeed | None = None
         self.siem: Forwarder | None = None
         self.services: ConnectionServices | None = None
+        self.checkpointer: Checkpointer | None = None
 
     async def start(self) -> None:
         asyncssh_fixes.install()
@@ -65,7 +68,7 @@ class Server:
         keys = KeyPaths.of(self.ctx.config)
         host_key = load_ssh_key(keys.host_key, "the SSH host key")
         self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
-        signer_for(self.ctx.config)  # likewise the recording signing key
+        signer = signer_for(self.ctx.config)  # likewise the recording signing key
         self.siem = Forwarder.from_config(self.ctx)  # likewise [siem]'s TLS files
         host, port = split_listen(settings.ssh.listen)
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
@@ -95,6 +98,9 @@ class Server:
             raise ConfigError(f"[ssh] listen = {settings.ssh.listen!r}: cannot listen: "
                               f"{exc.strerror or exc}") from None
         self.ssh_port = self.listener.sockets[0].getsockname()[1]
+        self.checkpointer = Checkpointer(self.ctx, signer)
+        await self.checkpointer.start()
+        await sign_recordings_head(self.ctx, signer)
         for row in await mark_interrupted(self.ctx):
             log.warning("session interrupted by the last stop", session=row.id)
             await seal_interrupted(self.ctx.config, row.recording)
@@ -116,6 +122,8 @@ class Server:
                  asyncio.ensure_future(Notifier(self.ctx).run())]
         if self.siem is not None:
             tasks.append(asyncio.ensure_future(self.siem.run()))
+        if self.checkpointer is not None:
+            tasks.append(asyncio.ensure_future(self.checkpointer.run()))
         try:
             await stop.wait()
         finally:
@@ -137,6 +145,8 @@ class Server:
         if self.services is not None:
             await self.services.refusals.flush()  # the counts of refusals not yet summarised
         await default_flusher().stop()
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()  # the signed clean-shutdown marker
         await self.ctx.close()
 
     async def watch_changes(self) -> None:
@@ -156,6 +166,18 @@ class Server:
         self.scheduler.replan()
         self.rotator.replan()
         await self.sessions.recheck()
+
+
+async def sign_recordings_head(ctx: Context, signer: Signer) -> None:
+    """Upgrade: a recordings chain head written before heads were signed gets signed now,
+    and the audit log says from when on it is signed."""
+    head = await asyncio.to_thread(sign_unsigned_head, ctx.config.recordings_dir, signer,
+                                   ctx.now())
+    if head is not None:
+        async with ctx.store.session() as db:
+            await ctx.audit(db, "recording.head_signed", "broker", f"session:{head['session']}",
+                            manifest_sha256=head.get("manifest_sha256"),
+                            note="the recordings chain head was unsigned until now")
 
 
 async def run_server(config: Config) -> None:

@@ -4,7 +4,8 @@ Row ``n`` stores ``hash = sha256(prev_hash || canonical(n, ts, kind, actor, subj
 with ``prev_hash`` = row ``n-1``'s hash. ``prev_hash`` is unique, so the chain cannot fork even
 when several nodes append at once; appends are serialised (SQLite ``BEGIN IMMEDIATE``,
 PostgreSQL advisory lock). Changing, inserting or deleting a row breaks a link that
-:func:`verify_chain` names.
+:func:`verify_rows` names; someone who rewrites the rows after it and recomputes every hash
+is caught by the signed checkpoints of the head (:mod:`broker.audit.checkpoints`).
 """
 
 from __future__ import annotations
@@ -71,9 +72,18 @@ async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
     return row
 
 
+_committed = [0]  # audit events this process has committed
+
+
+def committed_count() -> int:
+    """How many audit events this process has committed (``checkpoint_if_written``)."""
+    return _committed[0]
+
+
 @event.listens_for(OrmSession, "after_commit")
 def _log_committed(session: OrmSession) -> None:
     for line in session.info.pop(_PENDING, []):
+        _committed[0] += 1
         _log.info("audit", **line)
 
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from broker.audit.checkpoints import checkpoint_if_written
 from broker.audit.logging import log_to_file
 from broker.config import Config, config_path, load_config
 from broker.domain.durations import DurationError, parse_duration
@@ -56,7 +57,10 @@ def run(config_file: str | None, body: Callable[[Context], Awaitable[T]]) -> T:
             await ctx.store.check_migrated()
             return await body(ctx)
         finally:
-            await ctx.close()
+            try:
+                await checkpoint_if_written(ctx)  # no unsigned tail left behind
+            finally:
+                await ctx.close()
 
     return asyncio.run(main())
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from broker.audit import ChainProblem, iter_events, verify_rows
+from broker.audit import ChainProblem, iter_events
 from broker.audit.export import as_dict, write_export
 from broker.cli._base import common, config_of, emit, run, since
 from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts, default_policy_notice
 from broker.domain.text import visible
-from broker.errors import Refused
+from broker.errors import Refused, UsageError
 from broker.policy import PolicyError, explain, explain_json, load_policies
 from broker.services.context import Context
 from broker.services.lookup import by_name
@@ -28,22 +28,42 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option("--checkpoints", "log_copy", metavar="FILE", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON log lines kept outside the broker host (the SIEM copy): check the "
+                   "database against the audit.checkpoint lines in it")
 @common()
-def audit_verify(config_file: str | None, as_json: bool) -> None:
-    """Check every link of the audit chain."""
+def audit_verify(log_copy: Path | None, config_file: str | None, as_json: bool) -> None:
+    """Check every link of the audit chain and every signed checkpoint of its head."""
+    from broker.audit import checks
 
-    async def body(ctx: Context) -> tuple[int, list[ChainProblem]]:
-        async with ctx.store.session() as db:
-            rows = [row async for row in iter_events(db)]
-        return verify_rows(rows)
+    copies: list[Any] = []
+    unreadable: list[checks.Finding] = []
+    if log_copy is not None:
+        try:
+            with log_copy.open(encoding="utf-8", errors="replace") as stream:
+                copies, unreadable = checks.parse_log_copy(stream, str(log_copy))
+        except OSError as exc:
+            raise UsageError(f"--checkpoints {log_copy}: {exc.strerror or exc}") from None
 
-    count, problems = run(config_file, body)
-    emit(as_json, {"ok": not problems, "rows": count, "problems": [
-        {"seq": p.seq, "message": p.message} for p in problems]},
-        lambda: click.echo("\n".join(str(p) for p in problems) if problems
-                           else f"ok: {count} audit rows, chain intact"))
+    async def body(ctx: Context) -> checks.AuditCheck:
+        return await checks.check(ctx, copies if log_copy is not None else None,
+                                       str(log_copy))
+
+    result = run(config_file, body)
+    problems: list[ChainProblem | checks.Finding] = [*unreadable, *result.problems]
+    lines = [str(p) for p in problems] + [str(f) for f in result.notes]
+    if not problems:
+        lines.append(f"ok: {result.rows} audit rows, chain intact, {result.checkpoints} "
+                     f"checkpoint{'' if result.checkpoints == 1 else 's'}")
+    emit(as_json, {"ok": not problems, "rows": result.rows,
+                   "checkpoints": result.checkpoints,
+                   "problems": [{"seq": getattr(p, "seq", None), "message": p.message}
+                                for p in problems],
+                   "notes": [f.message for f in result.notes]},
+         "\n".join(lines))
     if problems:
-        raise Refused(f"audit chain broken: {len(problems)} problem(s)")
+        raise Refused(f"audit log does not verify: {len(problems)} problem(s)")
 
 
 @audit.command("export")

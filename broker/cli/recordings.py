@@ -207,13 +207,33 @@ def recordings_verify(ident: str | None, all_sessions: bool, config_file: str | 
             raise Refused(f"session {session.session_id} does not verify: {len(problems)} "
                           f"problem{'s' if len(problems) > 1 else ''}")
         return
-    results = verify_all(config.recordings_dir, public_key)
+    results = run(config_file, lambda ctx: _verify_all(ctx, public_key))
     bad = {s: p for s, p in results.items() if p}
     emit(as_json, {"ok": not bad, "sessions": [{"session": s, "ok": not p, "problems": p}
                                                 for s, p in results.items()]},
          "\n".join(f"{s}: {line}" for s, p in bad.items() for line in p) or "ok")
     if bad:
         raise Refused(f"{len(bad)} of {len(results)} sessions do not verify")
+
+
+async def _verify_all(ctx: Context, public_key: Any) -> dict[str, list[str]]:
+    """The recordings chain, and the recordings the database knows about: sessions live on
+    some node are not findings; a recording a ``session.started`` audit row names must still
+    be there (or have been pruned), which catches the newest sessions deleted even when an
+    older signed chain head was put back."""
+    from broker.recording.manifest import _session_id, read_pruned
+    from broker.services.evidence import recordings_in_database
+
+    live, named, pruned_rows = await recordings_in_database(ctx)
+    root = ctx.config.recordings_dir
+    results = await asyncio.to_thread(verify_all, root, public_key, live)
+    pruned = set(read_pruned(root, public_key)[0]) | pruned_rows
+    for directory, where in sorted(named.items()):
+        session = _session_id(Path(directory))
+        if not (root / directory).is_dir() and session not in pruned:
+            results.setdefault(session, []).append(
+                f"recording {directory} is missing ({where} names it): deleted")
+    return results
 
 
 @recordings.command("pubkey")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 PUBLIC_KEY_FILE = "recording-public-key.pem"
+HEAD_COPY = "chain-head.json"
 EVIDENCE_FILE = "evidence.json"
 VERIFY_FILE = "verify.py"
 
@@ -30,6 +31,9 @@ def write_bundle(out: Path, session_dir: Path, public_pem: bytes,
                                                     format=tarfile.PAX_FORMAT) as tar:
             tar.add(session_dir, arcname=session_dir.name, recursive=True)
             _add_bytes(tar, PUBLIC_KEY_FILE, public_pem)
+            head = session_dir.parent / ".chain-head.json"
+            if head.is_file():  # the signed recordings chain head at export time
+                _add_bytes(tar, HEAD_COPY, head.read_bytes())
             _add_bytes(tar, EVIDENCE_FILE, json.dumps(evidence, indent=2, sort_keys=True,
                                                       ensure_ascii=False).encode() + b"\n")
             _add_bytes(tar, VERIFY_FILE, VERIFY_SCRIPT.encode(), mode=0o755)
@@ -46,7 +50,9 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
 
 VERIFY_SCRIPT = '''#!/usr/bin/env python3
 """Check this evidence bundle: the session manifest's Ed25519 signature (with the bundled
-recording-public-key.pem) and the size and SHA-256 of every file it lists.
+recording-public-key.pem) and the size and SHA-256 of every file it lists; and the signature
+of chain-head.json (the recordings chain head when the bundle was made), which, if it names
+this session, must name exactly this manifest.
 
 Usage: python verify.py [BUNDLE_DIR]   (default: the directory holding this script)
 Needs Python 3.8+ and the 'cryptography' package. Prints "ok", or one line per problem
@@ -90,7 +96,7 @@ def check(bundle):
     except (OSError, ValueError, binascii.Error, InvalidSignature):
         return ["manifest signature does not match: the manifest was altered or replaced"]
     manifest = json.loads(data)
-    problems = []
+    problems = check_head(bundle, key, manifest.get("session"), data)
     if manifest.get("session") != directory.name.partition("-")[2]:
         problems.append("manifest belongs to session %s, not %s"
                         % (manifest.get("session"), directory.name))
@@ -112,6 +118,25 @@ def check(bundle):
     for name in sorted(set(present) - set(listed)):
         problems.append("file %s is not in the manifest (added after sealing)" % name)
     return problems
+
+
+def check_head(bundle, key, session, manifest_bytes):
+    path = bundle / "chain-head.json"
+    if not path.is_file():
+        return []
+    try:
+        head = json.loads(path.read_bytes())
+        body = {k: v for k, v in head.items() if k != "signature"}
+        key.verify(base64.b64decode(head["signature"], validate=True),
+                   json.dumps(body, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False).encode("utf-8"))
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error,
+            InvalidSignature):
+        return ["chain-head.json signature does not match: the chain head was altered"]
+    if (head.get("session") == session
+            and head.get("manifest_sha256") != hashlib.sha256(manifest_bytes).hexdigest()):
+        return ["chain-head.json names this session with a different manifest"]
+    return []
 
 
 def main():

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -241,11 +241,56 @@ def seal_directory(path: Path, signer: Signer, *, sealed_by: str = "recovery",
         _write_atomically(path / SIGNATURE_FILE, signature)
         _write_atomically(path / MANIFEST_FILE, data)
         _fsync_path(path)
-        head = {"directory": path.name, "session": manifest["session"],
-                "manifest_sha256": hashlib.sha256(data).hexdigest()}
-        _write_atomically(root / HEAD_FILE, canonical(head) + b"\n")
-        _fsync_path(root)
+        write_head(root, signer, {"directory": path.name, "session": manifest["session"],
+                                  "manifest_sha256": hashlib.sha256(data).hexdigest(),
+                                  "signed_at": manifest["sealed_at"]})
     return True
+
+
+# -- the chain head ------------------------------------------------------------------------
+
+def write_head(root: Path, signer: Signer, head: dict[str, Any]) -> None:
+    """Write ``.chain-head.json``, signed (call under :func:`chain_lock`)."""
+    body = {k: v for k, v in head.items() if k != "signature"}
+    signature = base64.b64encode(signer.sign(canonical(body))).decode("ascii")
+    _write_atomically(root / HEAD_FILE, canonical({**body, "signature": signature}) + b"\n")
+    _fsync_path(root)
+
+
+def read_head(root: Path, public_key: Ed25519PublicKey) -> tuple[dict[str, Any] | None,
+                                                                 list[str]]:
+    """The chain head if it is there and signed by the key; else what is wrong with it."""
+    path = root / HEAD_FILE
+    if not path.exists():
+        return None, []
+    head = _read_json(path)
+    if head is None or not isinstance(head.get("session"), str):
+        return None, [f"{HEAD_FILE} is unreadable: the chain head cannot be checked"]
+    if "signature" not in head:
+        return None, [f"{HEAD_FILE} is not signed: the chain head was written by someone "
+                      "without the key (or never upgraded: start 'broker serve' once)"]
+    body = {k: v for k, v in head.items() if k != "signature"}
+    try:
+        public_key.verify(base64.b64decode(str(head["signature"]), validate=True),
+                          canonical(body))
+    except (ValueError, binascii.Error, InvalidSignature):
+        return None, [f"{HEAD_FILE} signature does not match: the chain head was rewritten"]
+    return head, []
+
+
+def sign_unsigned_head(root: Path, signer: Signer, now: datetime) -> dict[str, Any] | None:
+    """Upgrade: sign a chain head written before heads were signed. Returns the head it
+    signed (the caller audits that), None when there was nothing to do."""
+    if not (root / HEAD_FILE).exists():
+        return None
+    with _chain_lock(root):
+        head = _read_json(root / HEAD_FILE)
+        if head is None or "signature" in head or not isinstance(head.get("session"), str):
+            return None
+        head = {**head, "signed_at": now.astimezone(UTC).isoformat(),
+                "unsigned_before": now.astimezone(UTC).isoformat()}
+        write_head(root, signer, head)
+    return head
 
 
 async def seal_interrupted(config: Config, recording: str | None) -> None:
@@ -355,16 +400,21 @@ def _chain_broken(previous: str, session: str) -> str:
     return f"session {previous} before {session} is missing or its manifest changed (chain broken)"
 
 
-def verify_all(root: Path, public_key: Ed25519PublicKey) -> dict[str, list[str]]:
+def verify_all(root: Path, public_key: Ed25519PublicKey,
+               live: Collection[str] | None = None) -> dict[str, list[str]]:
     """Every session under ``root`` (by session id, oldest first) with its problems.
 
     Besides each session's own check, each sealed session's link must name a session that
-    exists with exactly the manifest it was linked to, and the chain head must too. Sessions
-    still running (not ended, not sealed) are left out.
+    exists with exactly the manifest it was linked to, and the signed chain head must name
+    the last one sealed. ``live`` names the recording directories of sessions live on some
+    node (the sessions table): a directory without a manifest that is not among them is a
+    finding. Without ``live`` (no database at hand), ``session.json`` without ``ended_at``
+    counts as live.
     """
     results: dict[str, list[str]] = {}
     hashes: dict[str, str] = {}
     links: dict[str, dict[str, Any]] = {}
+    sealed: dict[str, str] = {}
     if not root.is_dir():
         return results
     for directory in sorted(root.iterdir()):
@@ -373,8 +423,13 @@ def verify_all(root: Path, public_key: Ed25519PublicKey) -> dict[str, list[str]]
         session = _session_id(directory)
         if not (directory / MANIFEST_FILE).exists():
             metadata = _read_json(directory / METADATA_FILE) or {}
-            if not metadata.get("ended_at"):
-                continue  # live
+            if live is None and not metadata.get("ended_at"):
+                continue
+            if live is not None and directory.name in live:
+                continue
+            if live is not None:
+                results[session] = [NOT_LIVE]
+                continue
         problems = verify_session(directory, public_key)
         results[session] = problems
         data, signature_problems = _check_signature(directory, public_key)
@@ -383,9 +438,11 @@ def verify_all(root: Path, public_key: Ed25519PublicKey) -> dict[str, list[str]]
         hashes[session] = hashlib.sha256(data).hexdigest()
         if not signature_problems:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                previous = json.loads(data).get("previous")
+                manifest = json.loads(data)
+                previous = manifest.get("previous")
                 if isinstance(previous, dict):
                     links[session] = previous
+                    sealed[session] = str(manifest.get("sealed_at") or "")
     # Sessions deleted by the retention rule (``broker recordings prune``) are listed, signed,
     # with their manifest hashes; a link to one of them is intact.
     pruned, pruned_problems = read_pruned(root, public_key)
@@ -396,11 +453,37 @@ def verify_all(root: Path, public_key: Ed25519PublicKey) -> dict[str, list[str]]
         before = previous.get("session")
         if before is not None and known.get(before) != previous.get("manifest_sha256"):
             results[session].append(_chain_broken(before, session))
-    head = _read_json(root / HEAD_FILE)
-    if head is not None and head.get("session"):
-        last = head["session"]
-        if known.get(last) != head.get("manifest_sha256"):
-            results.setdefault(last, []).append(
-                f"session {last}, the last one sealed, is missing or its manifest changed "
-                "(chain broken)")
+    _check_head(root, public_key, known, links, sealed, results)
     return results
+
+
+NOT_LIVE = ("no manifest, and not live on any node: the seal was stripped, or the session's "
+            "node stopped and has not sealed it")
+
+
+def _check_head(root: Path, public_key: Ed25519PublicKey, known: dict[str, str],
+                links: dict[str, dict[str, Any]], sealed: dict[str, str],
+                results: dict[str, list[str]]) -> None:
+    head, problems = read_head(root, public_key)
+    if problems:
+        results[HEAD_FILE] = problems
+        return
+    if head is None:
+        if links:
+            results[HEAD_FILE] = [f"{HEAD_FILE} is missing: the newest sealed sessions may "
+                                  "have been deleted with it"]
+        return
+    last = head["session"]
+    if known.get(last) != head.get("manifest_sha256"):
+        results.setdefault(last, []).append(
+            f"session {last}, the last one sealed, is missing or its manifest changed "
+            "(chain broken)")
+        return
+    # The chain ends at the signed head: a sealed session sealed after it that no later one
+    # links to means an older signed head was put back in place of the newest.
+    linked_to = {str(p.get("session")) for p in links.values()}
+    for session, sealed_at in sorted(sealed.items()):
+        if session != last and session not in linked_to and sealed_at > str(
+                head.get("signed_at") or ""):
+            results[session].append(f"sealed session {session} is newer than the signed head "
+                                    f"{last} (the head was replaced by an older one)")

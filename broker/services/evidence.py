@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -58,3 +59,32 @@ def _int(value: object) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+async def recordings_in_database(ctx: Context) -> tuple[set[str], dict[str, str], set[str]]:
+    """For ``broker recordings verify --all``: the recording directories of sessions live on
+    some node (a ``live`` row in the sessions table, and no ``session.ended`` or
+    ``session.interrupted`` audit row: the table is not signed, the audit log is); every
+    recording directory a ``session.started`` audit row names (directory -> where it is
+    named); and the sessions ``recording.pruned`` rows say retention deleted."""
+    kinds = ["session.started", "session.ended", "session.interrupted", "recording.pruned"]
+    async with ctx.store.session() as db:
+        live_rows = (await db.exec(select(Session.id, Session.recording).where(
+            Session.state == "live", col(Session.recording).is_not(None)))).all()
+        events = (await db.exec(select(AuditEvent).where(col(AuditEvent.kind).in_(kinds))
+                                .order_by(col(AuditEvent.seq)))).all()
+    named: dict[str, str] = {}
+    pruned: set[str] = set()
+    ended: set[str] = set()
+    for row in events:
+        data = json.loads(row.data)
+        if row.kind == "recording.pruned":
+            pruned.update(str(s) for s in data.get("deleted") or [])
+        elif row.kind != "session.started":
+            ended.add(str(row.subject))
+        elif data.get("recording"):
+            named[str(data["recording"])] = (f"{row.kind} audit row {row.seq}, {row.subject},"
+                                             f" {row.ts.isoformat()}")
+    live = {recording for sid, recording in live_rows
+            if recording and f"session:{sid}" not in ended}
+    return live, named, pruned

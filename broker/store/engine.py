@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +23,36 @@ from broker.errors import StoreError
 from broker.store.probe import SQLiteChangeProbe
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite URL; None for a PostgreSQL or in-memory database."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def make_private(database: Path) -> None:
+    """The database holds the audit evidence and vault ciphertexts: owner-only (0600), and
+    so are the ``-wal``/``-shm`` files SQLite creates next to it (it gives them the
+    database file's mode)."""
+    for suffix in SQLITE_FILES:
+        path = database.with_name(database.name + suffix)
+        with contextlib.suppress(OSError):  # absent, or not ours to change
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                os.chmod(path, 0o600)
+
+
+def _create_private(database: Path) -> None:
+    if database.parent.is_dir():
+        with contextlib.suppress(OSError):
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -52,6 +85,11 @@ class Store:
         self.is_sqlite = url.startswith("sqlite")
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
+            database = sqlite_path(url)
+            if database is not None:
+                _create_private(database)
+                event.listen(self.engine.sync_engine, "connect",
+                             lambda *_args: make_private(database))
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
 

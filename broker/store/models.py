@@ -164,6 +164,24 @@ class AuditEvent(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed statement "the audit chain's row ``seq`` had hash ``hash`` at ``at``"
+    (``broker.audit.checkpoints``). ``prev`` links each of a node's server checkpoints to the
+    one before it; ``digest`` is the SHA-256 of the signed body. A ``legacy`` row (written by
+    migration 0011, unsigned) marks the history that predates signed checkpoints."""
+
+    __tablename__ = "audit_checkpoint"
+    id: int | None = Field(default=None, primary_key=True)
+    node: str = Field(max_length=100, index=True)
+    kind: str = Field(max_length=20)  # start | periodic | shutdown | cli | legacy
+    seq: int
+    hash: str = Field(max_length=64)
+    at: datetime = _utc()  # type: ignore[assignment]
+    prev: str | None = Field(default=None, max_length=64)
+    digest: str = Field(max_length=64, unique=True)
+    signature: str = Field(max_length=200)
+
+
 class IssuedCertificate(SQLModel, table=True):
     """A short-lived OpenSSH user certificate the broker signed for one grant."""
 

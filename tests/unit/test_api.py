@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from broker.audit.checkpoints import sign_head
 from broker.audit.export import as_dict
 from broker.http.api.auth import FAILED_AUTH, FailedAuth
 from broker.http.api.routes import OPERATIONS
@@ -244,11 +245,16 @@ async def test_audit_list_filters_pages_and_verify(api: Api) -> None:
     since = (api.clock.now() - timedelta(minutes=1)).isoformat()
     recent = await api.get("/audit", params={"since": since})
     assert [e["kind"] for e in recent["items"]] == ["grant.revoked"]
+    unsigned = await api.get("/audit/verify")  # written in-process: no checkpoint yet
+    assert unsigned["ok"] is False and unsigned["problems"][0]["seq"] is None
+    assert "not covered by any signed checkpoint" in unsigned["problems"][0]["message"]
+    await sign_head(api.ctx)  # as the process that wrote them does
     assert await api.get("/audit/verify") == {"ok": True, "rows": len(seqs) + 1,
                                               "problems": []}
 
 
 async def test_audit_verify_reports_a_changed_row(api: Api) -> None:
+    await sign_head(api.ctx)
     async with api.ctx.store.session() as db:
         row = await db.get(AuditEvent, 3)
         assert row is not None

@@ -278,15 +278,25 @@ async def seed(db: Path) -> None:
 
 
 async def test_cli_audit_verify_and_export(cli: Cli) -> None:
+    from broker.audit.checkpoints import write_checkpoint
+    from broker.config import load_config
+    from broker.recording.manifest import signer_for
+    from broker.services.context import Context
+
     db = cli.dir / "data" / "broker.db"
     await seed(db)
+    ctx = Context.open(load_config(cli.config))
+    try:  # what the broker process that wrote them would have done: sign the head
+        await write_checkpoint(ctx, signer_for(ctx.config), "cli")
+    finally:
+        await ctx.close()
     clean, csv_out, jsonl_out = cli.many([
         ("audit", "verify"),
         ("audit", "export", "--format", "csv", "--since", "1h"),
         ("audit", "export", "--format", "jsonl", "--since", "1h"),
     ])
     assert clean.code == 0, clean.err
-    assert clean.out.strip() == "ok: 3 audit rows, chain intact"
+    assert clean.out.strip() == "ok: 3 audit rows, chain intact, 1 checkpoint"
 
     assert csv_out.code == 0, csv_out.err
     table = list(csv.DictReader(io.StringIO(csv_out.out)))
@@ -306,7 +316,7 @@ async def test_cli_audit_verify_and_export(cli: Cli) -> None:
     tampered, as_json = cli.many([("audit", "verify"), ("audit", "verify", "--json")])
     assert tampered.code == 1
     assert tampered.out.strip() == "audit row 2: was changed after it was written (approver.added)"
-    assert tampered.err_lines == ["broker: audit chain broken: 1 problem(s)"]
+    assert tampered.err_lines == ["broker: audit log does not verify: 1 problem(s)"]
     assert as_json.code == 1
     report = json.loads(as_json.out)
     assert report["ok"] is False and report["rows"] == 3

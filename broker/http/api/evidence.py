@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from broker.audit import iter_events, verify_rows
+from broker.audit import checks
 from broker.audit.export import as_dict
 from broker.cli import _render as render
 from broker.errors import Conflict, NotFound
@@ -133,7 +133,9 @@ async def list_audit(call: Call[Any, AuditQuery, Any]) -> AuditList:
 
 
 async def verify_audit(call: Call[Any, Any, Any]) -> AuditVerify:
-    async with call.ctx.store.session() as db:
-        count, problems = verify_rows([row async for row in iter_events(db)])
-    return AuditVerify.model_validate({"ok": not problems, "rows": count, "problems": [
-        {"seq": p.seq, "message": p.message} for p in problems]})
+    """The hash chain and its signed checkpoints (``broker audit verify``)."""
+    result = await checks.check(call.ctx)
+    return AuditVerify.model_validate({"ok": not result.problems, "rows": result.rows,
+                                       "problems": [{"seq": getattr(p, "seq", None),
+                                                     "message": p.message}
+                                                    for p in result.problems]})

@@ -321,7 +321,7 @@ class AuditList(_Out):
 
 
 class ChainProblemOut(_Out):
-    seq: int
+    seq: int | None  # None: a finding about the signed checkpoints, not one row
     message: str
 
 

@@ -3,14 +3,14 @@ the chain's verify state, recorded sessions on disk."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlmodel import col, func, select
 
-from broker.audit.chain import ChainProblem, iter_events, verify_rows
+from broker.audit.chain import ChainProblem
+from broker.audit.checks import Finding, check
 from broker.recording.reader import SessionInfo, iter_sessions
 from broker.services.context import Context
 from broker.store.models import AuditEvent
@@ -36,7 +36,7 @@ async def audit_page(ctx: Context, offset: int, limit: int,
 @dataclass(frozen=True)
 class ChainState:
     rows: int
-    problems: list[ChainProblem]
+    problems: list[ChainProblem | Finding]
 
     @property
     def ok(self) -> bool:
@@ -46,10 +46,8 @@ class ChainState:
 async def chain_state(ctx: Context) -> ChainState:
     """Every link of the audit chain checked, now (never cached: an auditor must see a
     tampered row the moment it is tampered with)."""
-    async with ctx.store.session() as db:
-        rows = [row async for row in iter_events(db)]
-    count, problems = await asyncio.to_thread(verify_rows, rows)
-    return ChainState(count, problems)
+    result = await check(ctx)
+    return ChainState(result.rows, result.problems)
 
 
 def recorded_sessions(root: Path) -> list[SessionInfo]:

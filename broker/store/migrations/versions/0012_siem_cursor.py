@@ -1,7 +1,7 @@
 """SIEM stream cursor
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-03 22:40:00
 
 * ``siem_cursor``: how far along the audit chain the SIEM forwarder has sent, which node
@@ -15,7 +15,7 @@ import broker.store.types
 
 
 revision = '0012'
-down_revision = '0010'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
