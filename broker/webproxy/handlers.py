@@ -44,6 +44,7 @@ from broker.services.grants import check_access
 from broker.store.models import Device, Grant, Technician
 from broker.webproxy import har_entries
 from broker.webproxy.live import SHUTTING_DOWN, WINDOW_CLOSED, ProxiedSession, monotonic_ms
+from broker.webproxy.origin import weblogin_command
 from broker.webproxy.paths import (
     PathRefused,
     check_path,
@@ -74,8 +75,12 @@ RESUME_LOCK = web.AppKey("web_resume_lock", asyncio.Lock)
 DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length",
                               "strict-transport-security", "alt-svc", "public-key-pins",
                               "clear-site-data"}
-NOT_SIGNED_IN = ("you are not signed in to this device's web interface; get a sign-in link"
-                 " with: ssh -p PORT TECH@BROKER weblogin DEVICE")
+
+
+def not_signed_in(request: web.Request) -> str:
+    settings = request.app[CONTEXT].config.settings
+    return ("you are not signed in to this device's web interface; get a sign-in link with: "
+            + weblogin_command(settings))
 
 
 def setup(app: web.Application) -> None:
@@ -158,14 +163,15 @@ async def _session_for(request: web.Request, grant_id: int) -> ProxiedSession:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         await _refused(request, "web.not_signed_in", grant_id, "no sign-in cookie")
-        raise web.HTTPForbidden(text=NOT_SIGNED_IN)
+        raise web.HTTPForbidden(text=not_signed_in(request))
     key = digest(cookie)
     sessions = request.app[WEB_SESSIONS]
     live = sessions.get(key)
     if live is None:
         if await session_by_cookie(request.app[CONTEXT], cookie) is None:
             await _refused(request, "web.not_signed_in", grant_id, "unknown sign-in cookie")
-            raise web.HTTPForbidden(text=NOT_SIGNED_IN)  # bogus cookies never wait on the lock
+            # bogus cookies never wait on the lock
+            raise web.HTTPForbidden(text=not_signed_in(request))
         async with request.app[RESUME_LOCK]:
             live = sessions.get(key) or await _resume(request, cookie)
             sessions[key] = live
@@ -190,7 +196,7 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
     ctx = request.app[CONTEXT]
     row = await session_by_cookie(ctx, cookie)
     if row is None:
-        raise web.HTTPForbidden(text=NOT_SIGNED_IN)
+        raise web.HTTPForbidden(text=not_signed_in(request))
     async with ctx.store.session() as db:
         tech = await db.get(Technician, row.technician_id)
         device = await db.get(Device, row.device_id)

@@ -29,6 +29,16 @@ def device_base_url(settings: Settings) -> str:
     return f"{portal.scheme}://{_netloc(portal.hostname or 'localhost', portal.scheme, port)}"
 
 
+def weblogin_command(settings: Settings, device: str | None = None) -> str:
+    """The command a technician types for a sign-in link, with this broker's SSH host and
+    port filled in (the technician's own name is theirs to fill: a page an anonymous browser
+    can open does not say who holds a grant)."""
+    host = urlsplit(settings.broker.public_url).hostname or "localhost"
+    port = int(settings.ssh.listen.rpartition(":")[2])
+    return (f"ssh -p {port} YOUR-NAME@{host} weblogin {device or 'DEVICE'}"
+            if port != 22 else f"ssh YOUR-NAME@{host} weblogin {device or 'DEVICE'}")
+
+
 def grant_origin(settings: Settings, grant_id: int) -> str:
     """The origin that serves ``grant_id``'s device pages."""
     base = device_base_url(settings)

@@ -29,6 +29,7 @@ from broker.webproxy.origin import (
     device_base_url,
     grant_of_host,
     grant_origin,
+    weblogin_command,
     without_addresses,
 )
 from broker.webproxy.settings import load_target
@@ -54,7 +55,7 @@ async def on_grant_host(request: web.Request, grant_id: int | None) -> None:
     if grant_id is None:  # the sign-in: its link names the grant
         view = await peek(request.app[CONTEXT], request.match_info["token"])
         if view is None:
-            raise web.HTTPForbidden(text=_invalid_link())
+            raise web.HTTPForbidden(text=_invalid_link(request))
         grant_id = view.grant.id or 0
     named = grant_of_host(settings, request.host)
     if named == grant_id:
@@ -85,7 +86,7 @@ async def signin_page(request: web.Request) -> web.StreamResponse:
     token = request.match_info["token"]
     view = await peek(request.app[CONTEXT], token)
     if view is None:
-        raise web.HTTPForbidden(text=_invalid_link())
+        raise web.HTTPForbidden(text=_invalid_link(request))
     nonce = request.cookies.get(PRE_COOKIE, "")
     if not 20 <= len(nonce) <= 100:
         nonce = secrets.token_urlsafe(24)
@@ -152,6 +153,6 @@ async def device_failure(ctx: Context, device: str, technician: str, client: str
                                   " audit log)")
 
 
-def _invalid_link() -> str:
+def _invalid_link(request: web.Request) -> str:
     return ("this sign-in link is not valid (already used, expired or mistyped); ask for a new"
-            " one with: ssh -p PORT TECH@BROKER weblogin DEVICE")
+            " one with: " + weblogin_command(request.app[CONTEXT].config.settings))

@@ -460,3 +460,17 @@ async def test_another_node_carries_on_the_signed_in_session(broker_dir: Path) -
             assert refused.status == 403 and "window" in await refused.text()
     assert len(list((broker_dir / "recordings").glob("*/web.har"))) == 2
     assert device.seen == [f"GET /echo 127.0.0.1:{device.port}"]
+
+
+async def test_refusal_pages_name_the_real_weblogin_command(broker_dir: Path) -> None:
+    from tests.unit.webproxy_kit import add_grant
+    from tests.web_kit import device_origin
+
+    async with device_origin(broker_dir) as (client, ctx):
+        grant = await add_grant(ctx, "http://127.0.0.1:9/", device="pump-7")
+        command = "ssh -p 2222 YOUR-NAME@broker.test weblogin DEVICE"  # the template's config
+        for path in (f"/w/{grant}/", "/w/signin/not-a-link"):
+            refused = await client.get(path)
+            text = await refused.text()
+            assert refused.status == 403 and command in text, (path, text)
+            assert "PORT" not in text and "TECH@BROKER" not in text
