@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from broker.domain.errors import InvalidTransition, InvariantViolation
 from broker.domain.protocols import Protocol
+from broker.domain.text import visible
 
 
 class GrantState(StrEnum):
@@ -95,6 +96,7 @@ class GrantView:
     window: Window
     protocols: frozenset[Protocol]
     revoked: bool
+    revoke_reason: str | None = None  # what the revoker said, shown to the technician
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ def decide_access(
     if lapsed:
         last = lapsed[0]
         if last.revoked:
-            return AccessDecision(None, Refusal.REVOKED, f"your grant {last.id} was revoked")
+            said = f": {visible(last.revoke_reason)}" if last.revoke_reason else ""
+            return AccessDecision(None, Refusal.REVOKED, f"your grant {last.id} was revoked{said}")
         return AccessDecision(
             None, Refusal.EXPIRED, f"your grant {last.id} expired at {_iso(last.window.end)}"
         )

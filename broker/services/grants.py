@@ -54,7 +54,8 @@ class Access:
 def view(grant: Grant) -> GrantView:
     return GrantView(id=grant.id or 0, window=Window(grant.start, grant.end),
                      protocols=frozenset(Protocol(p) for p in grant.protocols),
-                     revoked=grant.state == GrantState.REVOKED.value)
+                     revoked=grant.state == GrantState.REVOKED.value,
+                     revoke_reason=grant.revoke_reason)
 
 
 class Grants:

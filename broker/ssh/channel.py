@@ -29,6 +29,7 @@ from broker.ssh.streams import SSHReceive, SSHSend, SSHSendNoEOF, pump
 log = structlog.get_logger("broker.ssh")
 NOTICE_TIMEOUT = 0.3
 CLOSE_TIMEOUT = 0.4
+CUT_STATUS = 1  # the exit status of a channel the broker closed (revoke, kill, window end)
 FORWARDED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
 # Values passed on to the device: locale and zone names only, never a path or shell text.
 ENV_VALUE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
@@ -211,7 +212,10 @@ class Channel:
             status, signal = up.exit_status, up.exit_signal
             taps.finish(status, signal[0] if signal else None)
         if self.conn.closing is not None:
+            self.conn.exit_status = CUT_STATUS
             return  # close_with() is ending the channel with its notice
+        # what the technician's ssh exits with (OpenSSH exits 255 for a remote signal)
+        self.conn.exit_status = 255 if signal or status is None else status
         if signal:
             self.process.exit_with_signal(*signal)
         else:
@@ -247,7 +251,8 @@ class Channel:
         await self.notice(f"{reason}; the session is closed.")
         if self.upstream is not None:
             self.upstream.close()
-        self.process.exit(1)
+        self.conn.exit_status = CUT_STATUS
+        self.process.exit(CUT_STATUS)
         # Let the exit status and channel close reach the client before the connection
         # is dropped, so that it exits with 1 and the notice rather than "disconnected".
         with contextlib.suppress(Exception):

@@ -102,6 +102,7 @@ class BrokerConnection(asyncssh.SSHServer):
         self.ends_at: datetime = datetime.max
         self.channels: set[ClosableChannel] = set()
         self.closing: str | None = None
+        self.exit_status: int | None = None  # the last channel's, as the technician's ssh saw it
         self._protocols_used: set[Protocol] = set()
         self._channel_count = 0
 
@@ -434,7 +435,8 @@ class BrokerConnection(asyncssh.SSHServer):
             if self.recording is not None:
                 await self.recording.close(self.closing or reason)
             if self.session_id is not None:
-                await close_session(self.ctx, self.session_id, self.closing or reason)
+                await close_session(self.ctx, self.session_id, self.closing or reason,
+                                    self.exit_status)
         except (BrokerError, OSError) as exc:
             log.error("closing the session failed", session=self.session_id, error=str(exc))
 

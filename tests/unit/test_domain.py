@@ -447,3 +447,13 @@ def test_check_name_returns_the_name_and_refuses_trailing_newline() -> None:
     assert check_name("device", "pump-1") == "pump-1"
     with pytest.raises(UsernameError):
         check_name("device", "pump-1\n")
+
+
+def test_a_revoked_grant_says_why_with_stored_text_escaped() -> None:
+    revoked = GrantView(4, Window(T0 - H, T0 + H), ALL_PROTOCOLS, True,
+                        "vendor done\x1b[2J early")
+    refused = decide([revoked])
+    assert refused.refusal is Refusal.REVOKED
+    assert refused.detail == "your grant 4 was revoked: vendor done\\x1b[2J early"
+    plain = decide([GrantView(4, Window(T0 - H, T0 + H), ALL_PROTOCOLS, True)])
+    assert plain.detail == "your grant 4 was revoked"
