@@ -58,6 +58,7 @@ Usage: python verify.py [BUNDLE_DIR]   (default: the directory holding this scri
 Needs Python 3.8+ and the 'cryptography' package. Prints "ok", or one line per problem
 (exit status 1). Compare the public key with 'broker recordings pubkey' on the broker.
 """
+import argparse
 import base64
 import binascii
 import hashlib
@@ -65,9 +66,14 @@ import json
 import sys
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+except ImportError:
+    if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit("verify.py: the Python package 'cryptography' is needed to check the"
+                 " signatures: pip install cryptography (then run this again)")
 
 SEAL = {"manifest.json", "manifest.sig"}
 
@@ -82,7 +88,13 @@ def sha256(path):
 
 
 def check(bundle):
-    key = load_pem_public_key((bundle / "recording-public-key.pem").read_bytes())
+    try:
+        key = load_pem_public_key((bundle / "recording-public-key.pem").read_bytes())
+    except OSError as exc:
+        return ["recording-public-key.pem: cannot read it (%s): is %s an evidence bundle?"
+                % (exc.strerror or exc, bundle)]
+    except ValueError:
+        return ["recording-public-key.pem is not a PEM public key"]
     if not isinstance(key, Ed25519PublicKey):
         return ["recording-public-key.pem is not an Ed25519 public key"]
     sessions = [p for p in sorted(bundle.iterdir()) if (p / "manifest.json").is_file()]
@@ -140,7 +152,18 @@ def check_head(bundle, key, session, manifest_bytes):
 
 
 def main():
-    bundle = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(
+        prog="verify.py", description="Check a vendor access broker evidence bundle: the"
+        " session manifest's Ed25519 signature, every file's size and SHA-256, and the signed"
+        " recordings chain head. Prints 'ok' (exit 0) or one line per problem (exit 1).",
+        epilog="Compare recording-public-key.pem with 'broker recordings pubkey' on the"
+        " broker, or with the key the hospital published, before trusting an 'ok'.")
+    parser.add_argument("bundle", nargs="?", type=Path, default=Path(__file__).resolve().parent,
+                        help="the unpacked bundle (default: the directory holding verify.py)")
+    bundle = parser.parse_args().bundle
+    if not bundle.is_dir():
+        parser.exit(2, "verify.py: %s is not a directory (unpack the bundle's tar first)\\n"
+                    % bundle)
     problems = check(bundle)
     print("\\n".join(problems) or "ok")
     return 1 if problems else 0

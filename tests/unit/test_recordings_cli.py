@@ -257,6 +257,22 @@ async def test_export_bundle_is_self_contained_and_verifies(cli: Cli, broker_dir
 
     checked = run_verify(bundle)
     assert (checked.returncode, checked.stdout) == (0, "ok\n"), checked.stderr
+    # an external auditor runs the file first, with --help or on the wrong directory
+    script = str(bundle / "verify.py")
+    helped = subprocess.run([sys.executable, script, "--help"], capture_output=True,
+                            text=True, check=False, timeout=60)
+    assert helped.returncode == 0 and "usage: verify.py [-h] [bundle]" in helped.stdout
+    assert "recordings pubkey" in helped.stdout
+    wrong = subprocess.run([sys.executable, script, str(tmp_path / "nowhere")],
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr.strip().endswith(
+        "is not a directory (unpack the bundle's tar first)") and "Traceback" not in wrong.stderr
+    empty = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True,
+                           text=True, check=False, timeout=60)
+    assert empty.returncode == 1 and "an evidence bundle?" in empty.stdout
+    no_crypto = subprocess.run([sys.executable, "-I", "-S", script], capture_output=True,
+                               text=True, check=False, timeout=60)  # no site-packages
+    assert no_crypto.returncode == 1 and "pip install cryptography" in no_crypto.stderr
 
     cast = bundle / path.name / "term-0.cast"
     data = bytearray(cast.read_bytes())
