@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from broker.cli._base import actor, common, config_of, emit, fields, run, since, table
+from broker.cli.progress import progress
 from broker.domain.ids import IdError, by_prefix
 from broker.errors import NotFound, Refused, UsageError
 from broker.recording import (
@@ -27,6 +28,7 @@ from broker.recording.logtext import har_lines, log_lines
 from broker.recording.manifest import SIGNATURE_FILE, signer_for
 from broker.recording.player import play_in_terminal
 from broker.services.context import Context
+from broker.services.progress import SILENT, Progress
 
 
 @click.group("recordings")
@@ -207,16 +209,34 @@ def recordings_verify(ident: str | None, all_sessions: bool, config_file: str | 
             raise Refused(f"session {session.session_id} does not verify: {len(problems)} "
                           f"problem{'s' if len(problems) > 1 else ''}")
         return
-    results = run(config_file, lambda ctx: _verify_all(ctx, public_key))
+    with progress("verifying", as_json=as_json, count=True) as bar:
+        results = run(config_file, lambda ctx: _verify_all(ctx, public_key, bar))
     bad = {s: p for s, p in results.items() if p}
-    emit(as_json, {"ok": not bad, "sessions": [{"session": s, "ok": not p, "problems": p}
-                                                for s, p in results.items()]},
-         "\n".join(f"{s}: {line}" for s, p in bad.items() for line in p) or "ok")
+    size = _bytes_under(config.recordings_dir)
+    emit(as_json, {"ok": not bad, "bytes": size,
+                   "sessions": [{"session": s, "ok": not p, "problems": p}
+                                for s, p in results.items()]},
+         "\n".join(f"{s}: {line}" for s, p in bad.items() for line in p)
+         or f"ok: {len(results)} sessions, {_human_bytes(size)}, chain intact")
     if bad:
         raise Refused(f"{len(bad)} of {len(results)} sessions do not verify")
 
 
-async def _verify_all(ctx: Context, public_key: Any) -> dict[str, list[str]]:
+def _bytes_under(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
+def _human_bytes(size: int) -> str:
+    if size < 1000:
+        return f"{size} bytes"
+    value, units = size / 1000, ["KB", "MB", "GB"]
+    while value >= 1000 and len(units) > 1:
+        value, units = value / 1000, units[1:]
+    return f"{value:.1f} {units[0]}"
+
+
+async def _verify_all(ctx: Context, public_key: Any,
+                      bar: Progress = SILENT) -> dict[str, list[str]]:
     """The recordings chain, and the recordings the database knows about: sessions live on
     some node are not findings; a recording a ``session.started`` audit row names must still
     be there (or have been pruned), which catches the newest sessions deleted even when an
@@ -226,7 +246,7 @@ async def _verify_all(ctx: Context, public_key: Any) -> dict[str, list[str]]:
 
     live, named, pruned_rows = await recordings_in_database(ctx)
     root = ctx.config.recordings_dir
-    results = await asyncio.to_thread(verify_all, root, public_key, live)
+    results = await asyncio.to_thread(verify_all, root, public_key, live, bar)
     pruned = set(read_pruned(root, public_key)[0]) | pruned_rows
     for directory, where in sorted(named.items()):
         session = _session_id(Path(directory))

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from broker.errors import ConfigError
+from broker.services.progress import SILENT, Progress
 
 from .session import METADATA_FILE, _fsync_path, _write_json_atomically
 
@@ -401,7 +402,8 @@ def _chain_broken(previous: str, session: str) -> str:
 
 
 def verify_all(root: Path, public_key: Ed25519PublicKey,
-               live: Collection[str] | None = None) -> dict[str, list[str]]:
+               live: Collection[str] | None = None,
+               progress: Progress = SILENT) -> dict[str, list[str]]:
     """Every session under ``root`` (by session id, oldest first) with its problems.
 
     Besides each session's own check, each sealed session's link must name a session that
@@ -417,9 +419,10 @@ def verify_all(root: Path, public_key: Ed25519PublicKey,
     sealed: dict[str, str] = {}
     if not root.is_dir():
         return results
-    for directory in sorted(root.iterdir()):
-        if not directory.is_dir() or "-" not in directory.name:
-            continue
+    directories = [d for d in sorted(root.iterdir()) if d.is_dir() and "-" in d.name]
+    progress.start(len(directories))
+    for directory in directories:
+        progress.advance(1)
         session = _session_id(directory)
         if not (directory / MANIFEST_FILE).exists():
             metadata = _read_json(directory / METADATA_FILE) or {}

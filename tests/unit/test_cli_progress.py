@@ -47,3 +47,17 @@ def test_backup_and_restore_show_a_bar_on_a_terminal_only(cli: Cli, tmp_path: Pa
     as_json = in_terminal(["restore", str(tmp_path / "b.tar"), "--dir", str(tmp_path / "j"),
                            "--json"], tmp_path)
     assert "restoring" not in as_json and '"directory"' in as_json
+
+
+async def test_verify_all_counts_sessions_on_a_terminal_and_sums_up(cli: Cli,
+                                                                    tmp_path: Path) -> None:
+    from tests.unit.test_recordings_cli import record
+
+    for name in ("s1", "s2", "s3"):
+        await record(cli.dir, name)
+    shown = in_terminal(["--config", str(cli.config), "recordings", "verify", "--all"],
+                        tmp_path)
+    assert "verifying" in shown and "3/3" in shown
+    assert "ok: 3 sessions, " in shown and ", chain intact" in shown
+    piped = cli("recordings", "verify", "--all")
+    assert piped.code == 0 and "verifying" not in piped.out + piped.err
