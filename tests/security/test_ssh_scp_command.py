@@ -118,7 +118,8 @@ _PIECES = st.sampled_from(["a", "b", " ", "'", '"', "\\", "-", "/", ".", "~", "~
 
 
 @pytest.mark.parametrize("shell", SHELLS)
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.filter_too_much])
 @given(rest=st.lists(_PIECES, max_size=10).map("".join))
 def test_whatever_parses_means_the_same_to_a_real_shell(shell: str, rest: str) -> None:
     command = "scp -t " + rest
