@@ -1,6 +1,7 @@
-"""TOTP second factor for technicians (RFC 6238: SHA-1, 6 digits, 30 s steps).
+"""TOTP second factor (RFC 6238: SHA-1, 6 digits, 30 s steps), for technicians and for
+staff accounts alike: :func:`check_code` is the one verifier.
 
-The secret is kept vault-encrypted in ``Technician.totp_secret``. A code is accepted in the
+The secret is kept vault-encrypted in the account's ``totp_secret``. A code is accepted in the
 current step or one step either side, compared in constant time, and only once: the newest
 accepted step is stored in ``Technician.totp_last_step`` and a code for that step or an older
 one is refused (the update is a conditional ``UPDATE``, so two logins racing with the same
@@ -16,7 +17,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.services.context import Context
 from broker.services.lookup import by_name, maybe_by_name
-from broker.store.models import Technician
+from broker.store.models import StaffUser, Technician
+
+Account = Technician | StaffUser
 
 ISSUER = "Vendor Access Broker"
 VALID_WINDOW = 1  # steps accepted either side of the current one
@@ -51,22 +54,13 @@ async def verify(ctx: Context, tech_name: str, code: str) -> bool:
     candidate = "".join(code.split())
     async with ctx.store.session() as db:
         tech = await maybe_by_name(db, Technician, tech_name)
-        reason: str | None = None
-        step: int | None = None
+        reason: str | None
         if tech is None:
             reason = "unknown technician"
         elif tech.disabled:
             reason = "technician disabled"
-        elif tech.totp_secret is None:
-            reason = "not enrolled"
-        elif len(candidate) != DIGITS or not candidate.isascii() or not candidate.isdigit():
-            reason = "malformed code"
         else:
-            step = _matching_step(ctx.vault.open(tech.totp_secret).decode(), candidate, ctx)
-            if step is None:
-                reason = "wrong code"
-            elif not await _claim_step(db, tech, step):
-                reason = "code already used"
+            reason = await check_code(ctx, db, tech, candidate)
         if reason is not None:
             await ctx.audit(db, "login.totp_failed", f"technician:{tech_name}", tech_name,
                             reason=reason)
@@ -86,13 +80,29 @@ def _matching_step(secret: str, code: str, ctx: Context) -> int | None:
     return found
 
 
-async def _claim_step(db: AsyncSession, tech: Technician, step: int) -> bool:
+async def check_code(ctx: Context, db: AsyncSession, account: Account, code: str) -> str | None:
+    """None if ``code`` is ``account``'s valid, not yet used code now (and it is now used);
+    else why not: not enrolled, malformed code, wrong code, code already used."""
+    candidate = "".join(code.split())
+    if account.totp_secret is None:
+        return "not enrolled"
+    if len(candidate) != DIGITS or not candidate.isascii() or not candidate.isdigit():
+        return "malformed code"
+    step = _matching_step(ctx.vault.open(account.totp_secret).decode(), candidate, ctx)
+    if step is None:
+        return "wrong code"
+    if not await _claim_step(db, account, step):
+        return "code already used"
+    return None
+
+
+async def _claim_step(db: AsyncSession, account: Account, step: int) -> bool:
     """Record ``step`` as used unless it (or a later one) already is; True if this call won."""
+    model = type(account)
     result = await db.exec(
-        update(Technician)
-        .where(col(Technician.id) == tech.id,
-               or_(col(Technician.totp_last_step).is_(None),
-                   col(Technician.totp_last_step) < step))
+        update(model)
+        .where(col(model.id) == account.id,
+               or_(col(model.totp_last_step).is_(None), col(model.totp_last_step) < step))
         .values(totp_last_step=step)
         .execution_options(synchronize_session=False))
     return bool(result.rowcount == 1)

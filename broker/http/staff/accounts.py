@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import or_, update
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.errors import Conflict, NotFound, UsageError
+from broker.services import totp
 from broker.services.context import Context
 from broker.services.directory import valid_name
 from broker.services.lookup import by_name
@@ -41,8 +41,6 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
 ISSUER = "Vendor Access Broker (staff)"
-TOTP_DIGITS = 6
-TOTP_WINDOW = 1  # steps accepted either side of the current one
 
 _hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
 
@@ -99,35 +97,13 @@ async def check_password(ctx: Context, name: str, password: str) -> LoginCheck:
 
 
 async def check_totp(ctx: Context, user_id: int, code: str) -> str | None:
-    """None if ``code`` is the user's valid, not yet used TOTP code now; else why not.
-    The accepted step is claimed with a conditional UPDATE, so a code works only once."""
-    candidate = "".join(code.split())
+    """None if ``code`` is the user's valid, not yet used TOTP code now; else why not
+    (the one verifier, :func:`broker.services.totp.check_code`)."""
     async with ctx.store.session() as db:
         user = await db.get(StaffUser, user_id)
         if user is None or user.disabled:
             return "account disabled"
-        if user.totp_secret is None:
-            return "not enrolled"
-        if len(candidate) != TOTP_DIGITS or not candidate.isascii() or not candidate.isdigit():
-            return "malformed code"
-        totp = pyotp.TOTP(ctx.vault.open(user.totp_secret).decode(), digits=TOTP_DIGITS)
-        current = totp.timecode(ctx.now())
-        found: int | None = None
-        for step in range(current - TOTP_WINDOW, current + TOTP_WINDOW + 1):
-            if pyotp.utils.strings_equal(candidate, totp.generate_otp(step)) and found is None:
-                found = step
-        if found is None:
-            return "wrong code"
-        claimed = await db.exec(
-            update(StaffUser)
-            .where(col(StaffUser.id) == user_id,
-                   or_(col(StaffUser.totp_last_step).is_(None),
-                       col(StaffUser.totp_last_step) < found))
-            .values(totp_last_step=found)
-            .execution_options(synchronize_session=False))
-        if claimed.rowcount != 1:
-            return "code already used"
-    return None
+        return await totp.check_code(ctx, db, user, code)
 
 
 class StaffAccounts:
