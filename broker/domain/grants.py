@@ -38,6 +38,9 @@ _TRANSITIONS: dict[tuple[GrantState, GrantEvent], GrantState] = {
 }
 
 FINAL_GRANT_STATES = frozenset({GrantState.EXPIRED, GrantState.REVOKED})
+#: Minutes before a grant's end when live sessions are warned; the first is also when the
+#: technician is e-mailed that the window is ending.
+WARN_MINUTES_BEFORE_END = (5, 1)
 
 
 def next_grant_state(state: GrantState, event: GrantEvent) -> GrantState:

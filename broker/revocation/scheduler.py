@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
+from broker.domain.grants import WARN_MINUTES_BEFORE_END
 from broker.revocation.deadlines import DeadlineLoop
 from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 from broker.services.grants import next_deadline, pairs_with_an_open_grant, refresh_states
 from broker.services.requests import expire_pending
 
-WARN_MINUTES = (5, 1)
+WARN_MINUTES = WARN_MINUTES_BEFORE_END
 WINDOW_CLOSED = "your access window closed"
 MAX_SLEEP = timedelta(minutes=10)
 

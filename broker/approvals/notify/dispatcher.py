@@ -38,6 +38,7 @@ from broker.approvals.notify.channels import (
 from broker.approvals.notify.plan import EMAIL, WEBHOOK, plan
 from broker.approvals.notify.render import TemplateProblem, environment, render_email
 from broker.domain.durations import parse_duration
+from broker.domain.grants import WARN_MINUTES_BEFORE_END
 from broker.domain.requests import RequestState
 from broker.errors import BrokerError
 from broker.services.context import Context
@@ -45,7 +46,7 @@ from broker.store.models import AccessRequest, AuditEvent, Grant, Notification, 
 
 log = structlog.get_logger("broker.notify")
 CURSOR = "notify"
-ENDING_SOON = timedelta(minutes=5)
+ENDING_SOON = timedelta(minutes=WARN_MINUTES_BEFORE_END[0])
 LEASE = timedelta(minutes=2)
 POLL_SECONDS = 1.0
 BATCH = 200
