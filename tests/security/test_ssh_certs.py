@@ -21,13 +21,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdDevice]:
-    dev = SshdDevice(tmp_path_factory.mktemp("sshd")).start()
-    yield dev
-    dev.stop()
-
-
-@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, device: SshdDevice
            ) -> Iterator[BrokerProcess]:
     proc = BrokerProcess(tmp_path_factory.mktemp("broker")).init()

@@ -24,13 +24,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdDevice]:
-    dev = SshdDevice(tmp_path_factory.mktemp("sshd")).start()
-    yield dev
-    dev.stop()
-
-
-@pytest.fixture(scope="module")
 def down_port() -> Iterator[int]:
     """A loopback port where nothing listens (a device that is down): bound, never listening,
     so that no other test process takes it meanwhile."""
