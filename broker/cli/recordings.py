@@ -288,13 +288,15 @@ def recordings_export(ident: str, out: Path, config_file: str | None, as_json: b
         evidence = {"recording": session.path.name, "exported_at": ctx.now().isoformat(),
                     "exported_by": actor(), **evidence}
         try:
-            await asyncio.to_thread(write_bundle, out, session.path, signer.public_pem(),
-                                    evidence)
+            with progress("exporting", as_json=as_json) as bar:
+                await asyncio.to_thread(write_bundle, out, session.path, signer.public_pem(),
+                                        evidence, bar)
         except FileExistsError:
             raise Refused(f"--out {out}: already exists, not overwriting it") from None
         except OSError as exc:
             raise Refused(f"--out {out}: cannot write: {exc.strerror or exc}") from None
-        digest = hashlib.sha256(out.read_bytes()).hexdigest()
+        with out.open("rb") as bundle:
+            digest = hashlib.file_digest(bundle, "sha256").hexdigest()
         async with ctx.store.session() as db:
             await ctx.audit(db, "recording.exported", actor(), f"session:{session.session_id}",
                             out=str(out.resolve()), sha256=digest)

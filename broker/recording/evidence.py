@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from broker.services.progress import SILENT, Progress
+
 PUBLIC_KEY_FILE = "recording-public-key.pem"
 HEAD_COPY = "chain-head.json"
 EVIDENCE_FILE = "evidence.json"
@@ -23,13 +25,20 @@ VERIFY_FILE = "verify.py"
 
 
 def write_bundle(out: Path, session_dir: Path, public_pem: bytes,
-                 evidence: dict[str, Any]) -> None:
-    """Write the evidence tar to ``out``, which must not exist (FileExistsError)."""
+                 evidence: dict[str, Any], progress: Progress = SILENT) -> None:
+    """Write the evidence tar to ``out``, which must not exist (FileExistsError);
+    ``progress`` counts the recording's bytes as they go in."""
+    progress.start(sum(p.stat().st_size for p in session_dir.rglob("*") if p.is_file()))
+
+    def counted(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        progress.advance(info.size)
+        return info
+
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
         with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w",
                                                     format=tarfile.PAX_FORMAT) as tar:
-            tar.add(session_dir, arcname=session_dir.name, recursive=True)
+            tar.add(session_dir, arcname=session_dir.name, recursive=True, filter=counted)
             _add_bytes(tar, PUBLIC_KEY_FILE, public_pem)
             head = session_dir.parent / ".chain-head.json"
             if head.is_file():  # the signed recordings chain head at export time

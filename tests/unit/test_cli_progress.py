@@ -61,3 +61,12 @@ async def test_verify_all_counts_sessions_on_a_terminal_and_sums_up(cli: Cli,
     assert "ok: 3 sessions, " in shown and ", chain intact" in shown
     piped = cli("recordings", "verify", "--all")
     assert piped.code == 0 and "verifying" not in piped.out + piped.err
+
+
+async def test_export_shows_a_bar_on_a_terminal(cli: Cli, tmp_path: Path) -> None:
+    from tests.unit.test_recordings_cli import record
+
+    await record(cli.dir, "e1")
+    shown = in_terminal(["--config", str(cli.config), "recordings", "export", "e1", "--out",
+                         str(tmp_path / "e1.tar")], tmp_path)
+    assert "exporting" in shown and "100%" in shown and "exported session e1" in shown
