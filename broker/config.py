@@ -47,6 +47,11 @@ class BrokerSection(_Section):
     data_dir: str = "data"
     node: str = ""  # this node's name in a cluster; empty means the host name
     timezone: str = "UTC"  # pages show times here (IANA name, e.g. Europe/Berlin), UTC on hover
+    # SIGTERM: live sessions may go on this long (no new ones) before they are cut
+    drain_timeout: str = "5m"
+
+    _drain = field_validator("drain_timeout")(
+        classmethod(lambda cls, v: _duration_text(v, at_most="1d", at_least="1s")))
 
     @field_validator("timezone")
     @classmethod

@@ -172,7 +172,10 @@ class SessionRecording:
         self._close_other_files()
         self._metadata["ended_at"] = self._now().astimezone(UTC).isoformat()
         self._metadata["end_reason"] = end_reason
-        await asyncio.to_thread(self._finish, dict(self._metadata))
+        try:
+            await asyncio.to_thread(self._finish, dict(self._metadata))
+        except OSError as exc:  # the disk fails (full, read-only): the session still ends
+            log.error("recording: cannot finish %s: %s", self._path, exc)
 
     def _finish(self, metadata: dict[str, object]) -> None:
         for path in self._files[1:]:

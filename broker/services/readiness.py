@@ -22,11 +22,39 @@ DATABASE_TIMEOUT = 2.0  # seconds
 log = structlog.get_logger("broker.readiness")
 
 
+DRAINING_REFUSAL = ("this broker node is draining for maintenance and takes no new sessions;"
+                    " connect again to reach another node")
+
+
 @dataclass
 class NodeState:
     """What this node is doing, as far as taking new work goes."""
 
     draining: bool = False
+    # the last error of the recordings directory, until a probe finds it taking writes again
+    recording_error: str | None = None
+
+
+async def new_session_refusal(ctx: Context, node: NodeState | None) -> str | None:
+    """Why this node must not open a new recorded session now (one line), or None: it is
+    draining, or the recordings directory does not take writes (probed here, before anything
+    of the session is written, so no session starts that could not be recorded)."""
+    if node is not None and node.draining:
+        return DRAINING_REFUSAL
+    problems = await asyncio.to_thread(_writable, ctx.config.recordings_dir)
+    if problems:
+        error = problems[0].split("(", 1)[-1].rstrip(")")
+        if node is not None and node.recording_error is None:
+            log.error("recording storage does not take writes; refusing new sessions",
+                      error=error)
+        if node is not None:
+            node.recording_error = error
+        return (f"this broker node cannot record sessions right now ({error}); no session"
+                " opens unrecorded, so try again later or tell the hospital's IT")
+    if node is not None and node.recording_error is not None:
+        log.info("recording storage takes writes again", was=node.recording_error)
+        node.recording_error = None
+    return None
 
 
 @dataclass(frozen=True)

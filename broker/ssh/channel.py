@@ -116,7 +116,8 @@ class Channel:
                 return
             await self.relay(kind)
         except BrokerError as exc:
-            await self.refuse(str(exc), "error", getattr(exc, "internal", None))
+            await self.refuse(str(exc), getattr(exc, "reason", "error"),
+                              getattr(exc, "internal", None))
         except (asyncssh.Error, OSError, ConnectionError) as exc:
             log.info("channel ended by transport", error=str(exc), session=self.conn.session_id)
             self.process.exit(255)
