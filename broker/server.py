@@ -25,13 +25,15 @@ from broker.errors import ConfigError
 from broker.http import WebSite, create_app, create_device_app
 from broker.http.site import Listener
 from broker.recording import default_flusher, seal_interrupted, signer_for
-from broker.recording.manifest import Signer, sign_unsigned_head
+from broker.recording.manifest import Signer, seal_directory, sign_unsigned_head
+from broker.recording.session import METADATA_FILE
 from broker.revocation.feed import ChangeFeed, feed_for
 from broker.revocation.registry import LiveSessions
 from broker.revocation.rotator import Rotator
 from broker.revocation.scheduler import Scheduler
 from broker.services.context import Context
 from broker.services.readiness import NodeState
+from broker.services.readiness import writable as writable_problems
 from broker.services.sessions import audit_event, mark_interrupted
 from broker.siem.forwarder import Forwarder
 from broker.ssh import asyncssh_fixes
@@ -66,6 +68,8 @@ class Server:
         self.checkpointer: Checkpointer | None = None
         self.node = NodeState()  # draining, recordings failing: /readyz and new sessions see it
         self._failed_recordings: set[Path] = set()
+        self._unsealed: set[Path] = set()  # recordings whose close failed to seal
+        self._resealing: asyncio.Future[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
         self._unlisten: Callable[[], None] | None = None
 
@@ -193,6 +197,10 @@ class Server:
         text = error.strerror or str(error)
         self.node.recording_error = text
         directory = path.parent
+        if path.name == METADATA_FILE:  # its close could not finish: seal it when possible
+            self._unsealed.add(directory)
+            if self._resealing is None or self._resealing.done():
+                self._resealing = asyncio.ensure_future(self._seal_when_writable())
         if directory in self._failed_recordings:
             return
         self._failed_recordings.add(directory)
@@ -210,6 +218,28 @@ class Server:
             technician=session.technician if session else None,
             device=session.device if session else None), return_exceptions=True)
 
+    async def _seal_when_writable(self) -> None:
+        """Seal the recordings whose close failed, once the directory takes writes again
+        (checked each second), so that they verify like every other."""
+        signer = signer_for(self.ctx.config)
+        while self._unsealed:
+            await asyncio.sleep(1)
+            if await asyncio.to_thread(writable_problems, self.ctx.config.recordings_dir):
+                continue
+            for directory in sorted(self._unsealed):
+                try:
+                    await asyncio.to_thread(seal_directory, directory, signer,
+                                            sealed_by="recovery")
+                except (OSError, ValueError) as exc:
+                    log.error("recording: still cannot seal", recording=directory.name,
+                              error=str(exc))
+                    break
+                self._unsealed.discard(directory)
+                log.warning("recording sealed after the disk recovered",
+                            recording=directory.name)
+            else:
+                self.node.recording_error = None
+
     async def _audit(self, kind: str, **data: object) -> None:
         try:
             await audit_event(self.ctx, kind, "broker", f"node:{self.ctx.node}", **data)
@@ -219,6 +249,8 @@ class Server:
     async def close(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
+        if self._resealing is not None:
+            self._resealing.cancel()
         await asyncio.gather(*(session.terminate("the broker is shutting down")
                                for session in self.sessions), return_exceptions=True)
         if self.listener is not None:

@@ -56,7 +56,7 @@ class FlushedFile:
         """Mark the file failed (once) and tell the flusher's listeners."""
         if self.failed is None:
             self.failed = exc
-            self._flusher.report(self, exc)
+            self._flusher.report(self.path, exc)
 
     def flush(self) -> int | None:
         """Push the buffer to the OS; return a duplicate fd to fsync if anything was written
@@ -99,11 +99,12 @@ class Flusher:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def report(self, file: FlushedFile, exc: OSError) -> None:
-        log.error("recording: cannot write %s: %s", file.path, exc)
+    def report(self, path: Path, exc: OSError) -> None:
+        """A recording file at ``path`` could not be written: tell the listeners."""
+        log.error("recording: cannot write %s: %s", path, exc)
         for listener in list(self._listeners):
             try:
-                listener(file.path, exc)
+                listener(path, exc)
             except Exception:
                 log.exception("recording: a failure listener failed")
 

@@ -41,7 +41,7 @@ async def new_session_refusal(ctx: Context, node: NodeState | None) -> str | Non
     of the session is written, so no session starts that could not be recorded)."""
     if node is not None and node.draining:
         return DRAINING_REFUSAL
-    problems = await asyncio.to_thread(_writable, ctx.config.recordings_dir)
+    problems = await asyncio.to_thread(_session_writable, ctx.config.recordings_dir)
     if problems:
         error = problems[0].split("(", 1)[-1].rstrip(")")
         if node is not None and node.recording_error is None:
@@ -98,11 +98,19 @@ def _file_problems(ctx: Context) -> list[str]:
                     problems.append(f"keys: {name} is empty")
         except OSError as exc:
             problems.append(f"keys: {name} is not readable ({exc.strerror or exc})")
-    problems += _writable(ctx.config.recordings_dir)
+    problems += writable(ctx.config.recordings_dir)
     return problems
 
 
-def _writable(directory: Path) -> list[str]:
+def _session_writable(directory: Path) -> list[str]:
+    try:
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)  # as a recording would
+    except OSError as exc:
+        return [f"recordings: the directory cannot be created ({exc.strerror or exc})"]
+    return writable(directory)
+
+
+def writable(directory: Path) -> list[str]:
     probe = directory / f".readyz-{secrets.token_hex(6)}"
     try:
         descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
