@@ -98,7 +98,7 @@ def _file_problems(ctx: Context) -> list[str]:
                     problems.append(f"keys: {name} is empty")
         except OSError as exc:
             problems.append(f"keys: {name} is not readable ({exc.strerror or exc})")
-    problems += writable(ctx.config.recordings_dir)
+    problems += _session_writable(ctx.config.recordings_dir)  # created as a session would
     return problems
 
 
