@@ -104,7 +104,8 @@ def _file_problems(ctx: Context) -> list[str]:
 
 def _session_writable(directory: Path) -> list[str]:
     try:
-        directory.mkdir(mode=0o750, parents=True, exist_ok=True)  # as a recording would
+        if not directory.exists():
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)  # as a recording would
     except OSError as exc:
         return [f"recordings: the directory cannot be created ({exc.strerror or exc})"]
     return writable(directory)
