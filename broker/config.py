@@ -49,9 +49,14 @@ class BrokerSection(_Section):
     timezone: str = "UTC"  # pages show times here (IANA name, e.g. Europe/Berlin), UTC on hover
     # SIGTERM: live sessions may go on this long (no new ones) before they are cut
     drain_timeout: str = "5m"
+    # The database unreachable: a live session within its grant goes on this long without its
+    # revocation being checked, then it is cut (new sessions are refused at once)
+    fail_closed_after: str = "15s"
 
     _drain = field_validator("drain_timeout")(
         classmethod(lambda cls, v: _duration_text(v, at_most="1d", at_least="1s")))
+    _fail_closed = field_validator("fail_closed_after")(
+        classmethod(lambda cls, v: _duration_text(v, at_most="1h", at_least="1s")))
 
     @field_validator("timezone")
     @classmethod

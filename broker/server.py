@@ -21,7 +21,7 @@ from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.domain.durations import parse_duration
 from broker.domain.policy import default_policy_notice
-from broker.errors import ConfigError
+from broker.errors import BrokerError, ConfigError
 from broker.http import WebSite, create_app, create_device_app
 from broker.http.site import Listener
 from broker.recording import default_flusher, seal_interrupted, signer_for
@@ -44,6 +44,7 @@ from broker.ssh.upstream import RELAY_PACKET, RELAY_WINDOW
 from broker.webproxy.live import DRAINED
 
 log = structlog.get_logger("broker.server")
+DATABASE_WATCH = 1.0  # seconds between checks that the database answers
 RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved", "session.kill")
 
 
@@ -55,7 +56,9 @@ def split_listen(value: str) -> tuple[str, int]:
 class Server:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.sessions = LiveSessions()
+        self.sessions = LiveSessions(
+            parse_duration(ctx.config.settings.broker.fail_closed_after).total_seconds(),
+            ctx.now)
         self.scheduler = Scheduler(ctx, self.sessions)
         self.rotator = Rotator(ctx)
         self.listener: asyncssh.SSHAcceptor | ProxiedAcceptor | None = None
@@ -132,7 +135,8 @@ class Server:
         tasks = [asyncio.ensure_future(self.scheduler.run()),
                  asyncio.ensure_future(self.rotator.run()),
                  asyncio.ensure_future(self.watch_changes()),
-                 asyncio.ensure_future(Notifier(self.ctx).run())]
+                 asyncio.ensure_future(Notifier(self.ctx).run()),
+                 asyncio.ensure_future(self.watch_database())]
         if self.siem is not None:
             tasks.append(asyncio.ensure_future(self.siem.run()))
         if self.checkpointer is not None:
@@ -279,6 +283,32 @@ class Server:
                 await self.resync()
 
         await self.feed.run(on_change, self.resync)
+
+    async def watch_database(self) -> None:
+        """Each second, whether the database answers. While it does not, live sessions are
+        re-checked each second (a session within its grant goes on until its revocation has
+        gone unchecked for ``[broker] fail_closed_after``, then it is cut); once it answers
+        again, everything re-syncs."""
+        lost: str | None = None
+        while True:
+            await asyncio.sleep(DATABASE_WATCH)
+            try:
+                await asyncio.wait_for(self.ctx.store.current_revision(), DATABASE_WATCH * 2)
+            except (BrokerError, OSError, TimeoutError) as exc:
+                error = str(exc) or "no answer"
+                if lost is None:
+                    log.error("database unreachable; new sessions are refused, live ones are"
+                              " cut if it stays away", error=error,
+                              fail_closed_after=self.sessions.fail_closed_after)
+                lost = error
+                self.node.database_error = error
+                await self.sessions.recheck()
+                continue
+            self.sessions.confirm_all()
+            if lost is not None:
+                log.warning("database reachable again; re-syncing", was=lost)
+                lost = self.node.database_error = None
+                await self.resync()
 
     async def resync(self) -> None:
         self.scheduler.replan()

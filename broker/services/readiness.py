@@ -26,6 +26,10 @@ DRAINING_REFUSAL = ("this broker node is draining for maintenance and takes no n
                     " connect again to reach another node")
 
 
+DATABASE_REFUSAL = ("this broker node cannot reach its database right now, so no new session"
+                    " can be checked or opened; try again shortly")
+
+
 @dataclass
 class NodeState:
     """What this node is doing, as far as taking new work goes."""
@@ -33,6 +37,8 @@ class NodeState:
     draining: bool = False
     # the last error of the recordings directory, until a probe finds it taking writes again
     recording_error: str | None = None
+    # the database does not answer (set and cleared by the server's watch)
+    database_error: str | None = None
 
 
 async def new_session_refusal(ctx: Context, node: NodeState | None) -> str | None:
@@ -41,6 +47,8 @@ async def new_session_refusal(ctx: Context, node: NodeState | None) -> str | Non
     of the session is written, so no session starts that could not be recorded)."""
     if node is not None and node.draining:
         return DRAINING_REFUSAL
+    if node is not None and node.database_error is not None:
+        return DATABASE_REFUSAL
     problems = await asyncio.to_thread(_session_writable, ctx.config.recordings_dir)
     if problems:
         error = problems[0].split("(", 1)[-1].rstrip(")")

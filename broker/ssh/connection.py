@@ -16,11 +16,12 @@ from typing import Protocol as TypingProtocol
 import asyncssh
 import structlog
 from asyncssh.stream import SSHTCPStreamSession
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.domain.grants import AccessDecision, Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.usernames import Target, UsernameError, parse_username
-from broker.errors import BrokerError, DeviceError, SessionRefused
+from broker.errors import BrokerError, DeviceError, SessionRefused, StoreError
 from broker.recording import SessionRecording, signer_for
 from broker.recording.forward import ForwardLog
 from broker.revocation.registry import LiveSessions
@@ -34,7 +35,12 @@ from broker.services.certs import (
 from broker.services.context import Context
 from broker.services.grants import Access, check_access
 from broker.services.policies import applicable_rules, totp_required
-from broker.services.readiness import DRAINING_REFUSAL, NodeState, new_session_refusal
+from broker.services.readiness import (
+    DATABASE_REFUSAL,
+    DRAINING_REFUSAL,
+    NodeState,
+    new_session_refusal,
+)
 from broker.services.refusals import RefusalLog
 from broker.services.sessions import (
     audit_event,
@@ -147,7 +153,14 @@ class BrokerConnection(asyncssh.SSHServer):
             self.conn.send_auth_banner(f"broker: {exc}\r\n")
             return True  # still demand auth, which cannot succeed: fail closed
         tech = self.target.technician
-        keys = await technician_keys(self.ctx, tech)
+        try:
+            keys = await technician_keys(self.ctx, tech)
+        except (StoreError, OSError, SQLAlchemyError) as exc:  # nothing can be checked: no
+            # new session (fail closed)
+            log.error("login refused: database unreachable", client=self.peer, error=str(exc))
+            self.refusal = "the broker's database is unreachable"
+            self.conn.send_auth_banner(f"broker: {DATABASE_REFUSAL}\r\n")
+            return True
         if keys is None:
             self.refusal = "unknown or disabled technician"
             return True  # unknown technician: no key can match; say nothing that tells so
@@ -269,8 +282,11 @@ class BrokerConnection(asyncssh.SSHServer):
                  else f"ssh:{self.peer}")
         subject = (self.device or None) if self.authenticated else (
             _shown(self.username) if self.username else None)
-        await self.services.refusals.refused(kind, actor, self.source, subject,
-                                             client=self.peer, **data)
+        try:
+            await self.services.refusals.refused(kind, actor, self.source, subject,
+                                                 client=self.peer, **data)
+        except (BrokerError, OSError, SQLAlchemyError) as exc:  # the database is away
+            log.error("refusal not audited", kind=kind, actor=actor, error=str(exc), **data)
 
     async def _open_forward(self, host: str, port: int, origin: str) -> SSHTCPStreamSession[bytes]:
         where = f"{host}:{port}"
@@ -385,8 +401,9 @@ class BrokerConnection(asyncssh.SSHServer):
                 return
             why = await new_session_refusal(self.ctx, self.services.node)
             if why is not None:
-                raise SessionRefused(why, "draining" if why == DRAINING_REFUSAL
-                                     else "recording-unavailable")
+                raise SessionRefused(why, {DRAINING_REFUSAL: "draining",
+                                           DATABASE_REFUSAL: "database-unreachable"}.get(
+                                               why, "recording-unavailable"))
             now = self.ctx.now()
             session_id = new_session_id(now)
             try:
