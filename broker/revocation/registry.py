@@ -11,6 +11,7 @@ from typing import Protocol
 import structlog
 
 log = structlog.get_logger("broker.revocation")
+RECHECK_TIMEOUT = 5.0  # seconds: a database that does not answer counts as unreachable
 
 
 class LiveSession(Protocol):
@@ -67,8 +68,8 @@ class LiveSessions:
 
     async def _recheck_one(self, session: LiveSession) -> bool:
         try:
-            verdict = await session.still_allowed()
-        except Exception as exc:
+            verdict = await asyncio.wait_for(session.still_allowed(), RECHECK_TIMEOUT)
+        except Exception as exc:  # the database away (refused, or no answer at all)
             unconfirmed = time.monotonic() - self._confirmed.get(session, 0.0)
             within = self._within(session)
             if within and unconfirmed < self.fail_closed_after:
