@@ -142,7 +142,7 @@ async def refuse_new_session(request: web.Request) -> None:
         await request.app[REFUSALS].refused(
             "session.refused", f"web:{request.remote or 'unknown'}",
             request.remote or "unknown", None, reason=why)
-        raise web.HTTPServiceUnavailable(text=f"broker: {why}\n",
+        raise web.HTTPServiceUnavailable(text=f"broker: {why}",
                                          headers={"Retry-After": "10"})
 
 
