@@ -160,6 +160,10 @@ class Server:
         self.stop_accepting()
         live = list(self.sessions)
         log.warning("draining", sessions=len(live), drain_timeout=timeout)
+        if live:  # whoever stopped it (a person at a terminal, a service manager) learns how
+            print(f"broker: draining {len(live)} live session(s) for up to"
+                  f" {format_limit(timeout)}; a second SIGTERM or Ctrl-C cuts them now",
+                  file=sys.stderr, flush=True)
         await self._audit("node.draining", sessions=len(live),
                           drain_timeout=self.ctx.config.settings.broker.drain_timeout)
         await asyncio.gather(*(session.warn(drain_notice(timeout)) for session in live),
@@ -348,12 +352,15 @@ async def run_server(config: Config) -> None:
     await server.run(stop_on_signals())
 
 
+def format_limit(seconds: float) -> str:
+    return (f"{int(seconds // 60)} min" if seconds >= 60 and seconds % 60 == 0
+            else f"{int(seconds)} s")
+
+
 def drain_notice(seconds: float) -> str:
     """The one line every live session gets when its node starts draining."""
-    limit = (f"{int(seconds // 60)} min" if seconds >= 60 and seconds % 60 == 0
-             else f"{int(seconds)} s")
-    return (f"this broker node is draining for maintenance; your session stays up to {limit},"
-            " then closes. Reconnect to continue on another node.")
+    return (f"this broker node is draining for maintenance; your session stays up to"
+            f" {format_limit(seconds)}, then closes. Reconnect to continue on another node.")
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:

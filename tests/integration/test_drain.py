@@ -128,6 +128,7 @@ def test_a_second_sigterm_cuts_at_once(tmp_path: Path, sshd_device: SshdDevice) 
         _, err = live.communicate(timeout=5)
         assert "draining for maintenance; your session stays up to 5 min" in err
         assert "drained for maintenance" in err
+        assert "broker: draining 1 live session(s) for up to 5 min" in broker.serve_log()
     finally:
         live.kill()
         broker.stop()
