@@ -519,6 +519,10 @@ def render_default_config(public_url: str = "https://localhost:8443") -> str:
 public_url = "{public_url}"
 database_url = "sqlite:///data/broker.db"
 data_dir = "data"
+# SIGTERM drains: no new sessions, live ones may go on this long, then are cut
+drain_timeout = "5m"
+# database unreachable: live sessions in their window are cut after this long
+fail_closed_after = "15s"
 
 [ssh]
 listen = "0.0.0.0:2222"
