@@ -47,6 +47,16 @@ class BrokerSection(_Section):
     data_dir: str = "data"
     node: str = ""  # this node's name in a cluster; empty means the host name
     timezone: str = "UTC"  # pages show times here (IANA name, e.g. Europe/Berlin), UTC on hover
+    # SIGTERM: live sessions may go on this long (no new ones) before they are cut
+    drain_timeout: str = "5m"
+    # The database unreachable: a live session within its grant goes on this long without its
+    # revocation being checked, then it is cut (new sessions are refused at once)
+    fail_closed_after: str = "15s"
+
+    _drain = field_validator("drain_timeout")(
+        classmethod(lambda cls, v: _duration_text(v, at_most="1d", at_least="1s")))
+    _fail_closed = field_validator("fail_closed_after")(
+        classmethod(lambda cls, v: _duration_text(v, at_most="1h", at_least="1s")))
 
     @field_validator("timezone")
     @classmethod
@@ -509,6 +519,10 @@ def render_default_config(public_url: str = "https://localhost:8443") -> str:
 public_url = "{public_url}"
 database_url = "sqlite:///data/broker.db"
 data_dir = "data"
+# SIGTERM drains: no new sessions, live ones may go on this long, then are cut
+drain_timeout = "5m"
+# database unreachable: live sessions in their window are cut after this long
+fail_closed_after = "15s"
 
 [ssh]
 listen = "0.0.0.0:2222"

@@ -66,3 +66,12 @@ class DeviceError(BrokerError):
     @property
     def full(self) -> str:
         return f"{self}: {self.internal}" if self.internal else str(self)
+
+
+class SessionRefused(BrokerError):
+    """This node opens no new session now (draining, recordings not writable); ``reason``
+    is the short word audited with the refusal."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

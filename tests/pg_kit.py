@@ -63,12 +63,20 @@ class PostgresCluster:
     def start(self) -> PostgresCluster:
         self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "--encoding=UTF8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> PostgresCluster:
+        """Start the server (again, after :meth:`pause`) on the same port and data."""
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                    f"-c unix_socket_directories={self.root} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
         self._run(self.pg_ctl, "-D", str(self.data), "-o", options, "-l",
                   str(self.root / "server.log"), "-w", "-t", "60", "start")
         return self
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (an outage)."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -86,9 +86,10 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None,
     return app
 
 
-def create_device_app(ctx: Context, sessions: LiveSessions | None = None) -> web.Application:
+def create_device_app(ctx: Context, sessions: LiveSessions | None = None,
+                      node: NodeState | None = None) -> web.Application:
     """The device origin: the web proxy and its sign-in page, and nothing of the portal."""
-    app = _base(ctx, sessions, [security_headers, error_pages, no_device_addresses])
+    app = _base(ctx, sessions, [security_headers, error_pages, no_device_addresses], node)
     aiohttp_jinja2.get_env(app).globals["static"] = lambda name: SIGNIN_STYLE
     app.router.add_get(SIGNIN_STYLE, signin_style)
     webproxy.setup(app)

@@ -4,6 +4,11 @@ Writers append to a user-space buffer (no system call per chunk). A single :clas
 per process flushes those buffers to the OS every ``interval`` seconds, so a killed broker loses
 at most the last interval, and fsyncs (in a worker thread) each file that received data since
 the previous round, so a power cut loses little more.
+
+A write, flush or fsync that fails (ENOSPC, EROFS, EIO) marks the file failed and is reported
+to the flusher's listeners (:meth:`Flusher.on_failure`) from the event loop, once per file: the
+broker cuts the session whose recording it is (no session goes on unrecorded). A failed file
+takes no more data; what reached the disk before stays as it was.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,7 @@ class FlushedFile:
         self.path = path
         self._file = os.fdopen(fd, "wb", buffering=_BUFFER_SIZE)
         self._unsynced = False
+        self.failed: OSError | None = None
         self._flusher = flusher if flusher is not None else default_flusher()
         self._flusher.register(self)
 
@@ -36,17 +43,31 @@ class FlushedFile:
         return self._file.closed
 
     def write(self, text: str) -> None:
-        if self._file.closed:
-            return  # sealed: a channel still winding down after its session closed
-        self._file.write(text.encode("utf-8"))
+        if self._file.closed or self.failed is not None:
+            return  # sealed (a channel winding down), or failed (the session is being cut)
+        try:
+            self._file.write(text.encode("utf-8"))
+        except OSError as exc:  # the buffer was full and the disk took none of it
+            self.fail(exc)
+            return
         self._unsynced = True
+
+    def fail(self, exc: OSError) -> None:
+        """Mark the file failed (once) and tell the flusher's listeners."""
+        if self.failed is None:
+            self.failed = exc
+            self._flusher.report(self.path, exc)
 
     def flush(self) -> int | None:
         """Push the buffer to the OS; return a duplicate fd to fsync if anything was written
         since the last call (the caller closes it), else None."""
-        if not self._unsynced or self._file.closed:
+        if not self._unsynced or self._file.closed or self.failed is not None:
             return None
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as exc:
+            self.fail(exc)
+            return None
         self._unsynced = False
         # A duplicate stays valid even if the writer closes its file while the fsync runs.
         return os.dup(self._file.fileno())
@@ -55,7 +76,10 @@ class FlushedFile:
         if self._file.closed:
             return
         self._flusher.unregister(self)
-        self._file.close()
+        try:
+            self._file.close()  # flushes the buffer first
+        except OSError as exc:  # the file descriptor is closed all the same
+            self.fail(exc)
 
 
 class Flusher:
@@ -67,6 +91,22 @@ class Flusher:
         self.interval = interval
         self._files: set[FlushedFile] = set()
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[Path, OSError], None]] = []
+
+    def on_failure(self, listener: Callable[[Path, OSError], None]) -> Callable[[], None]:
+        """Call ``listener(path, error)`` (on the event loop) when a file fails; returns a
+        function that removes the listener."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def report(self, path: Path, exc: OSError) -> None:
+        """A recording file at ``path`` could not be written: tell the listeners."""
+        log.error("recording: cannot write %s: %s", path, exc)
+        for listener in list(self._listeners):
+            try:
+                listener(path, exc)
+            except Exception:
+                log.exception("recording: a failure listener failed")
 
     @property
     def running(self) -> bool:
@@ -93,18 +133,16 @@ class Flusher:
 
     async def flush_now(self) -> int:
         """One round: flush every file, fsync those that changed. Returns how many changed."""
-        fds: list[int] = []
+        synced: list[tuple[FlushedFile, int]] = []
         for file in list(self._files):
-            try:
-                fd = file.flush()
-            except OSError:
-                log.exception("recording: cannot flush %s", file.path)
-                continue
+            fd = file.flush()  # a failure is reported by the file itself
             if fd is not None:
-                fds.append(fd)
-        if fds:
-            await asyncio.to_thread(_fsync_and_close, fds)
-        return len(fds)
+                synced.append((file, fd))
+        if synced:
+            failures = await asyncio.to_thread(_fsync_and_close, [fd for _, fd in synced])
+            for index, exc in failures:
+                synced[index][0].fail(exc)
+        return len(synced)
 
     def _ensure_running(self) -> None:
         # Started lazily by the first registration too, so a forgotten start() cannot silently
@@ -123,14 +161,17 @@ class Flusher:
             await self.flush_now()
 
 
-def _fsync_and_close(fds: list[int]) -> None:
-    for fd in fds:
+def _fsync_and_close(fds: list[int]) -> list[tuple[int, OSError]]:
+    """fsync and close each; return (index, error) of those whose fsync failed."""
+    failures = []
+    for index, fd in enumerate(fds):
         try:
             os.fsync(fd)
-        except OSError:
-            log.exception("recording: fsync failed")
+        except OSError as exc:
+            failures.append((index, exc))
         finally:
             os.close(fd)
+    return failures
 
 
 _default: Flusher | None = None

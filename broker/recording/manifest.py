@@ -169,13 +169,19 @@ def _chain_lock(root: Path) -> Iterator[None]:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """The whole of ``data`` at ``path``, or (the disk full, read-only, failing) nothing new
+    there and no temporary file left behind."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -241,10 +247,17 @@ def seal_directory(path: Path, signer: Signer, *, sealed_by: str = "recovery",
         # The signature first: a directory counts as sealed once manifest.json exists.
         _write_atomically(path / SIGNATURE_FILE, signature)
         _write_atomically(path / MANIFEST_FILE, data)
-        _fsync_path(path)
-        write_head(root, signer, {"directory": path.name, "session": manifest["session"],
-                                  "manifest_sha256": hashlib.sha256(data).hexdigest(),
-                                  "signed_at": manifest["sealed_at"]})
+        try:
+            _fsync_path(path)
+            write_head(root, signer, {"directory": path.name, "session": manifest["session"],
+                                      "manifest_sha256": hashlib.sha256(data).hexdigest(),
+                                      "signed_at": manifest["sealed_at"]})
+        except OSError:
+            # Sealed means named by the chain head too: without the head (a full or failing
+            # disk), undo the manifest so that the session is sealed whole later, and the
+            # chain stays as it was.
+            (path / MANIFEST_FILE).unlink(missing_ok=True)
+            raise
     return True
 
 

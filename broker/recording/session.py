@@ -172,7 +172,11 @@ class SessionRecording:
         self._close_other_files()
         self._metadata["ended_at"] = self._now().astimezone(UTC).isoformat()
         self._metadata["end_reason"] = end_reason
-        await asyncio.to_thread(self._finish, dict(self._metadata))
+        try:
+            await asyncio.to_thread(self._finish, dict(self._metadata))
+        except OSError as exc:  # the disk fails (full, read-only): the session still ends,
+            # and the broker seals this directory once the disk takes writes again
+            (self._flusher or default_flusher()).report(self._path / METADATA_FILE, exc)
 
     def _finish(self, metadata: dict[str, object]) -> None:
         for path in self._files[1:]:
@@ -185,7 +189,9 @@ class SessionRecording:
 
             try:
                 seal_directory(self._path, self._signer, sealed_by="close", now=self._now)
-            except (OSError, ValueError):
+            except OSError:
+                raise  # reported by close(), sealed again when the disk takes writes
+            except ValueError:
                 log.exception("recording: cannot seal %s", self._path)
 
     def _close_other_files(self) -> None:
@@ -208,13 +214,17 @@ class SessionRecording:
 def _write_json_atomically(path: Path, data: dict[str, object], *, sync: bool) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=2)
-        f.write("\n")
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file stays whole; nothing half-written is left
+        raise
     if sync:
         _fsync_path(path.parent)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
 
 log = structlog.get_logger("broker.revocation")
+RECHECK_TIMEOUT = 5.0  # seconds: a database that does not answer counts as unreachable
 
 
 class LiveSession(Protocol):
@@ -33,15 +35,23 @@ class LiveSession(Protocol):
 
 
 class LiveSessions:
-    def __init__(self) -> None:
+    def __init__(self, fail_closed_after: float = 15.0,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         # session -> the warning lead times (minutes) it has been given
         self._warned: dict[LiveSession, set[int]] = {}
+        # session -> when (monotonic) its grant was last confirmed
+        self._confirmed: dict[LiveSession, float] = {}
+        # a session within its grant survives a check that cannot be made this long
+        self.fail_closed_after = fail_closed_after
+        self._now = now
 
     def add(self, session: LiveSession) -> None:
         self._warned.setdefault(session, set())
+        self._confirmed.setdefault(session, time.monotonic())
 
     def remove(self, session: LiveSession) -> None:
         self._warned.pop(session, None)
+        self._confirmed.pop(session, None)
 
     def __iter__(self) -> Iterator[LiveSession]:
         return iter(list(self._warned))
@@ -58,11 +68,22 @@ class LiveSessions:
 
     async def _recheck_one(self, session: LiveSession) -> bool:
         try:
-            verdict = await session.still_allowed()
-        except Exception as exc:
+            verdict = await asyncio.wait_for(session.still_allowed(), RECHECK_TIMEOUT)
+        except Exception as exc:  # the database away (refused, or no answer at all)
+            unconfirmed = time.monotonic() - self._confirmed.get(session, 0.0)
+            within = self._within(session)
+            if within and unconfirmed < self.fail_closed_after:
+                log.warning("recheck failed; the session is within its grant and goes on"
+                            " for now", technician=session.technician, device=session.device,
+                            unconfirmed=round(unconfirmed, 1), error=str(exc))
+                return False
             log.error("recheck failed; ending session to fail closed",
                       technician=session.technician, device=session.device, error=str(exc))
-            verdict = "the broker could not confirm the grant"
+            verdict = (f"the broker could not confirm the grant for {unconfirmed:.0f} s"
+                       if within else "the broker could not confirm the grant")
+        else:
+            if session in self._confirmed:
+                self._confirmed[session] = time.monotonic()
         if verdict is None:
             return False
         try:
@@ -71,6 +92,20 @@ class LiveSessions:
             log.error("ending a session failed", technician=session.technician,
                       device=session.device, error=str(exc))
         return True
+
+    def confirm_all(self) -> None:
+        """The database answers (so revocation can reach every session): each counts as
+        confirmed now."""
+        moment = time.monotonic()
+        for session in self._confirmed:
+            self._confirmed[session] = moment
+
+    def _within(self, session: LiveSession) -> bool:
+        """Whether the session is still inside its grant's window, as last known."""
+        ends = session.ends_at
+        if ends.tzinfo is None:
+            ends = ends.replace(tzinfo=UTC)
+        return ends > self._now()
 
     def warnings_due(self, now: datetime, lead_minutes: tuple[int, ...]
                      ) -> list[tuple[LiveSession, int]]:

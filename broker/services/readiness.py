@@ -22,11 +22,47 @@ DATABASE_TIMEOUT = 2.0  # seconds
 log = structlog.get_logger("broker.readiness")
 
 
+DRAINING_REFUSAL = ("this broker node is draining for maintenance and takes no new sessions;"
+                    " connect again to reach another node")
+
+
+DATABASE_REFUSAL = ("this broker node cannot reach its database right now, so no new session"
+                    " can be checked or opened; try again shortly")
+
+
 @dataclass
 class NodeState:
     """What this node is doing, as far as taking new work goes."""
 
     draining: bool = False
+    # the last error of the recordings directory, until a probe finds it taking writes again
+    recording_error: str | None = None
+    # the database does not answer (set and cleared by the server's watch)
+    database_error: str | None = None
+
+
+async def new_session_refusal(ctx: Context, node: NodeState | None) -> str | None:
+    """Why this node must not open a new recorded session now (one line), or None: it is
+    draining, or the recordings directory does not take writes (probed here, before anything
+    of the session is written, so no session starts that could not be recorded)."""
+    if node is not None and node.draining:
+        return DRAINING_REFUSAL
+    if node is not None and node.database_error is not None:
+        return DATABASE_REFUSAL
+    problems = await asyncio.to_thread(_session_writable, ctx.config.recordings_dir)
+    if problems:
+        error = problems[0].split("(", 1)[-1].rstrip(")")
+        if node is not None and node.recording_error is None:
+            log.error("recording storage does not take writes; refusing new sessions",
+                      error=error)
+        if node is not None:
+            node.recording_error = error
+        return (f"this broker node cannot record sessions right now ({error}); no session"
+                " opens unrecorded, so try again later or tell the hospital's IT")
+    if node is not None and node.recording_error is not None:
+        log.info("recording storage takes writes again", was=node.recording_error)
+        node.recording_error = None
+    return None
 
 
 @dataclass(frozen=True)
@@ -70,11 +106,20 @@ def _file_problems(ctx: Context) -> list[str]:
                     problems.append(f"keys: {name} is empty")
         except OSError as exc:
             problems.append(f"keys: {name} is not readable ({exc.strerror or exc})")
-    problems += _writable(ctx.config.recordings_dir)
+    problems += _session_writable(ctx.config.recordings_dir)  # created as a session would
     return problems
 
 
-def _writable(directory: Path) -> list[str]:
+def _session_writable(directory: Path) -> list[str]:
+    try:
+        if not directory.exists():
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)  # as a recording would
+    except OSError as exc:
+        return [f"recordings: the directory cannot be created ({exc.strerror or exc})"]
+    return writable(directory)
+
+
+def writable(directory: Path) -> list[str]:
     probe = directory / f".readyz-{secrets.token_hex(6)}"
     try:
         descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

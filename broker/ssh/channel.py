@@ -17,11 +17,12 @@ import structlog
 from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.scp_command import ScpCommand, build, parse_or_none
-from broker.errors import BrokerError
+from broker.errors import BrokerError, StoreError
 from broker.recording import SessionRecording
 from broker.recording.scp import SCPRecorder
 from broker.recording.sftp import SFTPRecorder
 from broker.services.breakglass import BANNER as BREAKGLASS_BANNER
+from broker.services.readiness import DATABASE_REFUSAL
 from broker.ssh.connection import BrokerConnection
 from broker.ssh.menu import run_menu
 from broker.ssh.streams import SSHReceive, SSHSend, SSHSendNoEOF, pump
@@ -116,8 +117,12 @@ class Channel:
                 await self.refuse(f"terminal type {_shown(term)} is not accepted", "terminal")
                 return
             await self.relay(kind)
+        except StoreError as exc:  # never the database's address to a technician
+            log.error("channel refused: database unreachable", error=str(exc))
+            await self.refuse(DATABASE_REFUSAL, "database-unreachable")
         except BrokerError as exc:
-            await self.refuse(str(exc), "error", getattr(exc, "internal", None))
+            await self.refuse(str(exc), getattr(exc, "reason", "error"),
+                              getattr(exc, "internal", None))
         except (asyncssh.Error, OSError, ConnectionError) as exc:
             log.info("channel ended by transport", error=str(exc), session=self.conn.session_id)
             self.process.exit(255)
@@ -127,6 +132,10 @@ class Channel:
 
     async def relay(self, kind: Kind) -> None:
         conn = self.conn
+        node = conn.services.node
+        if conn.session_id is None and node is not None and node.database_error is not None:
+            await self.refuse(DATABASE_REFUSAL, "database-unreachable")
+            return
         access = await conn.access(*kind.protocols)
         if not access.allowed:
             await self.refuse_access(access.decision.refusal, access.decision.detail, kind)

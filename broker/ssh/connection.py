@@ -16,11 +16,12 @@ from typing import Protocol as TypingProtocol
 import asyncssh
 import structlog
 from asyncssh.stream import SSHTCPStreamSession
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.domain.grants import AccessDecision, Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.usernames import Target, UsernameError, parse_username
-from broker.errors import BrokerError, DeviceError
+from broker.errors import BrokerError, DeviceError, SessionRefused, StoreError
 from broker.recording import SessionRecording, signer_for
 from broker.recording.forward import ForwardLog
 from broker.revocation.registry import LiveSessions
@@ -34,6 +35,12 @@ from broker.services.certs import (
 from broker.services.context import Context
 from broker.services.grants import Access, check_access
 from broker.services.policies import applicable_rules, totp_required
+from broker.services.readiness import (
+    DATABASE_REFUSAL,
+    DRAINING_REFUSAL,
+    NodeState,
+    new_session_refusal,
+)
 from broker.services.refusals import RefusalLog
 from broker.services.sessions import (
     audit_event,
@@ -64,8 +71,9 @@ class ConnectionServices:
     def __init__(self, ctx: Context, sessions: LiveSessions, public_host: str,
                  public_port: int, process_handler: Handler, user_ca_public: str | None = None,
                  max_auth_tries: int = 6, on_session_change: Any = None,
-                 refusal_burst: int = 5) -> None:
+                 refusal_burst: int = 5, node: NodeState | None = None) -> None:
         self.ctx, self.sessions = ctx, sessions
+        self.node = node  # draining, recordings failing: no new sessions
         # every refusal on the SSH side is audited through this one log (rate-limited)
         self.refusals = RefusalLog(ctx, burst=refusal_burst)
         self.user_ca_public = user_ca_public
@@ -146,7 +154,14 @@ class BrokerConnection(asyncssh.SSHServer):
             self.conn.send_auth_banner(f"broker: {exc}\r\n")
             return True  # still demand auth, which cannot succeed: fail closed
         tech = self.target.technician
-        keys = await technician_keys(self.ctx, tech)
+        try:
+            keys = await technician_keys(self.ctx, tech)
+        except (StoreError, OSError, SQLAlchemyError) as exc:  # nothing can be checked: no
+            # new session (fail closed)
+            log.error("login refused: database unreachable", client=self.peer, error=str(exc))
+            self.refusal = "the broker's database is unreachable"
+            self.conn.send_auth_banner(f"broker: {DATABASE_REFUSAL}\r\n")
+            return True
         if keys is None:
             self.refusal = "unknown or disabled technician"
             return True  # unknown technician: no key can match; say nothing that tells so
@@ -268,8 +283,11 @@ class BrokerConnection(asyncssh.SSHServer):
                  else f"ssh:{self.peer}")
         subject = (self.device or None) if self.authenticated else (
             _shown(self.username) if self.username else None)
-        await self.services.refusals.refused(kind, actor, self.source, subject,
-                                             client=self.peer, **data)
+        try:
+            await self.services.refusals.refused(kind, actor, self.source, subject,
+                                                 client=self.peer, **data)
+        except (BrokerError, OSError, SQLAlchemyError) as exc:  # the database is away
+            log.error("refusal not audited", kind=kind, actor=actor, error=str(exc), **data)
 
     async def _open_forward(self, host: str, port: int, origin: str) -> SSHTCPStreamSession[bytes]:
         where = f"{host}:{port}"
@@ -301,7 +319,10 @@ class BrokerConnection(asyncssh.SSHServer):
                          reason=str(exc), internal=exc.internal)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                             f"broker: {exc}") from None
-        await self.ensure_session(access, "forward")
+        try:
+            await self.ensure_session(access, "forward")
+        except SessionRefused as exc:
+            await refuse(str(exc))
         try:
             up_reader, up_writer = await upstream.open_connection("localhost", port)
         except (asyncssh.Error, OSError) as exc:
@@ -379,14 +400,26 @@ class BrokerConnection(asyncssh.SSHServer):
             self.ends_at = access.grant.end
             if self.session_id is not None:
                 return
+            why = await new_session_refusal(self.ctx, self.services.node)
+            if why is not None:
+                raise SessionRefused(why, {DRAINING_REFUSAL: "draining",
+                                           DATABASE_REFUSAL: "database-unreachable"}.get(
+                                               why, "recording-unavailable"))
             now = self.ctx.now()
-            self.session_id = new_session_id(now)
-            self.recording = SessionRecording.create(
-                self.ctx.config.recordings_dir, self.session_id, now,
-                {"technician": access.technician.name, "vendor": access.technician.vendor,
-                 "device": access.device.name, "grant": access.grant.id, "client": self.peer,
-                 "node": self.ctx.node},
-                signer=signer_for(self.ctx.config))
+            session_id = new_session_id(now)
+            try:
+                self.recording = SessionRecording.create(
+                    self.ctx.config.recordings_dir, session_id, now,
+                    {"technician": access.technician.name, "vendor": access.technician.vendor,
+                     "device": access.device.name, "grant": access.grant.id,
+                     "client": self.peer, "node": self.ctx.node},
+                    signer=signer_for(self.ctx.config))
+            except OSError as exc:
+                raise SessionRefused(
+                    f"this broker node cannot record sessions right now"
+                    f" ({exc.strerror or exc}); no session opens unrecorded, so try again"
+                    " later or tell the hospital's IT", "recording-unavailable") from None
+            self.session_id = session_id
             await open_session(self.ctx, access.grant, access.technician, access.device,
                                self.peer, channel, self.recording.path.name, self.session_id)
             self.services.sessions.add(self)

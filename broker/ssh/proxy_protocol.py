@@ -353,6 +353,15 @@ class ProxiedAcceptor:
         """The SSH connections currently open through this listener."""
         return frozenset(self._connections)
 
+    def stop_accepting(self) -> None:
+        """Stop listening; connections already accepted go on (a drain)."""
+        for task in self._accepting:
+            task.cancel()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+
     def close(self) -> None:
         """Stop listening, drop connections still sending their header, close the rest."""
         if self._closed:

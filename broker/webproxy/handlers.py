@@ -60,6 +60,7 @@ from broker.webproxy.signin_pages import (
     device_failure,
     on_grant_host,
     own_url,
+    refuse_new_session,
     signin_page,
     signin_post,
 )
@@ -211,6 +212,7 @@ async def _resume(request: web.Request, cookie: str) -> ProxiedSession:
         target = await load_target(ctx, device.id or 0)
     except BrokerError as exc:
         await device_failure(ctx, device.name, tech.name, request.remote or "unknown", exc)
+    await refuse_new_session(request)
     live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, tech, device, access.grant,
                           target, request.remote or "unknown")
     await live.start()

@@ -41,6 +41,9 @@ WINDOW_CLOSED = "your access window closed"
 WS_POLICY_VIOLATION = 1008
 RELAY_GRACE = 0.5  # seconds
 SHUTTING_DOWN = "the broker is shutting down"  # what broker.server says at a stop
+# what broker.server says when a drain ends: the sign-in goes on on another node
+DRAINED = ("this broker node drained for maintenance; reconnect to continue on another node")
+KEEP_SIGNIN = frozenset({SHUTTING_DOWN, DRAINED})
 
 
 class ProxiedSession:
@@ -109,7 +112,7 @@ class ProxiedSession:
             if self.recording is not None:
                 await self.recording.close(reason)
             await close_session(self.ctx, self.session_id, reason)
-            if reason != SHUTTING_DOWN:  # the sign-in outlives a restart; the grant decides
+            if reason not in KEEP_SIGNIN:  # the sign-in outlives a restart; the grant decides
                 await end_web_session(self.ctx, self.row.id, reason)
         except (BrokerError, OSError) as exc:
             log.error("closing the web session failed", session=self.session_id,

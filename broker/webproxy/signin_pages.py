@@ -20,9 +20,10 @@ from aiohttp import web
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.http.errors import BadInput
-from broker.http.keys import CONTEXT, LIVE_SESSIONS, REFUSALS
+from broker.http.keys import CONTEXT, LIVE_SESSIONS, NODE, REFUSALS
 from broker.http.security import csrf_ok, csrf_token, foreign_source, refuse_foreign
 from broker.services.context import Context
+from broker.services.readiness import new_session_refusal
 from broker.services.sessions import audit_event
 from broker.webproxy.live import ProxiedSession
 from broker.webproxy.origin import (
@@ -114,6 +115,7 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
         raise BadInput("csrf", "this form was not sent from the sign-in page; open the"
                                " sign-in link again", 403)
     client = request.remote or "unknown"
+    await refuse_new_session(request)  # before the one-use link is spent
     row, cookie, view = await redeem(ctx, token, client)
     try:
         target = await load_target(ctx, view.device.id or 0)
@@ -131,6 +133,18 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
     response.del_cookie(PRE_COOKIE, path=SIGNIN_PATH, secure=_secure(request), httponly=True,
                         samesite="Strict")
     raise response
+
+
+async def refuse_new_session(request: web.Request) -> None:
+    """503 with one line while this node opens no new session (draining, recordings not
+    writable)."""
+    why = await new_session_refusal(request.app[CONTEXT], request.app[NODE])
+    if why is not None:
+        await request.app[REFUSALS].refused(
+            "session.refused", f"web:{request.remote or 'unknown'}",
+            request.remote or "unknown", None, reason=why)
+        raise web.HTTPServiceUnavailable(text=f"broker: {why}",
+                                         headers={"Retry-After": "10"})
 
 
 def _set_cookie(request: web.Request, response: web.StreamResponse, live: ProxiedSession,

@@ -231,3 +231,12 @@ def test_not_utf8(tmp_path: Path) -> None:
 def test_value_with_newline_is_echoed_on_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, '[log]\nlevel = "a\\nb"\n')
     assert "[log] level" in error_of(path)
+
+
+def test_drain_timeout_defaults_to_five_minutes_and_is_checked(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "")).settings.broker.drain_timeout == "5m"
+    assert load(write(tmp_path, "[broker]\ndrain_timeout = \"30s\"\n")).settings.broker \
+        .drain_timeout == "30s"
+    message = error_of(write(tmp_path, "[broker]\ndrain_timeout = \"soon\"\n"))
+    assert "drain_timeout" in message and "'soon' is not a duration" in message
+    assert "drain_timeout" in error_of(write(tmp_path, ""), BROKER_BROKER_DRAIN_TIMEOUT="2d")

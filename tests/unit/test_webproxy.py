@@ -474,3 +474,31 @@ async def test_refusal_pages_name_the_real_weblogin_command(broker_dir: Path) ->
             text = await refused.text()
             assert refused.status == 403 and command in text, (path, text)
             assert "PORT" not in text and "TECH@BROKER" not in text
+
+
+async def test_a_draining_node_opens_no_new_web_session(broker_dir: Path) -> None:
+    """Draining: a sign-in is refused with one line (its one-use link not spent), and a
+    cookie another node signed in is not resumed here; once not draining, both work."""
+    from broker.http.keys import NODE
+
+    async with upstream(device_app) as device:
+        async with device_origin(broker_dir) as (client, ctx):
+            grant = await add_grant(ctx, device.url)
+            cookie = await sign_in(client, ctx)
+        async with device_origin(broker_dir) as (client, ctx):
+            client.app[NODE].draining = True
+            token, _ = await create_signin(ctx, "tech", "dev", "test")
+            page = await client.get(f"/w/signin/{token}")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text())
+            assert csrf
+            pre = {"Cookie": f"broker_web_signin={page.cookies['broker_web_signin'].value}"}
+            refused = await client.post(f"/w/signin/{token}", data={"csrf": csrf.group(1)},
+                                        headers=pre, allow_redirects=False)
+            assert refused.status == 503
+            assert "broker: this broker node is draining" in await refused.text()
+            resumed = await client.get(f"/w/{grant}/echo", headers={"Cookie": cookie})
+            assert resumed.status == 503
+            client.app[NODE].draining = False
+            signed = await client.post(f"/w/signin/{token}", data={"csrf": csrf.group(1)},
+                                       headers=pre, allow_redirects=False)
+            assert signed.status == 303  # the link was not spent by the refusal

@@ -1,0 +1,103 @@
+"""Fail closed on recording storage, on a real, small tmpfs: a session whose recording can no
+longer be written is cut within about a second with one line, new sessions are refused with
+one line while the directory takes no writes, and once space is free sessions work again and
+every recording, the cut one included, verifies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import BrokerProcess, SshdDevice
+from tests.integration.test_drain import readyz
+
+pytestmark = pytest.mark.integration
+PUSH = "while :; do head -c 15000 /dev/urandom | base64; sleep 0.05; done"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def free_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def session_id(directory: Path) -> str:
+    return directory.name.split("-", 1)[1]
+
+
+def test_a_full_recordings_disk_cuts_and_refuses_until_space_is_free(
+        tmp_path: Path, small_disk: Path, sshd_device: SshdDevice) -> None:
+    broker = BrokerProcess(tmp_path / "broker").init()
+    broker.env["BROKER_RECORDING_DIR"] = str(small_disk / "recordings")
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * 600_000)  # what the operator frees later
+    broker.one_grant(sshd_device)
+    broker.serve()
+    try:
+        assert broker.ssh("tech+dev", "echo first").out == "first\n"
+        first = sorted(p for p in (small_disk / "recordings").iterdir() if p.is_dir())[0]
+
+        pusher = subprocess.Popen([*broker.ssh_args("tech+dev", "tech"), PUSH],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        full_at = None
+        deadline = time.monotonic() + 30
+        while pusher.poll() is None and time.monotonic() < deadline:
+            if full_at is None and free_bytes(small_disk) < 64 * 1024:
+                full_at = time.monotonic()
+            time.sleep(0.02)
+        cut_at = time.monotonic()
+        assert pusher.poll() is not None, "the session was not cut"
+        pusher.kill()
+        assert full_at is not None and cut_at - full_at < 1.5, (full_at, cut_at)
+        err = pusher.communicate()[1]
+        lines = [line for line in err.splitlines() if line.startswith("broker:")]
+        assert len(lines) == 1, err
+        assert "recording cannot be written (No space left on device)" in lines[0]
+        assert pusher.returncode == 1
+
+        status, body = readyz(broker)
+        assert status == 503 and any(p.startswith("recordings:") for p in body["problems"])
+        refused = broker.ssh("tech+dev", "echo refused")
+        assert refused.code == 1 and refused.out == ""
+        assert refused.err.count("\n") == 1, refused.err
+        assert refused.err.startswith("broker: this broker node cannot record sessions right"
+                                      " now (No space left on device)")
+
+        ballast.unlink()  # space again
+        time.sleep(1.5)
+        assert readyz(broker)[0] == 200
+        again = broker.ssh("tech+dev", "echo after")
+        assert again.code == 0 and again.out == "after\n", again.err
+
+        assert broker.cli("recordings", "verify", session_id(first)).out.strip() == "ok"
+        verified = broker.cli("recordings", "verify", "--all", check=False)
+        assert verified.code == 0, verified.out + verified.err
+        events = [e for e in map(json.loads, broker.cli(
+            "audit", "export", "--format", "jsonl").out.splitlines())
+            if e["kind"] == "recording.failed"]
+        assert events and events[0]["data"]["error"] == "No space left on device"
+        assert events[0]["data"]["session_cut"] is True
+        assert "recording failed; cutting its session" in broker.serve_log()
+    finally:
+        broker.stop()

@@ -1,0 +1,116 @@
+"""Recording storage that fails (ENOSPC, EROFS, EIO): the failure reaches the flusher's
+listeners once per file, the failed file takes no more data, and a seal that cannot be
+completed is undone so that the chain of sealed sessions stays whole."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.recording import (
+    MANIFEST_FILE,
+    FlushedFile,
+    Flusher,
+    SessionRecording,
+    Signer,
+    seal_directory,
+    verify_all,
+)
+from broker.recording import manifest as manifest_module
+from broker.recording.manifest import HEAD_FILE
+from tests.unit.test_manifest import T0, record
+
+
+class FullDisk:
+    """Stands in for a buffered file on a full disk."""
+
+    closed = False
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        self.closed = True
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_failing_write_reaches_the_listeners_once(tmp_path: Path) -> None:
+    flusher = Flusher(interval=3600)
+    failures: list[tuple[Path, int | None]] = []
+    flusher.on_failure(lambda path, exc: failures.append((path, exc.errno)))
+    file = FlushedFile(tmp_path / "out.jsonl", flusher)
+    file.write("kept\n")
+    fd = file.flush()
+    assert fd is not None
+    os.close(fd)
+    file._file.close()
+    file._file = FullDisk()  # type: ignore[assignment]
+    file.write("lost\n")
+    file.write("lost too\n")  # dropped: the file failed already
+    assert failures == [(tmp_path / "out.jsonl", errno.ENOSPC)]
+    assert await flusher.flush_now() == 0
+    file.close()  # does not raise
+    assert failures == [(tmp_path / "out.jsonl", errno.ENOSPC)]
+    await flusher.stop()
+
+
+async def test_a_failing_flush_reaches_the_listeners(tmp_path: Path) -> None:
+    flusher = Flusher(interval=3600)
+    failures: list[Path] = []
+    flusher.on_failure(lambda path, exc: failures.append(path))
+    file = FlushedFile(tmp_path / "out.jsonl", flusher)
+    file.write("x")
+    file._file.close()
+    file._file = FullDisk()  # type: ignore[assignment]
+    await flusher.flush_now()
+    assert failures == [tmp_path / "out.jsonl"] and file.failed is not None
+    await flusher.stop()
+
+
+async def test_a_seal_without_its_chain_head_is_undone(tmp_path: Path, monkeypatch:
+                                                       pytest.MonkeyPatch) -> None:
+    signer = Signer(Ed25519PrivateKey.generate())
+    flusher = Flusher(interval=3600)
+    await record(tmp_path, "s1", signer, flusher)
+    head = (tmp_path / HEAD_FILE).read_bytes()
+    second = await record(tmp_path, "s2", None, flusher)  # closed, not yet sealed
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manifest_module, "write_head", full)
+    with pytest.raises(OSError):
+        seal_directory(second.path, signer)
+    assert not (second.path / MANIFEST_FILE).exists()  # not half sealed
+    assert (tmp_path / HEAD_FILE).read_bytes() == head
+    assert not [p for p in second.path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert seal_directory(second.path, signer)  # the disk recovered
+    assert verify_all(tmp_path, signer.public_key) == {"s1": [], "s2": []}
+    await flusher.stop()
+
+
+async def test_close_on_a_failing_disk_reports_and_does_not_raise(tmp_path: Path,
+                                                                  monkeypatch:
+                                                                  pytest.MonkeyPatch) -> None:
+    flusher = Flusher(interval=3600)
+    failures: list[Path] = []
+    flusher.on_failure(lambda path, exc: failures.append(path))
+    rec = SessionRecording.create(tmp_path, "s3", T0, {"technician": "a"}, flusher=flusher)
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rec, "_finish", full)
+    await rec.close("done")
+    assert failures == [rec.path / "session.json"]
+    assert json.loads((rec.path / "session.json").read_text())["ended_at"] is None
+    await flusher.stop()
