@@ -49,3 +49,20 @@ def test_load_balancers_ask_readiness_and_the_image_installs_the_lock() -> None:
     image = (DEPLOY / "Containerfile").read_text()
     assert "--require-hashes -r /opt/broker/requirements.lock" in image
     assert "--no-deps /opt/broker" in image
+
+
+def test_service_managers_wait_longer_than_the_drain() -> None:
+    from broker.config import BrokerSection
+    from broker.domain.durations import parse_duration
+
+    drain = parse_duration(BrokerSection().drain_timeout).total_seconds()
+    unit = re.search(r"^TimeoutStopSec=(\d+)min$", (DEPLOY / "systemd" / "broker.service")
+                     .read_text(), re.M)
+    assert unit and int(unit.group(1)) * 60 > drain
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for node in ("broker-a", "broker-b"):
+        assert parse_duration(compose["services"][node]["stop_grace_period"]).total_seconds() \
+            > drain
+    kube = [doc for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / "broker.yaml").read_text())
+            if doc and doc.get("kind") == "StatefulSet"]
+    assert kube and kube[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain
