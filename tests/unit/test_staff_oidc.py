@@ -226,3 +226,24 @@ async def test_with_local_login_off_the_password_form_is_gone_and_its_post_refus
             rows = (await db.exec(select(AuditEvent).where(
                 AuditEvent.kind == "staff.refused"))).all()
         assert [json.loads(r.data)["reason"] for r in rows] == ["local login disabled"]
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ('[oidc]\nissuer = "https://idp.example"\nclient_id = "x"\n[oidc.roles]\nroot = ["a"]',
+     "[oidc] roles: Value error, [oidc.roles] root: expected approver, auditor or admin"),
+    ('[oidc]\nissuer = "https://idp.example"\nclient_id = "x"',
+     "[oidc]: Value error, [oidc.roles] (or role_claim) is required"),
+    ('[oidc]\nlocal_login = false', "local_login = false needs an issuer"),
+    ('[oidc]\nissuer = "idp.example"', "expected an http(s) URL"),
+    ('[oidc]\nissuer = "https://i.example"\nclient_id = "x"\nscopes = "email"\n'
+     '[oidc.roles]\nadmin = ["a"]', "the scopes must include 'openid'"),
+])
+def test_oidc_settings_errors_are_one_line(tmp_path: Path, section: str,
+                                           message: str) -> None:
+    from broker.config import load_config
+    from broker.errors import ConfigError
+    (tmp_path / "broker.toml").write_text(section + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "broker.toml", environ={})
+    text = str(caught.value)
+    assert "\n" not in text and message.split("Value error, ")[-1] in text, text
