@@ -365,7 +365,8 @@ class OIDCSection(_Section):
     issuer: str = ""  # e.g. https://login.microsoftonline.com/<tenant>/v2.0
     provider_name: str = ""  # on the button: "Sign in with <provider_name>" (default: host)
     client_id: str = ""
-    client_secret_env: str = ""  # name of the environment variable holding the secret
+    # name of the environment variable holding the secret (not BROKER_*: those are overrides)
+    client_secret_env: str = ""
     scopes: str = "openid email profile groups"
     group_claim: str = "groups"  # the ID token claim listing the user's groups
     role_claim: str = ""  # optional: a claim naming the role directly (approver|auditor|admin)
@@ -648,4 +649,14 @@ cert_file = ""
 key_file = ""
 app_name = "vendor-access-broker"
 facility = "authpriv"
+
+[oidc]
+# Staff single sign-on with the hospital's OpenID Connect provider (empty issuer: off), e.g.
+# https://login.microsoftonline.com/TENANT/v2.0; then client_id, client_secret_env (the name
+# of the variable holding the secret) and [oidc.roles] admin = ["biomed-admins"], ...
+issuer = ""
+client_id = ""
+client_secret_env = ""
+# false: the password form is gone (keep it true for a local break-glass admin)
+local_login = true
 """

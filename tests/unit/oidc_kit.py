@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 CLIENT_ID = "broker-staff"
 CLIENT_SECRET = "s3cret-for-tests-long-enough-for-hs256"
-SECRET_ENV = "BROKER_TEST_OIDC_SECRET"
+SECRET_ENV = "TEST_OIDC_CLIENT_SECRET"  # not BROKER_*: those are settings overrides
 
 
 @dataclass
@@ -99,7 +99,9 @@ def configure(broker_dir: Path, issuer: str, *, local_login: bool = True,
               extra: str = "") -> None:
     """Add an ``[oidc]`` section for ``issuer`` to the directory's broker.toml."""
     toml = broker_dir / "broker.toml"
-    toml.write_text(toml.read_text() + f"""
+    before, found, after = toml.read_text().partition("\n[oidc]\n")  # broker init's, if any
+    assert not found or "\n[" not in after, "[oidc] is expected last in broker.toml"
+    toml.write_text(before + f"""
 [oidc]
 issuer = "{issuer}"
 provider_name = "Test IdP"

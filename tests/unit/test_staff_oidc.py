@@ -139,6 +139,7 @@ async def test_approver_decides_as_the_approver_with_the_same_email(
     ("issuer", "id token: wrong issuer"),
     ("audience", "id token: wrong audience"),
     ("expired", "id token: expired"),
+    ("future", "id token: The token is not yet valid (iat)"),
     ("nonce", "id token: wrong nonce"),
     ("no-nonce", "id token: nonce missing"),
     ("hs256", "id token: algorithm 'HS256' not accepted"),
@@ -154,6 +155,8 @@ async def test_a_bad_id_token_is_refused_and_audited(
             claims["aud"] = "another-client"
         elif case == "expired":
             claims["exp"], claims["iat"] = claims["iat"] - 600, claims["iat"] - 900
+        elif case == "future":
+            claims["iat"] += 3600
         elif case == "nonce":
             claims["nonce"] = "not-the-nonce"
         elif case == "no-nonce":
