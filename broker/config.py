@@ -411,6 +411,8 @@ class OIDCSection(_Section):
         if self.issuer and not (self.roles or self.role_claim):
             raise ValueError("[oidc.roles] (or role_claim) is required when issuer is set: "
                              "no group would map to a role")
+        if self.client_secret_env.upper().startswith("BROKER_"):
+            raise ValueError("client_secret_env: not a BROKER_* name (those override settings)")
         if not self.issuer and not self.local_login:
             raise ValueError("local_login = false needs an issuer: nobody could sign in")
         return self

@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlmodel import col, select
 
 from broker.config import load_config
 from broker.http import create_app
+from broker.http.staff import oidc
 from broker.services.context import Context
 from broker.store.models import AuditEvent, StaffSession, StaffUser
 from tests.browser_kit import chromium, screenshot
@@ -38,15 +42,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def private_jwk(kid: str) -> dict[str, Any]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key)), "kid": kid, "use": "sig",
+            "alg": "RS256"}
+
+
 @dataclass
 class RealIdP:
-    issuer: str
+    """The node process running tests/oidc/provider.mjs, restartable on its port."""
+
+    node: str
+    port: int
+    redirect_uri: str
     accounts: Path
+    jwks: Path
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def set_groups(self, login: str, groups: list[str]) -> None:
         data = json.loads(self.accounts.read_text())
         data[login]["groups"] = groups
         self.accounts.write_text(json.dumps(data))
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            self.node, str(SCRIPT), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "OIDC_ISSUER": self.issuer, "OIDC_PORT": str(self.port),
+                 "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": CLIENT_SECRET,
+                 "OIDC_REDIRECT_URI": self.redirect_uri, "OIDC_ACCOUNTS": str(self.accounts),
+                 "OIDC_JWKS": str(self.jwks)})
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        assert line.strip() == b"listening", line
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+
+    async def rotate(self, kid: str) -> None:
+        """A new signing key first, the old one still published; restart the provider."""
+        keys = json.loads(self.jwks.read_text())["keys"]
+        self.jwks.write_text(json.dumps({"keys": [private_jwk(kid), *keys[:1]]}))
+        await self.stop()
+        await self.start()
 
 
 @dataclass
@@ -54,6 +98,7 @@ class Portal:
     base: str
     ctx: Context
     idp: RealIdP
+    server_app: web.Application
 
 
 @pytest.fixture
@@ -63,35 +108,34 @@ async def portal(broker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     if node is None or not (ROOT / "node_modules" / "oidc-provider").is_dir():
         pytest.skip("node or the oidc-provider npm package is missing (run 'make static')")
     idp_port, broker_port = free_port(), free_port()
-    issuer, base = f"http://127.0.0.1:{idp_port}", f"http://127.0.0.1:{broker_port}"
-    accounts = tmp_path / "accounts.json"
+    base = f"http://127.0.0.1:{broker_port}"
+    accounts, jwks = tmp_path / "accounts.json", tmp_path / "jwks.json"
     accounts.write_text(json.dumps({
         "ann": {"email": "ann@hospital.example", "name": "Ann", "groups": ["biomed-admins"]}}))
-    proc = await asyncio.create_subprocess_exec(
-        node, str(SCRIPT), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "OIDC_ISSUER": issuer, "OIDC_PORT": str(idp_port),
-             "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": CLIENT_SECRET,
-             "OIDC_REDIRECT_URI": f"{base}/staff/oidc/callback",
-             "OIDC_ACCOUNTS": str(accounts)})
+    jwks.write_text(json.dumps({"keys": [private_jwk("first")]}))
+    idp = RealIdP(node, idp_port, f"{base}/staff/oidc/callback", accounts, jwks)
+    await idp.start()
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.strip() == b"listening", line
         monkeypatch.setenv(SECRET_ENV, CLIENT_SECRET)
         monkeypatch.setenv("BROKER_BROKER_PUBLIC_URL", base)
-        configure(broker_dir, issuer)
+        configure(broker_dir, idp.issuer)
         ctx = Context.open(load_config(broker_dir / "broker.toml"))
         server = TestServer(create_app(ctx), host="127.0.0.1", port=broker_port)
         await server.start_server()
         try:
-            yield Portal(base, ctx, RealIdP(issuer, accounts))
+            yield Portal(base, ctx, idp, server.app)
         finally:
             await server.close()
             await ctx.close()
     finally:
-        proc.terminate()
-        await proc.wait()
+        await idp.stop()
+
+
+async def refusals(ctx: Context) -> list[str]:
+    async with ctx.store.session() as db:
+        rows = (await db.exec(select(AuditEvent).where(
+            col(AuditEvent.kind) == "staff.oidc_refused"))).all()
+    return [json.loads(r.data)["reason"] for r in rows]
 
 
 async def sso(page: Any, base: str, *, login: str | None) -> None:
@@ -146,7 +190,29 @@ async def test_sign_in_with_a_real_provider_maps_groups_to_roles_at_every_sign_i
         await screenshot(page, "oidc-no-mapped-group")
         home = await page.goto(f"{portal.base}/staff/")
         assert home is not None and "/staff/login" in page.url
-        async with portal.ctx.store.session() as db:
-            rows = (await db.exec(select(AuditEvent).where(
-                col(AuditEvent.kind) == "staff.oidc_refused"))).all()
-        assert [json.loads(r.data)["reason"] for r in rows] == ["no mapped group"]
+        assert await refusals(portal.ctx) == ["no mapped group"]
+
+
+async def test_a_rotated_provider_key_is_fetched_and_a_replayed_callback_refused(
+        portal: Portal) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        callbacks: list[str] = []
+        page.on("request", lambda request: callbacks.append(request.url)
+                if "/staff/oidc/callback" in request.url else None)
+        await sso(page, portal.base, login="ann")
+        await page.wait_for_url(f"{portal.base}/staff/devices", timeout=15000)
+        found = oidc.provider(portal.server_app)
+        assert found is not None and found.jwks_fetches == 1
+        # The same callback URL again (a replay, e.g. from the history): refused.
+        await page.goto(callbacks[-1])
+        assert "could not be completed" in await page.content()
+        assert await refusals(portal.ctx) == ["state unknown or already used"]
+
+        # The IdP rotates its signing key (the new one first, the old one still published).
+        await portal.idp.rotate("second")
+        await page.goto(f"{portal.base}/staff/devices")
+        await page.click("button:has-text('Sign out')")
+        await sso(page, portal.base, login="ann")
+        await page.wait_for_url(f"{portal.base}/staff/devices", timeout=15000)
+        assert found.jwks_fetches == 2 and "second" in found._keys

@@ -4,7 +4,8 @@
 // Environment: OIDC_ISSUER (http://127.0.0.1:PORT), OIDC_PORT, OIDC_CLIENT_ID,
 // OIDC_CLIENT_SECRET, OIDC_REDIRECT_URI, OIDC_ACCOUNTS (a JSON file, re-read at every login:
 // {"login name": {"email": ..., "groups": [...]}}, so a test changes someone's groups by
-// rewriting it). Prints "listening" on stdout when ready.
+// rewriting it); optional OIDC_JWKS, a JSON file {"keys": [private JWKs]} (the first signs:
+// a test rotates keys by restarting with a new first key). Prints "listening" when ready.
 import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
@@ -33,6 +34,7 @@ const provider = new Provider(env.OIDC_ISSUER, {
   conformIdTokenClaims: false, // the scope's claims in the ID token, as Entra/Okta/Keycloak do
   pkce: { required: () => true },
   cookies: { keys: ['test-only-cookie-signing-key-0123456789'] },
+  ...(env.OIDC_JWKS ? { jwks: JSON.parse(readFileSync(env.OIDC_JWKS, 'utf8')) } : {}),
   features: { devInteractions: { enabled: true } },
   async findAccount(_ctx, id) {
     const found = accounts()[id];
