@@ -382,6 +382,9 @@ class OIDCSection(_Section):
         if value and (parts.scheme not in ("http", "https") or not parts.hostname
                       or parts.query or parts.fragment):
             raise ValueError(f"expected an http(s) URL without query or fragment, got {value!r}")
+        if value and parts.scheme == "http" and parts.hostname not in (
+                "localhost", "127.0.0.1", "::1"):
+            raise ValueError(f"expected https (http only on a loopback address), got {value!r}")
         return value.rstrip("/") if value else value
 
     @field_validator("scopes")

@@ -115,6 +115,11 @@ async def test_a_removed_group_loses_its_role_at_the_next_sign_in(
             assert (await db.exec(select(StaffSession))).all() == []
         assert [(r["reason"], r["groups"]) for r in await refusals(ctx)] == [
             ("no mapped group", ["cafeteria"])]
+        # Entra ID's "overage": no groups claim, only a pointer to them; said so plainly.
+        status, body = await sign_in(client, idp, groups=None,
+                                     _claim_names={"groups": "src1"})
+        assert status == 403 and "too many groups" in body
+        assert (await refusals(ctx))[-1]["reason"] == "groups overage"
 
 
 async def test_approver_decides_as_the_approver_with_the_same_email(
@@ -238,6 +243,7 @@ async def test_with_local_login_off_the_password_form_is_gone_and_its_post_refus
      "[oidc]: Value error, [oidc.roles] (or role_claim) is required"),
     ('[oidc]\nlocal_login = false', "local_login = false needs an issuer"),
     ('[oidc]\nissuer = "idp.example"', "expected an http(s) URL"),
+    ('[oidc]\nissuer = "http://idp.example"', "expected https (http only on a loopback"),
     ('[oidc]\nissuer = "https://i.example"\nclient_id = "x"\nscopes = "email"\n'
      '[oidc.roles]\nadmin = ["a"]', "the scopes must include 'openid'"),
 ])

@@ -316,10 +316,16 @@ async def account_for(ctx: Context, settings: OIDCSection, claims: dict[str, Any
                 StaffUser.oidc_subject == subject))).first()
             if user is not None:  # the IdP took the groups away: end what is still open
                 await db.exec(delete(StaffSession).where(col(StaffSession.user_id) == user.id))
+        if settings.group_claim in (claims.get("_claim_names") or {}):
+            # Entra ID's "overage": too many groups for the token, only a link to them
+            raise Refused("groups overage", 403, (
+                "You belong to too many groups for the identity provider to list them in the "
+                "sign-in token. Ask your administrator to limit the groups claim to the "
+                "broker's groups (or to use app roles)."), actor=actor)
         raise Refused("no mapped group", 403, (
-                "You signed in, but none of your groups gives access to the broker. Ask your "
-                "administrator to add you to one of the broker's groups."),
-                actor=actor, groups=groups[:20])
+            "You signed in, but none of your groups gives access to the broker. Ask your "
+            "administrator to add you to one of the broker's groups."),
+            actor=actor, groups=groups[:20])
     approver = await _approver_for(ctx, claims)
     if role == "approver" and approver is None:
         raise Refused("no approver with this e-mail", 403, (
