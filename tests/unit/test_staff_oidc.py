@@ -137,6 +137,12 @@ async def test_approver_decides_as_the_approver_with_the_same_email(
                                      email="zed@hospital.example", groups=["biomed-approvers"])
         assert status == 403 and "no registered approver" in body
         assert (await refusals(ctx))[-1]["reason"] == "no approver with this e-mail"
+        # An admin demoted to approver at the IdP, with no approver of her e-mail: refused,
+        # and her admin session ends with it.
+        assert (await sign_in(client, idp))[0] == 200
+        assert (await client.get("/staff/audit")).status == 200
+        assert (await sign_in(client, idp, groups=["biomed-approvers"]))[0] == 403
+        assert (await client.get("/staff/audit", allow_redirects=False)).status == 303
 
 
 @pytest.mark.parametrize(("case", "reason"), [

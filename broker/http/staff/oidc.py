@@ -303,19 +303,10 @@ async def _approver_for(ctx: Context, claims: dict[str, Any]) -> str | None:
     return None
 
 
-async def account_for(ctx: Context, settings: OIDCSection, claims: dict[str, Any]
-                      ) -> StaffUser:
-    """The staff account of these verified claims, made or updated (role, approver) now."""
-    subject = str(claims["sub"])[:255]
-    name = staff_name(settings, claims)
-    role, groups = role_for(settings, claims)
-    actor = f"staff:{name}"
+def _check_role(settings: OIDCSection, claims: dict[str, Any], role: str | None,
+                groups: list[str], actor: str, approver: str | None) -> str | None:
+    """The approver this role decides as; Refused when the claims give no usable role."""
     if role is None:
-        async with ctx.store.session() as db:
-            user = (await db.exec(select(StaffUser).where(
-                StaffUser.oidc_subject == subject))).first()
-            if user is not None:  # the IdP took the groups away: end what is still open
-                await db.exec(delete(StaffSession).where(col(StaffSession.user_id) == user.id))
         if settings.group_claim in (claims.get("_claim_names") or {}):
             # Entra ID's "overage": too many groups for the token, only a link to them
             raise Refused("groups overage", 403, (
@@ -326,12 +317,33 @@ async def account_for(ctx: Context, settings: OIDCSection, claims: dict[str, Any
             "You signed in, but none of your groups gives access to the broker. Ask your "
             "administrator to add you to one of the broker's groups."),
             actor=actor, groups=groups[:20])
-    approver = await _approver_for(ctx, claims)
     if role == "approver" and approver is None:
         raise Refused("no approver with this e-mail", 403, (
             "Your account maps to the approver role, but no registered approver has your "
             "e-mail address. Ask your administrator to register you as an approver."),
             actor=actor, email=str(claims.get("email", ""))[:320])
+    return approver
+
+
+async def account_for(ctx: Context, settings: OIDCSection, claims: dict[str, Any]
+                      ) -> StaffUser:
+    """The staff account of these verified claims, made or updated (role, approver) now."""
+    subject = str(claims["sub"])[:255]
+    name = staff_name(settings, claims)
+    role, groups = role_for(settings, claims)
+    actor = f"staff:{name}"
+    try:
+        approver = _check_role(settings, claims, role, groups, actor,
+                               await _approver_for(ctx, claims))
+    except Refused:
+        # The IdP no longer gives this person a usable role: end what is still open.
+        async with ctx.store.session() as db:
+            user = (await db.exec(select(StaffUser).where(
+                StaffUser.oidc_subject == subject))).first()
+            if user is not None:
+                await db.exec(delete(StaffSession).where(col(StaffSession.user_id) == user.id))
+        raise
+    assert role is not None  # _check_role refused otherwise
     async with ctx.store.session() as db:
         user = (await db.exec(select(StaffUser).where(
             StaffUser.oidc_subject == subject))).first()
