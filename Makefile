@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NPM    ?= npm
 # asciinema-player, from the npm registry (pinned in package-lock.json), served by the broker
-# itself: never from a CDN.
+# itself: never from a CDN. oidc-provider (a devDependency, never served): the real OpenID
+# provider the staff SSO tests run with node (tests/oidc/provider.mjs).
 PLAYER := node_modules/asciinema-player/dist/bundle
 VENDOR := broker/http/static/vendor
 

@@ -368,6 +368,69 @@ class SiemSection(_Section):
         return int(self.facility) if self.facility.isdigit() else SYSLOG_FACILITIES[self.facility]
 
 
+class OIDCSection(_Section):
+    """Staff single sign-on with the hospital's OpenID Connect provider
+    (``broker/http/staff/oidc``); empty issuer = off."""
+
+    issuer: str = ""  # e.g. https://login.microsoftonline.com/<tenant>/v2.0
+    provider_name: str = ""  # on the button: "Sign in with <provider_name>" (default: host)
+    client_id: str = ""
+    # name of the environment variable holding the secret (not BROKER_*: those are overrides)
+    client_secret_env: str = ""
+    scopes: str = "openid email profile groups"
+    group_claim: str = "groups"  # the ID token claim listing the user's groups
+    role_claim: str = ""  # optional: a claim naming the role directly (approver|auditor|admin)
+    username_claim: str = "preferred_username"  # the staff name (else email, else sub)
+    redirect_url: str = ""  # empty: [broker] public_url + /staff/oidc/callback
+    local_login: bool = True  # local accounts (break-glass); false: password form gone
+    roles: dict[str, tuple[str, ...]] = {}  # [oidc.roles] admin = ["biomed-admins"], ...
+
+    @field_validator("issuer", "redirect_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname
+                      or parts.query or parts.fragment):
+            raise ValueError(f"expected an http(s) URL without query or fragment, got {value!r}")
+        if value and parts.scheme == "http" and parts.hostname not in (
+                "localhost", "127.0.0.1", "::1"):
+            raise ValueError(f"expected https (http only on a loopback address), got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: str) -> str:
+        if "openid" not in value.split():
+            raise ValueError(f"the scopes must include 'openid', got {value!r}")
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for role in value:
+            if role not in ("approver", "auditor", "admin"):
+                raise ValueError(f"[oidc.roles] {role}: expected approver, auditor or admin")
+        return value
+
+    @property
+    def display_name(self) -> str:
+        """The provider's name on the sign-in button."""
+        return self.provider_name or urlsplit(self.issuer).hostname or "single sign-on"
+
+    @model_validator(mode="after")
+    def _complete(self) -> OIDCSection:
+        if self.issuer and not self.client_id:
+            raise ValueError("client_id is required when issuer is set")
+        if self.issuer and not (self.roles or self.role_claim):
+            raise ValueError("[oidc.roles] (or role_claim) is required when issuer is set: "
+                             "no group would map to a role")
+        if self.client_secret_env.upper().startswith("BROKER_"):
+            raise ValueError("client_secret_env: not a BROKER_* name (those override settings)")
+        if not self.issuer and not self.local_login:
+            raise ValueError("local_login = false needs an issuer: nobody could sign in")
+        return self
+
+
 class Settings(_Section):
     broker: BrokerSection = BrokerSection()
     ssh: SSHSection = SSHSection()
@@ -380,6 +443,7 @@ class Settings(_Section):
     approvals: ApprovalsSection = ApprovalsSection()
     notify: NotifySection = NotifySection()
     siem: SiemSection = SiemSection()
+    oidc: OIDCSection = OIDCSection()
 
 
 class Config:
@@ -604,4 +668,14 @@ cert_file = ""
 key_file = ""
 app_name = "vendor-access-broker"
 facility = "authpriv"
+
+[oidc]
+# Staff single sign-on with the hospital's OpenID Connect provider (empty issuer: off), e.g.
+# https://login.microsoftonline.com/TENANT/v2.0; then client_id, client_secret_env (the name
+# of the variable holding the secret) and [oidc.roles] admin = ["biomed-admins"], ...
+issuer = ""
+client_id = ""
+client_secret_env = ""
+# false: the password form is gone (keep it true for a local break-glass admin)
+local_login = true
 """

@@ -47,8 +47,9 @@ def staff_list(config_file: str | None, as_json: bool) -> None:
     users = run(config_file, lambda ctx: StaffAccounts(ctx, actor()).users())
     data = [describe(u) for u in users]
     emit(as_json, data, lambda: table(
-        [(d["name"], d["role"], d["approver"], d["totp"], d["disabled"]) for d in data],
-        ["name", "role", "approver", "totp", "disabled"]))
+        [(d["name"], d["role"], d["approver"], d["totp"], d["disabled"], d["sign_in"])
+         for d in data],
+        ["name", "role", "approver", "totp", "disabled", "sign-in"]))
 
 
 @staff.command("disable")

@@ -231,6 +231,8 @@ class StaffUser(SQLModel, table=True):
     approver_name: str | None = Field(default=None, max_length=63)  # decides as this approver
     disabled: bool = False
     created_at: datetime = _utc()  # type: ignore[assignment]
+    # set for an account made by OpenID Connect sign-in: the IdP's "sub" (no usable password)
+    oidc_subject: str | None = Field(default=None, unique=True, max_length=255)
 
 
 class StaffSession(SQLModel, table=True):
@@ -243,9 +245,23 @@ class StaffSession(SQLModel, table=True):
     mfa_pending: bool = False  # password accepted, TOTP code still owed
     csrf_binding: str = Field(max_length=64)
     address: str | None = Field(default=None, max_length=100)
+    via: str = Field(default="password", max_length=10)  # password | oidc
     created_at: datetime = _utc()  # type: ignore[assignment]
     last_seen: datetime = _utc()  # type: ignore[assignment]
     expires_at: datetime = _utc()  # type: ignore[assignment]
+
+
+class OIDCLogin(SQLModel, table=True):
+    """An OpenID Connect sign-in under way (migration 0014): keyed by the SHA-256 of its
+    ``state``, bound to the browser by the SHA-256 of a cookie, spent by the callback."""
+
+    __tablename__ = "oidc_login"
+    state_hash: str = Field(primary_key=True, max_length=64)
+    browser_hash: str = Field(max_length=64)
+    nonce: str = Field(max_length=100)
+    code_verifier: str = Field(max_length=128)
+    next_path: str = Field(max_length=300)
+    created_at: datetime = _utc()  # type: ignore[assignment]
 
 
 # -- approval links and notifications (issue 7, part 1; migration 0006) -----------------------

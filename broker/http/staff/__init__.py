@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.http.staff import auth, insight, pages, watch
+from broker.http.staff import auth, insight, oidc, pages, watch
 
 
 def setup(app: web.Application) -> None:
     auth.setup(app)
+    oidc.setup(app)
     pages.setup(app)
     watch.setup(app)
     insight.setup(app)

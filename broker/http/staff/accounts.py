@@ -177,4 +177,5 @@ async def _user(db: AsyncSession, name: str) -> StaffUser:
 def describe(user: StaffUser) -> dict[str, object]:
     return {"name": user.name, "role": user.role, "approver": user.approver_name,
             "totp": user.totp_secret is not None, "disabled": user.disabled,
+            "sign_in": "oidc" if user.oidc_subject is not None else "password",
             "created_at": user.created_at}

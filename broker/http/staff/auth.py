@@ -1,6 +1,8 @@
 """Signing in and out, and the guard every staff route goes through.
 
-Login is a password form, then (when the account has enrolled) a TOTP form. Failures all
+Login is a password form, then (when the account has enrolled) a TOTP form, or single
+sign-on with the hospital's OpenID Connect provider (:mod:`.oidc`; ``[oidc] local_login =
+false`` removes the password form and refuses its POST). Failures all
 say the same thing to the visitor and each is an audit event with the real reason; both
 forms are rate-limited per client address. The session cookie is HttpOnly, SameSite=Strict,
 Path=/, and over TLS ``Secure`` with the ``__Host-`` prefix (so no subdomain can set it).
@@ -164,16 +166,23 @@ def _login_form(request: web.Request, target: str | None, error: str | None,
     nonce = request.cookies.get(cookie_name(request, LOGIN_COOKIE))
     if not nonce or len(nonce) > 100:
         nonce = secrets.token_urlsafe(24)
+    oidc = _context(request).config.settings.oidc
     response = aiohttp_jinja2.render_template(
         "staff/login.html", request,
         {"csrf": csrf_token(request.app, f"login:{nonce}"), "next": safe_next(target),
-         "error": error}, status=status)
+         "error": error, "local_login": oidc.local_login,
+         "sso": oidc.display_name if oidc.issuer else None,
+         "sso_start": f"/staff/oidc/start?next={quote(safe_next(target))}"}, status=status)
     set_cookie(request, response, LOGIN_COOKIE, nonce)
     return response
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     request.app[LOGIN_LIMIT].enforce(request)
+    if not _context(request).config.settings.oidc.local_login:
+        await refused(request, "anonymous", 403, "local login disabled", step="login")
+        raise web.HTTPForbidden(text="local sign-in is switched off: sign in with the "
+                                     "identity provider")
     form = await request.post()
     nonce = request.cookies.get(cookie_name(request, LOGIN_COOKIE), "")
     target = str(form.get("next") or "")

@@ -39,14 +39,14 @@ def token_hash(token: str) -> str:
 
 
 async def start(ctx: Context, user: StaffUser, address: str | None,
-                mfa_pending: bool = False) -> str:
+                mfa_pending: bool = False, via: str = "password") -> str:
     """Open a session for ``user``; return the cookie value (shown to nobody else)."""
     token = secrets.token_urlsafe(32)
     now = ctx.now()
     async with ctx.store.session() as db:
         db.add(StaffSession(
             token_hash=token_hash(token), user_id=user.id or 0, mfa_pending=mfa_pending,
-            csrf_binding=secrets.token_hex(16), address=(address or "")[:100] or None,
+            csrf_binding=secrets.token_hex(16), address=(address or "")[:100] or None, via=via,
             created_at=now, last_seen=now,
             expires_at=now + (MFA_TIMEOUT if mfa_pending else ABSOLUTE_TIMEOUT)))
     return token
