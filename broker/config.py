@@ -358,6 +358,13 @@ class SiemSection(_Section):
         return int(self.facility) if self.facility.isdigit() else SYSLOG_FACILITIES[self.facility]
 
 
+class VendorsSection(_Section):
+    """The technician lifecycle (``broker/services/vendors.py``)."""
+
+    # a technician with no successful login for this many days is disabled by the scheduler
+    inactive_days: int = Field(default=90, ge=1)
+
+
 class Settings(_Section):
     broker: BrokerSection = BrokerSection()
     ssh: SSHSection = SSHSection()
@@ -370,6 +377,7 @@ class Settings(_Section):
     approvals: ApprovalsSection = ApprovalsSection()
     notify: NotifySection = NotifySection()
     siem: SiemSection = SiemSection()
+    vendors: VendorsSection = VendorsSection()
 
 
 class Config:
@@ -590,4 +598,9 @@ cert_file = ""
 key_file = ""
 app_name = "vendor-access-broker"
 facility = "authpriv"
+
+[vendors]
+# A technician with no successful SSH login or web sign-in for this many days is disabled
+# (audited technician.inactive_disabled); 'broker tech enable NAME' lets them in again.
+inactive_days = 90
 """

@@ -38,7 +38,8 @@ from broker.ssh.proxy_protocol import ProxiedAcceptor, listen_with_proxy_protoco
 from broker.ssh.upstream import RELAY_PACKET, RELAY_WINDOW
 
 log = structlog.get_logger("broker.server")
-RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved", "session.kill")
+RECHECK_KINDS = ("grant.", "technician.", "vendor.", "device.", "request.approved",
+                 "session.kill")
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -150,7 +151,7 @@ class Server:
         await self.ctx.close()
 
     async def watch_changes(self) -> None:
-        """Any grant, technician, device or kill change made elsewhere (a CLI process,
+        """Any grant, technician, vendor, device or kill change made elsewhere (a CLI process,
         another node) makes live sessions re-check their grant within a second."""
         self.feed = feed_for(self.ctx)
 
