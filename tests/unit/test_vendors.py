@@ -8,7 +8,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import pytest
@@ -31,12 +31,15 @@ from broker.revocation.registry import LiveSessions
 from broker.revocation.scheduler import Scheduler
 from broker.services.directory import Directory
 from broker.services.grants import check_access
+from broker.services.requests import Requests
 from broker.services.vendors import Vendors, note_login
 from broker.store.models import AuditEvent, Technician
 from broker.testing import FakeClock
 from tests.unit.test_grant_life import FakeSession, approved_grant, make_context, settle
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Cli
 
     from broker.services.context import Context
@@ -152,6 +155,9 @@ async def test_vendor_disable_refuses_and_enable_lets_in_again(tmp_path: Path) -
         await vendors.set_disabled("B. Braun", True)
         access = await check_access(ctx, "alice", "pump-7", Protocol.SSH)
         assert access.decision.detail == "your company's access (B. Braun) is disabled"
+        with pytest.raises(Refused, match=r"company's access \(B\. Braun\) is disabled"):
+            await Requests(ctx, "test").create("alice", "pump-7", timedelta(minutes=5),
+                                               "battery check")
         with pytest.raises(Refused, match=r"vendor 'B\. Braun' is disabled"):
             await Directory(ctx, "test").add_technician(
                 "bob", "B. Braun", [asyncssh.generate_private_key("ssh-ed25519")])
@@ -193,6 +199,48 @@ async def test_expiry_and_inactivity_disable_on_time(tmp_path: Path) -> None:
         task.cancel()
     finally:
         await ctx.close()
+
+
+async def test_upgrade_makes_a_vendor_of_each_existing_vendor_text(tmp_path: Path) -> None:
+    """An install from before vendors: each distinct Technician.vendor becomes a vendor row
+    (no domains, no contract end) and each technician is linked to it; the inactivity clock
+    starts at the upgrade."""
+    from alembic import command
+
+    from broker.store.engine import Store, alembic_config
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    store = Store(url)
+    config = alembic_config()
+
+    def to(revision: str) -> Callable[[Any], None]:
+        def upgrade(connection: Any) -> None:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+        return upgrade
+
+    try:
+        async with store.engine.connect() as conn:
+            await conn.run_sync(to("0012"))
+            for name, vendor in (("alice", "Acme"), ("bob", "Acme"), ("carol", "B. Braun")):
+                await conn.exec_driver_sql(
+                    "INSERT INTO technician (name, vendor, disabled, created_at)"
+                    f" VALUES ('{name}', '{vendor}', 0, '2020-01-01 00:00:00.000000')")
+            await conn.commit()
+            await conn.run_sync(to("head"))
+            await conn.commit()
+            vendors = (await conn.exec_driver_sql(
+                "SELECT id, name, domains, disabled FROM vendor ORDER BY name")).all()
+            techs = (await conn.exec_driver_sql(
+                "SELECT name, vendor_id, enabled_at FROM technician ORDER BY name")).all()
+    finally:
+        await store.close()
+    ids = {name: ident for ident, name, _, _ in vendors}
+    assert sorted(ids) == ["Acme", "B. Braun"]
+    assert all(json.loads(domains) == [] and not disabled for _, _, domains, disabled in vendors)
+    assert [(name, vendor_id) for name, vendor_id, _ in techs] == [
+        ("alice", ids["Acme"]), ("bob", ids["Acme"]), ("carol", ids["B. Braun"])]
+    assert all(enabled_at is not None for _, _, enabled_at in techs)
 
 
 # -- the real CLI ----------------------------------------------------------------------------
