@@ -19,6 +19,7 @@ from broker.domain.vendors import (
     VendorState,
     check_domain,
     inactive_deadline,
+    refusal_for,
     shown_end,
     tech_state,
 )
@@ -128,6 +129,17 @@ async def vendor_for_technician(ctx: Context, db: AsyncSession, actor: str, name
     await ctx.audit(db, "vendor.added", actor, name, domains=[], contact=None,
                     contract_end=None, implicit=f"by 'tech add {tech}'")
     return vendor, True
+
+
+async def account_refusal(ctx: Context, tech_name: str) -> str | None:
+    """Why ``tech_name`` may not use the broker at all now (vendor, expiry, disabled)."""
+    async with ctx.store.session() as db:
+        tech = (await db.exec(select(Technician).where(Technician.name == tech_name))).first()
+        if tech is None:
+            return "unknown technician"
+        vendor = await db.get(Vendor, tech.vendor_id) if tech.vendor_id is not None else None
+    refused = refusal_for(ctx.now(), state_of(vendor), tech.disabled, tech.expires_at)
+    return refused[1] if refused else None
 
 
 async def note_login(ctx: Context, tech_name: str) -> None:

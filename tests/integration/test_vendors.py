@@ -43,6 +43,11 @@ def test_vendor_disable_cuts_live_sessions_and_enable_restores(
     assert lines == ["broker: access to vdev refused (vendor disabled): your company's access"
                      " (Acme Imaging) is disabled."], refused.err
 
+    menu = broker.ssh("vtech")  # the no-device menu says so too
+    assert menu.code == 1
+    assert menu.err.strip() == ("broker: vtech: your company's access (Acme Imaging) is"
+                                " disabled"), menu.err
+
     events = broker.cli_json("audit", "tail", "-n", "200")
     assert isinstance(events, list)
     assert any(e["kind"] == "vendor.disabled" and e["subject"] == "Acme Imaging"
