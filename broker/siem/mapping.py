@@ -94,7 +94,8 @@ BASE = OcsfClass(0, "Base Event", 0, "Uncategorized", {0: "Unknown", 99: "Other"
 AUTHENTICATION = OcsfClass(3002, "Authentication", *IAM,
                            {1: "Logon", 2: "Logoff", 99: "Other"})
 ACCOUNT_CHANGE = OcsfClass(3001, "Account Change", *IAM,
-                           {1: "Create", 3: "Password Change", 5: "Disable", 6: "Delete",
+                           {1: "Create", 2: "Enable", 3: "Password Change", 5: "Disable",
+                            6: "Delete",
                             10: "MFA Factor Enable", 99: "Other"})
 USER_ACCESS = OcsfClass(3005, "User Access Management", *IAM,
                         {1: "Assign Privileges", 2: "Revoke Privileges", 99: "Other"})
