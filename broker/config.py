@@ -431,6 +431,13 @@ class OIDCSection(_Section):
         return self
 
 
+class VendorsSection(_Section):
+    """The technician lifecycle (``broker/services/vendors.py``)."""
+
+    # a technician with no successful login for this many days is disabled by the scheduler
+    inactive_days: int = Field(default=90, ge=1)
+
+
 class Settings(_Section):
     broker: BrokerSection = BrokerSection()
     ssh: SSHSection = SSHSection()
@@ -444,6 +451,7 @@ class Settings(_Section):
     notify: NotifySection = NotifySection()
     siem: SiemSection = SiemSection()
     oidc: OIDCSection = OIDCSection()
+    vendors: VendorsSection = VendorsSection()
 
 
 class Config:
@@ -668,6 +676,11 @@ cert_file = ""
 key_file = ""
 app_name = "vendor-access-broker"
 facility = "authpriv"
+
+[vendors]
+# A technician with no successful SSH login or web sign-in for this many days is disabled
+# (audited technician.inactive_disabled); 'broker tech enable NAME' lets them in again.
+inactive_days = 90
 
 [oidc]
 # Staff single sign-on with the hospital's OpenID Connect provider (empty issuer: off), e.g.

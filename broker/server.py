@@ -45,7 +45,9 @@ from broker.webproxy.live import DRAINED
 
 log = structlog.get_logger("broker.server")
 DATABASE_WATCH = 1.0  # seconds between checks that the database answers
-RECHECK_KINDS = ("grant.", "technician.", "device.", "request.approved", "session.kill")
+TASK_STOP_TIMEOUT = 3.0  # seconds the background tasks get to stop at shutdown
+RECHECK_KINDS = ("grant.", "technician.", "vendor.", "device.", "request.approved",
+                 "session.kill")
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -148,7 +150,12 @@ class Server:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # A task stuck in a database call must not keep the shutdown checkpoint, the
+            # seals and the exit waiting: give them a few seconds, then close regardless.
+            _, late = await asyncio.wait(tasks, timeout=TASK_STOP_TIMEOUT)
+            for task in late:
+                log.warning("a background task did not stop in time",
+                            task=task.get_coro().__qualname__)  # type: ignore[union-attr]
             await self.close()
 
     async def drain(self, stop: asyncio.Event) -> None:
@@ -276,7 +283,7 @@ class Server:
         await self.ctx.close()
 
     async def watch_changes(self) -> None:
-        """Any grant, technician, device or kill change made elsewhere (a CLI process,
+        """Any grant, technician, vendor, device or kill change made elsewhere (a CLI process,
         another node) makes live sessions re-check their grant within a second."""
         self.feed = feed_for(self.ctx)
 

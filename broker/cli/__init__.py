@@ -17,7 +17,8 @@ from broker.errors import BrokerError
 COMMANDS = {
     "init": "admin:init", "migrate": "admin:migrate", "serve": "admin:serve",
     "demo": "admin:demo", "backup": "backup:backup_command", "restore": "backup:restore_command",
-    "tech": "people:tech", "approver": "people:approver", "staff": "staff:staff",
+    "tech": "people:tech", "vendor": "vendors:vendor", "approver": "people:approver",
+    "staff": "staff:staff",
     "device": "devices:device", "vault": "vault:vault",
     "request": "approvals:request",  # the access module's group, plus 'request link'
     "grant": "access:grant", "breakglass": "breakglass:breakglass_command",
@@ -32,7 +33,7 @@ COMMANDS = {
 TASKS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("Set-up", ("init", "migrate", "serve", "demo"),
      "broker init --dir /srv/broker --public-url https://broker.example.org:8443"),
-    ("People and devices", ("tech", "approver", "staff", "device", "vault"),
+    ("People and devices", ("vendor", "tech", "approver", "staff", "device", "vault"),
      "broker tech add alice --vendor Acme --key alice.pub --email alice@acme.example"),
     ("Access", ("request", "grant", "breakglass", "cert", "session"),
      "broker request create --tech alice --device pump-7 --for 2h --reason 'battery check'"),

@@ -14,7 +14,8 @@ def technician(view: TechnicianView) -> dict[str, Any]:
     t = view.technician
     return {"id": t.id, "name": t.name, "vendor": t.vendor, "email": t.email,
             "disabled": t.disabled, "totp": t.totp_secret is not None,
-            "created_at": t.created_at,
+            "created_at": t.created_at, "expires_at": t.expires_at,
+            "last_login_at": t.last_login_at,
             "keys": [{"fingerprint": k.fingerprint, "comment": k.comment} for k in view.keys]}
 
 

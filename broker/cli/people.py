@@ -9,9 +9,12 @@ import click
 from broker.cli import _render as render
 from broker.cli._base import actor, common, emit, fields, run, table
 from broker.cli.certs import totp
+from broker.cli.vendors import end_option
+from broker.domain.vendors import shown_end
 from broker.errors import UsageError
 from broker.services.context import Context
-from broker.services.directory import Directory, parse_public_keys
+from broker.services.directory import Directory, TechnicianView, parse_public_keys
+from broker.services.vendors import enable_technician, set_expiry
 from broker.store.models import Approver
 
 
@@ -29,10 +32,17 @@ tech.add_command(totp)
 @click.option("--key", "key_file", required=True, metavar="PUBKEY_FILE",
               help="OpenSSH public key file (one or more keys)")
 @click.option("--email", default=None, help="where decisions on their requests are sent")
+@click.option("--expires", default=None, metavar="DATE",
+              help="last day of access (YYYY-MM-DD, UTC) or an ISO 8601 end time")
 @common()
-def tech_add(name: str, vendor: str, key_file: str, email: str | None,
+def tech_add(name: str, vendor: str, key_file: str, email: str | None, expires: str | None,
              config_file: str | None, as_json: bool) -> None:
-    """Register a technician and their SSH public key."""
+    """Register a technician and their SSH public key.
+
+    --vendor names a registered vendor ('broker vendor add'); an unknown name is registered
+    on the spot with no mail domains and no contract end. When the vendor has domains,
+    --email must be in one of them."""
+    expires_at = end_option("--expires", expires)
     try:
         text = Path(key_file).read_text(encoding="utf-8")
     except OSError as exc:
@@ -41,10 +51,17 @@ def tech_add(name: str, vendor: str, key_file: str, email: str | None,
         raise UsageError(f"--key {key_file}: not a text file (expected an OpenSSH public key)"
                          ) from None
     keys = parse_public_keys(text, key_file)
-    view = run(config_file, lambda ctx: Directory(ctx, actor()).add_technician(
-        name, vendor, keys, email))
+    directory: list[Directory] = []
+
+    async def body(ctx: Context) -> TechnicianView:
+        directory.append(Directory(ctx, actor()))
+        return await directory[0].add_technician(name, vendor, keys, email, expires_at)
+
+    view = run(config_file, body)
+    registered = directory[0].vendor_created
     emit(as_json, render.technician(view),
-         f"technician {name} added ({vendor}), {len(keys)} key(s): "
+         f"technician {name} added ({view.technician.vendor}"
+         + (", a vendor registered just now" if registered else "") + f"), {len(keys)} key(s): "
          + ", ".join(k.fingerprint for k in view.keys))
 
 
@@ -68,6 +85,7 @@ def tech_show(name: str, config_file: str | None, as_json: bool) -> None:
     emit(as_json, data, lambda: fields(
         [("name", data["name"]), ("vendor", data["vendor"]), ("email", data["email"]),
          ("disabled", data["disabled"]), ("totp", data["totp"]),
+         ("expires", data["expires_at"]), ("last login", data["last_login_at"] or "never"),
          ("created", data["created_at"])]
         + [("key", f"{k['fingerprint']} {k['comment'] or ''}".strip()) for k in data["keys"]]))
 
@@ -79,6 +97,30 @@ def tech_disable(name: str, config_file: str | None, as_json: bool) -> None:
     """Disable a technician: no new requests, no new sessions."""
     run(config_file, lambda ctx: Directory(ctx, actor()).disable_technician(name))
     emit(as_json, {"name": name, "disabled": True}, f"technician {name} disabled")
+
+
+@tech.command("expire")
+@click.argument("name")
+@click.argument("date", metavar="DATE|never")
+@common()
+def tech_expire(name: str, date: str, config_file: str | None, as_json: bool) -> None:
+    """Set the technician's last day of access (YYYY-MM-DD, UTC), or 'never'.
+
+    On that date the technician is refused and the scheduler disables them
+    (audited technician.expired); a date in the past refuses them now."""
+    end = None if date.strip().lower() == "never" else end_option("DATE", date)
+    run(config_file, lambda ctx: set_expiry(ctx, actor(), name, end))
+    emit(as_json, {"name": name, "expires_at": end},
+         f"technician {name} " + (f"expires after {shown_end(end)}" if end else "never expires"))
+
+
+@tech.command("enable")
+@click.argument("name")
+@common()
+def tech_enable(name: str, config_file: str | None, as_json: bool) -> None:
+    """Enable a disabled technician (e.g. after inactivity); restarts the inactivity clock."""
+    run(config_file, lambda ctx: enable_technician(ctx, actor(), name))
+    emit(as_json, {"name": name, "disabled": False}, f"technician {name} enabled")
 
 
 @click.group("approver")

@@ -88,6 +88,9 @@ class Refusal(StrEnum):
     RETIRED = "device retired"
     MAINTENANCE = "device in maintenance"
     DISABLED = "technician disabled"
+    ACCOUNT_EXPIRED = "technician account expired"
+    VENDOR_DISABLED = "vendor disabled"
+    CONTRACT_ENDED = "vendor contract ended"
     UNKNOWN_DEVICE = "unknown device"
 
 

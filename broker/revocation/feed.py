@@ -130,7 +130,11 @@ class PostgresFeed:
                     on_change: OnChange) -> None:
         while True:
             try:
-                payload = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+                # that arrives as the queue yields (our own NOTIFYs at shutdown), and the
+                # feed would never stop.
+                async with asyncio.timeout(KEEPALIVE):
+                    payload = await queue.get()
             except TimeoutError:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE)
                 continue

@@ -13,6 +13,7 @@ from broker.revocation.registry import LiveSessions
 from broker.services.context import Context
 from broker.services.grants import next_deadline, pairs_with_an_open_grant, refresh_states
 from broker.services.requests import expire_pending
+from broker.services.vendors import lifecycle_round, next_lifecycle_deadline
 
 WARN_MINUTES = WARN_MINUTES_BEFORE_END
 WINDOW_CLOSED = "your access window closed"
@@ -49,8 +50,9 @@ class Scheduler(DeadlineLoop):
         Returns when the next round is due."""
         await self._cut_ended_windows()
         changes = await refresh_states(self.ctx)
+        lifecycle = await lifecycle_round(self.ctx)  # contract ends, expiry, inactivity
         await expire_pending(self.ctx)
-        if changes:
+        if changes or lifecycle:
             await self.sessions.recheck()
         now = self.ctx.now()
         for session, minutes in self.sessions.warnings_due(now, WARN_MINUTES):
@@ -58,5 +60,6 @@ class Scheduler(DeadlineLoop):
                 f"your access window closes in {minutes} minute{'s' if minutes > 1 else ''}"
                 f" (at {session.ends_at:%H:%M:%S} UTC)")
         candidates = [now + MAX_SLEEP, await next_deadline(self.ctx),
+                      await next_lifecycle_deadline(self.ctx),
                       self.sessions.next_warning(WARN_MINUTES)]
         return min(c for c in candidates if c is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncssh
 from sqlalchemy.exc import IntegrityError
@@ -13,12 +14,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from broker.domain.rotation import RotationError, method_for
 from broker.domain.text import DEPARTMENT, FIRMWARE, MODEL, PURPOSE, VENDOR
 from broker.domain.usernames import UsernameError, check_name
+from broker.domain.vendors import email_in_domains
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
 from broker.services.grants import revoke_all_on_device
 from broker.services.lookup import by_name, maybe_by_name
 from broker.services.rotations import device_retired
 from broker.services.text import address, free_text
+from broker.services.vendors import vendor_for_technician
 from broker.store.models import (
     Approver,
     ApproverGroup,
@@ -62,10 +65,14 @@ class TechnicianView:
 class Directory:
     def __init__(self, ctx: Context, actor: str) -> None:
         self.ctx, self.actor = ctx, actor
+        self.vendor_created = False  # add_technician registered its vendor on the spot
 
     # -- technicians -------------------------------------------------------------------
     async def add_technician(self, name: str, vendor: str, keys: Sequence[asyncssh.SSHKey],
-                             email: str | None = None) -> TechnicianView:
+                             email: str | None = None, expires_at: datetime | None = None
+                             ) -> TechnicianView:
+        """Register a technician of ``vendor`` (registered on the spot, with no domains,
+        if no vendor has that name: see :func:`vendor_for_technician`)."""
         valid_name("technician", name)
         if not vendor.strip():
             raise UsageError("--vendor must not be empty")
@@ -75,8 +82,16 @@ class Directory:
         async with self.ctx.store.session() as db:
             if await maybe_by_name(db, Technician, name):
                 raise Conflict(f"technician {name!r} already exists")
-            tech = Technician(name=name, vendor=vendor, email=email,
-                              created_at=self.ctx.now())
+            org, created = await vendor_for_technician(self.ctx, db, self.actor, vendor, name)
+            if email is not None and not email_in_domains(email, org.domains):
+                raise Refused(f"--email {email}: not in vendor {org.name}'s domains"
+                              f" ({', '.join(org.domains)})")
+            if org.disabled:
+                raise Refused(f"vendor {org.name!r} is disabled: enable it first"
+                              f" ('broker vendor enable {org.name}')")
+            tech = Technician(name=name, vendor=org.name, vendor_id=org.id, email=email,
+                              expires_at=expires_at, created_at=self.ctx.now())
+            self.vendor_created = created
             db.add(tech)
             await db.flush()
             assert tech.id is not None
@@ -86,7 +101,8 @@ class Directory:
                     for key in keys]
             db.add_all(rows)
             await self.ctx.audit(db, "technician.added", self.actor, name, vendor=tech.vendor,
-                                 keys=[row.fingerprint for row in rows])
+                                 keys=[row.fingerprint for row in rows],
+                                 expires_at=expires_at.isoformat() if expires_at else None)
         return TechnicianView(tech, rows)
 
     async def technicians(self) -> list[TechnicianView]:

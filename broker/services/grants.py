@@ -20,12 +20,14 @@ from broker.domain.grants import (
 )
 from broker.domain.protocols import Protocol
 from broker.domain.text import REVOKE_REASON
+from broker.domain.vendors import refusal_for
 from broker.errors import Conflict
 from broker.services.context import Context
 from broker.services.lookup import by_id, maybe_by_name
 from broker.services.rotations import grant_ended as rotation_after_grant
 from broker.services.text import free_text
-from broker.store.models import Device, Grant, Technician
+from broker.services.vendors import state_of
+from broker.store.models import Device, Grant, Technician, Vendor
 
 LIVE_STATES = (GrantState.SCHEDULED.value, GrantState.ACTIVE.value)
 
@@ -166,6 +168,10 @@ async def check_access(ctx: Context, tech_name: str, device_name: str,
             return Access(AccessDecision(None, Refusal.UNKNOWN_DEVICE,
                                          f"there is no device named {device_name!r}"),
                           tech, None, None)
+        vendor = await db.get(Vendor, tech.vendor_id) if tech.vendor_id is not None else None
+        refused = refusal_for(now, state_of(vendor), tech.disabled, tech.expires_at)
+        if refused is not None:
+            return Access(AccessDecision(None, *refused), tech, device, None)
         recent = now - timedelta(days=30)
         grants = (await db.exec(select(Grant).where(
             Grant.technician_id == tech.id, Grant.device_id == device.id,

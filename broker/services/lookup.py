@@ -8,13 +8,13 @@ from sqlmodel import SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.errors import NotFound
-from broker.store.models import AccessRequest, Approver, Device, Grant, Technician
+from broker.store.models import AccessRequest, Approver, Device, Grant, Technician, Vendor
 
-_Named = TypeVar("_Named", Technician, Approver, Device)
+_Named = TypeVar("_Named", Technician, Approver, Device, Vendor)
 _Numbered = TypeVar("_Numbered", AccessRequest, Grant)
 
 _KIND = {Technician: "technician", Approver: "approver", Device: "device",
-         AccessRequest: "request", Grant: "grant"}
+         AccessRequest: "request", Grant: "grant", Vendor: "vendor"}
 
 
 async def by_name(db: AsyncSession, model: type[_Named], name: str) -> _Named:

@@ -22,11 +22,13 @@ from broker.domain.requests import (
     window_for,
 )
 from broker.domain.text import DECISION_COMMENT, REQUEST_REASON
+from broker.domain.vendors import refusal_for
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
 from broker.services.lookup import by_id, by_name
 from broker.services.policies import applicable_rules, hours_text, inside_hours
 from broker.services.text import free_text
+from broker.services.vendors import state_of
 from broker.store.models import (
     AccessRequest,
     Approval,
@@ -36,6 +38,7 @@ from broker.store.models import (
     Grant,
     SamePerson,
     Technician,
+    Vendor,
 )
 
 
@@ -73,6 +76,12 @@ class Requests:
             device = await by_name(db, Device, device_name)
             try:
                 self._check_subjects(tech, device)
+                vendor = (await db.get(Vendor, tech.vendor_id)
+                          if tech.vendor_id is not None else None)
+                refused = refusal_for(self.ctx.now(), state_of(vendor), tech.disabled,
+                                      tech.expires_at)
+                if refused is not None:
+                    raise Refused(f"technician {tech.name}: {refused[1]}")
                 policy_name, rules = applicable_rules(policies, tech, device)
                 wanted = protocols if protocols is not None else rules.protocols
                 violations = check_request(rules, duration, wanted)

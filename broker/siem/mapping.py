@@ -94,7 +94,8 @@ BASE = OcsfClass(0, "Base Event", 0, "Uncategorized", {0: "Unknown", 99: "Other"
 AUTHENTICATION = OcsfClass(3002, "Authentication", *IAM,
                            {1: "Logon", 2: "Logoff", 99: "Other"})
 ACCOUNT_CHANGE = OcsfClass(3001, "Account Change", *IAM,
-                           {1: "Create", 3: "Password Change", 5: "Disable", 6: "Delete",
+                           {1: "Create", 2: "Enable", 3: "Password Change", 5: "Disable",
+                            6: "Delete",
                             10: "MFA Factor Enable", 99: "Other"})
 USER_ACCESS = OcsfClass(3005, "User Access Management", *IAM,
                         {1: "Assign Privileges", 2: "Revoke Privileges", 99: "Other"})
@@ -137,6 +138,13 @@ KINDS: dict[str, Mapping] = {
     "staff.added": _m(ACCOUNT_CHANGE, 1),
     "approver.added": _m(ACCOUNT_CHANGE, 1),
     "technician.disabled": _m(ACCOUNT_CHANGE, 5),
+    "technician.expired": _m(ACCOUNT_CHANGE, 5),
+    "technician.inactive_disabled": _m(ACCOUNT_CHANGE, 5),
+    "technician.enabled": _m(ACCOUNT_CHANGE, 2),
+    "vendor.added": _m(ACCOUNT_CHANGE, 1),
+    "vendor.disabled": _m(ACCOUNT_CHANGE, 5),
+    "vendor.contract_ended": _m(ACCOUNT_CHANGE, 5),
+    "vendor.enabled": _m(ACCOUNT_CHANGE, 2),
     "staff.disabled": _m(ACCOUNT_CHANGE, 5),
     "technician.totp_enrolled": _m(ACCOUNT_CHANGE, 10),
     "staff.totp_enrolled": _m(ACCOUNT_CHANGE, 10),

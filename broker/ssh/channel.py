@@ -276,7 +276,8 @@ class Channel:
         how = (f" To ask for access: ssh -p {conn.services.public_port} "
                f"{conn.technician}@{conn.services.public_host} request {conn.device}"
                " --for 2h --reason WHY...")
-        if refusal in (Refusal.RETIRED, Refusal.UNKNOWN_DEVICE, Refusal.DISABLED):
+        if refusal in (Refusal.RETIRED, Refusal.UNKNOWN_DEVICE, Refusal.DISABLED,
+                       Refusal.ACCOUNT_EXPIRED, Refusal.VENDOR_DISABLED, Refusal.CONTRACT_ENDED):
             how = ""
         await self.refuse(f"access to {conn.device} refused ({refusal}): {detail}.{how}",
                           str(refusal))

@@ -50,6 +50,7 @@ from broker.services.sessions import (
     open_session,
     technician_keys,
 )
+from broker.services.vendors import note_login
 from broker.ssh.process import Handler, RelayProcess
 from broker.ssh.streams import SSHReceive, SSHSend, pump
 from broker.ssh.upstream import connect_device
@@ -254,6 +255,7 @@ class BrokerConnection(asyncssh.SSHServer):
         await audit_event(self.ctx, "login.succeeded", f"technician:{self.target.technician}",
                           self.target.device, client=self.peer,
                           method="publickey+totp" if self.key_proven else "publickey")
+        await note_login(self.ctx, self.target.technician)
 
     def session_requested(self) -> RelayProcess:
         return RelayProcess(self.services.process_handler)

@@ -21,6 +21,7 @@ from broker.domain.text import visible
 from broker.errors import BrokerError
 from broker.services.grants import grants_of
 from broker.services.requests import Requests
+from broker.services.vendors import account_refusal
 
 if TYPE_CHECKING:
     from broker.ssh.connection import BrokerConnection
@@ -92,6 +93,9 @@ class Menu:
 
     async def grants(self) -> int:
         tech = self.conn.technician
+        refused = await account_refusal(self.conn.ctx, tech)
+        if refused is not None:
+            return self.fail(f"{tech}: {refused}")
         rows = await grants_of(self.conn.ctx, tech)
         if not rows:
             self.say(f"{tech}: you have no current or upcoming grants.")

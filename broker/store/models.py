@@ -14,10 +14,27 @@ def _utc(**kwargs: object) -> object:
     return Field(sa_type=UTCDateTime, **kwargs)  # type: ignore[call-overload]
 
 
+class Vendor(SQLModel, table=True):
+    """A technicians' employer: its mail domains, contract end and on/off switch."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=200)
+    domains: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    contact: str | None = Field(default=None, max_length=320)
+    contract_end: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    contract_end_noted: bool = False  # vendor.contract_ended audited for this contract_end
+    disabled: bool = False
+    created_at: datetime = _utc()  # type: ignore[assignment]
+
+
 class Technician(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True, max_length=63)
-    vendor: str = Field(max_length=200)
+    vendor: str = Field(max_length=200)  # the vendor's name (kept in step with vendor_id)
+    vendor_id: int | None = Field(default=None, foreign_key="vendor.id", index=True)
+    expires_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    last_login_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    enabled_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
     email: str | None = Field(default=None, max_length=320)
     disabled: bool = False
     totp_secret: bytes | None = Field(default=None, sa_type=LargeBinary)  # vault-encrypted

@@ -20,6 +20,7 @@ from broker.domain.protocols import Protocol
 from broker.errors import Refused
 from broker.services.context import Context
 from broker.services.grants import check_access
+from broker.services.vendors import note_login
 from broker.store.models import Device, Grant, Technician, WebSession, WebSignin
 from broker.webproxy.settings import load_target
 
@@ -111,6 +112,7 @@ async def redeem(ctx: Context, token: str, client: str) -> tuple[WebSession, str
         db.add(session)
         await ctx.audit(db, "web.signin", actor, view.device.name, grant=view.grant.id,
                         web_session=session.id, client=client)
+    await note_login(ctx, view.technician.name)
     return session, cookie, view
 
 

@@ -262,8 +262,9 @@ async def test_audit_verify_reports_a_changed_row(api: Api) -> None:
         db.add(row)
     verdict = await api.get("/audit/verify")
     assert verdict["ok"] is False
+    # (seq 3: the vendor that the fixture's first 'tech add' registered)
     assert verdict["problems"] == [{"seq": 3, "message": "was changed after it was written "
-                                                         "(approver.added)"}]
+                                                         "(vendor.added)"}]
 
 
 # -- authentication and roles --------------------------------------------------------------

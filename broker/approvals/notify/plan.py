@@ -31,7 +31,10 @@ TECHNICIAN_MAIL = frozenset({
 APPROVER_LINK_MAIL = frozenset({"request.created"})
 EVERY_APPROVER_MAIL = frozenset({"grant.breakglass"})
 WEBHOOK_KINDS = TECHNICIAN_MAIL | APPROVER_LINK_MAIL | EVERY_APPROVER_MAIL | frozenset({
-    "grant.created", "device.rotation_failed", "session.kill_requested"})
+    "grant.created", "device.rotation_failed", "session.kill_requested",
+    # the vendor lifecycle: webhook only (no e-mail template; the subject is a name)
+    "vendor.disabled", "vendor.contract_ended", "technician.expired",
+    "technician.inactive_disabled"})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """OpenID Connect staff sign-in
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-03 23:30:00
 
 * ``staff_user.oidc_subject``: the identity provider's ``sub`` of an account made by OIDC
@@ -16,7 +16,7 @@ import broker.store.types
 
 
 revision = '0014'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
