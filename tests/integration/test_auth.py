@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pyotp
@@ -87,10 +88,12 @@ def test_certificate_after_revoke_is_refused(broker, tmp_path):
 
 
 def test_expired_certificate_is_refused(broker, tmp_path):
-    grant = broker.grant("bob", "dev", "3s")
+    grant = broker.grant("bob", "dev", "10s")  # room for a slow CLI under load
     key = keygen(tmp_path / "bob_short")
     cert = issue(broker, grant, key)
-    time.sleep(3.5)
+    shown = broker.cli_json("grant", "show", str(grant))
+    assert isinstance(shown, dict)
+    time.sleep(max(0.0, datetime.fromisoformat(shown["end"]).timestamp() - time.time()) + 0.5)
     run = cert_ssh(broker, "bob+dev", key, cert, "true")
     assert run.returncode == 255 and "Permission denied" in run.stderr
 

@@ -98,7 +98,7 @@ def test_certificate_after_revoke_is_refused(broker, tmp_path):
 
 
 def test_certificate_after_the_grant_ended_is_refused_and_never_outlived_it(broker, tmp_path):
-    grant = broker.grant("bob", "dev-a", "12s")  # room for slow CLI calls under load
+    grant = broker.grant("bob", "dev-a", "20s")  # room for slow CLI calls under load
     key = keygen(tmp_path / "laptop")
     cert = issue(broker, grant, key)
     shown = broker.cli_json("grant", "show", str(grant))
