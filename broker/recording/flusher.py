@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
+
+from broker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +97,19 @@ class Flusher:
     async def flush_now(self) -> int:
         """One round: flush every file, fsync those that changed. Returns how many changed."""
         fds: list[int] = []
+        started = time.monotonic()
         for file in list(self._files):
             try:
                 fd = file.flush()
             except OSError:
+                metrics.RECORDING_FAILURES.labels("flush").inc()
                 log.exception("recording: cannot flush %s", file.path)
                 continue
             if fd is not None:
                 fds.append(fd)
         if fds:
             await asyncio.to_thread(_fsync_and_close, fds)
+            metrics.RECORDING_WRITE.observe(time.monotonic() - started)
         return len(fds)
 
     def _ensure_running(self) -> None:
@@ -128,6 +134,7 @@ def _fsync_and_close(fds: list[int]) -> None:
         try:
             os.fsync(fd)
         except OSError:
+            metrics.RECORDING_FAILURES.labels("fsync").inc()
             log.exception("recording: fsync failed")
         finally:
             os.close(fd)

@@ -17,6 +17,7 @@ import asyncssh
 import structlog
 from asyncssh.stream import SSHTCPStreamSession
 
+from broker import metrics
 from broker.domain.grants import AccessDecision, Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.usernames import Target, UsernameError, parse_username
@@ -104,6 +105,7 @@ class BrokerConnection(asyncssh.SSHServer):
         self.closing: str | None = None
         self._protocols_used: set[Protocol] = set()
         self._channel_count = 0
+        self.protocol = "ssh"  # of the first channel, for /metrics: ssh|sftp|scp|forward
 
     # -- asyncssh callbacks: connection and authentication ---------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -211,6 +213,7 @@ class BrokerConnection(asyncssh.SSHServer):
         return False
 
     def _failed_attempt(self) -> None:
+        metrics.AUTH_FAILURES.labels("ssh").inc()
         self.auth_failures += 1
         if self.auth_failures >= self.services.max_auth_tries and self.conn is not None:
             self.refusal = f"too many authentication failures ({self.auth_failures})"
@@ -312,13 +315,20 @@ class BrokerConnection(asyncssh.SSHServer):
                                                     ".jsonl"),
                             destination=access.device.name, port=port, origin=origin)
 
+        def to_device(data: bytes) -> None:
+            metrics.FORWARD_TO_DEVICE.inc(len(data))
+            record.to_device(data)
+
+        def from_device(data: bytes) -> None:
+            metrics.FORWARD_FROM_DEVICE.inc(len(data))
+            record.from_device(data)
+
         async def relay(reader: asyncssh.SSHReader[bytes],
                         writer: asyncssh.SSHWriter[bytes]) -> None:
             try:
-                await asyncio.gather(pump(SSHReceive(reader), SSHSend(up_writer),
-                                          record.to_device),
+                await asyncio.gather(pump(SSHReceive(reader), SSHSend(up_writer), to_device),
                                      pump(SSHReceive(up_reader), SSHSend(writer),
-                                          record.from_device))
+                                          from_device))
                 record.close()
             except (asyncssh.Error, OSError) as exc:
                 record.close(f"error: {exc}")
@@ -379,6 +389,7 @@ class BrokerConnection(asyncssh.SSHServer):
             if self.session_id is not None:
                 return
             now = self.ctx.now()
+            self.protocol = {"shell": "ssh", "exec": "ssh"}.get(channel, channel)
             self.session_id = new_session_id(now)
             self.recording = SessionRecording.create(
                 self.ctx.config.recordings_dir, self.session_id, now,
