@@ -56,9 +56,13 @@ def metrics_token(config: Config) -> bytes:
     return value.encode("utf-8")
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, *, portal: bool = True) -> None:
     """Add ``GET /metrics`` to an app that has CONTEXT, LIVE_SESSIONS and REFUSALS."""
     app[TOKEN] = metrics_token(app[CONTEXT].config)
+    if portal and not app[TOKEN]:
+        log.info("GET /metrics is served on the portal without a token; set [metrics]"
+                 " token_env or token_file, or [metrics] listen, if the portal is reachable"
+                 " beyond the monitoring network")
     app.router.add_get("/metrics", serve_metrics)
 
 
@@ -69,7 +73,7 @@ def create_metrics_app(ctx: Context, sessions: LiveSessions) -> web.Application:
     app[LIVE_SESSIONS] = sessions
     app[REFUSALS] = RefusalLog(ctx, burst=20)
     app.on_cleanup.append(_flush_refusals)
-    setup(app)
+    setup(app, portal=False)
     return app
 
 
