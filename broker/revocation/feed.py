@@ -138,25 +138,27 @@ class PostgresFeed:
             except TimeoutError:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE)
                 continue
+            seen_at = datetime.now(UTC)
             batch = [payload]
             while not queue.empty():
                 batch.append(queue.get_nowait())
             kinds = [item.partition(" ")[2] for item in batch if item is not None]
-            newest = max((item.partition(" ")[0] for item in batch if item is not None),
-                         key=lambda seq: int(seq) if seq.isdigit() else -1, default="")
-            if newest.isdigit():
-                await self._measure_lag(int(newest))
             if kinds:
                 try:
                     await on_change(kinds)
                 except Exception as exc:
                     log.error("change handler failed", error=str(exc))
+            # measured after the handler, so that revocation never waits for it
+            newest = max((item.partition(" ")[0] for item in batch if item is not None),
+                         key=lambda seq: int(seq) if seq.isdigit() else -1, default="")
+            if newest.isdigit():
+                await self._measure_lag(int(newest), seen_at)
             if None in batch:
                 raise ConnectionError("the LISTEN connection was closed")
 
-    async def _measure_lag(self, seq: int) -> None:
+    async def _measure_lag(self, seq: int, seen_at: datetime) -> None:
         """The newest notified event's timestamp, read back (one primary-key lookup per
-        batch), against this node's clock."""
+        batch), against when this node heard of it."""
         try:
             async with self.ctx.store.session() as db:
                 ts = (await db.exec(select(AuditEvent.ts).where(AuditEvent.seq == seq))).first()
@@ -164,11 +166,13 @@ class PostgresFeed:
             log.warning("change feed lag not measured", error=str(exc))
             return
         if ts is not None:
-            seen_lag(ts)
+            seen_lag(ts, seen_at)
 
 
-def seen_lag(ts: datetime) -> None:
-    """Set the change-feed lag gauge: from an audit row's timestamp to this node's clock."""
+def seen_lag(ts: datetime, seen_at: datetime | None = None) -> None:
+    """Set the change-feed lag gauge: from an audit row's timestamp to when this node saw
+    it (now, by default), on this node's clock."""
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    metrics.FEED_LAG.set(max(0.0, (datetime.now(UTC) - ts).total_seconds()))
+    seen_at = seen_at or datetime.now(UTC)
+    metrics.FEED_LAG.set(max(0.0, (seen_at - ts).total_seconds()))

@@ -11,9 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import metrics
-from broker.config import settings_from
+from broker.config import load_config, settings_from
 from broker.errors import ConfigError
 from broker.http.metrics import metrics_token
+from broker.revocation.feed import seen_lag
+from broker.services.context import Context
+from broker.services.refusals import RefusalLog
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "broker-dashboard.json"
 # PromQL words that are not series names
@@ -106,3 +109,25 @@ def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         metrics_token(_config(tmp_path, {"token_file": "missing"}))
     (tmp_path / "token").write_text("y" * 40 + "\n")
     assert metrics_token(_config(tmp_path, {"token_file": "token"})) == b"y" * 40
+
+
+async def test_every_refusal_is_counted_suppressed_or_not(broker_dir: Path) -> None:
+    ctx = Context.open(load_config(broker_dir / "broker.toml"))
+    log = RefusalLog(ctx, interval=60, burst=2)
+    counter = metrics.REFUSALS.labels("test.refused", "bad-user")
+    try:
+        before = counter._value.get()  # type: ignore[attr-defined]
+        own = [await log.refused("test.refused", "unknown", "192.0.2.9", reason="bad-user")
+               for _ in range(5)]
+        assert own == [True, True, False, False, False]
+        assert counter._value.get() - before == 5  # type: ignore[attr-defined]
+    finally:
+        await ctx.close()
+
+
+def test_change_feed_lag_is_from_the_row_to_when_it_was_seen() -> None:
+    ts = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    seen_lag(ts, ts + timedelta(seconds=0.3))
+    assert metrics.FEED_LAG._value.get() == pytest.approx(0.3)  # type: ignore[attr-defined]
+    seen_lag(ts.replace(tzinfo=None), ts - timedelta(seconds=1))  # clock skew: never negative
+    assert metrics.FEED_LAG._value.get() == 0  # type: ignore[attr-defined]
