@@ -438,6 +438,36 @@ class VendorsSection(_Section):
     inactive_days: int = Field(default=90, ge=1)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
+class MetricsSection(_Section):
+    """``GET /metrics`` (Prometheus): on the portal's listener, or on ``listen`` when set;
+    with ``token_env`` or ``token_file`` a bearer token is required."""
+
+    listen: str = ""  # HOST:PORT of a listener of its own (the portal's TLS pair); empty: portal
+    token_env: str = ""  # the name of an environment variable holding the bearer token
+    token_file: str = ""  # or a file holding it (relative to the config file)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value) if value else value
+
+    @field_validator("token_env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        if value and not _ENV_NAME.match(value):
+            raise ValueError(f"expected an environment variable name, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token(self) -> MetricsSection:
+        if self.token_env and self.token_file:
+            raise ValueError("token_env and token_file are both set: set one of them")
+        return self
+
+
 class Settings(_Section):
     broker: BrokerSection = BrokerSection()
     ssh: SSHSection = SSHSection()
@@ -452,6 +482,7 @@ class Settings(_Section):
     siem: SiemSection = SiemSection()
     oidc: OIDCSection = OIDCSection()
     vendors: VendorsSection = VendorsSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 class Config:

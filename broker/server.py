@@ -23,6 +23,7 @@ from broker.domain.durations import parse_duration
 from broker.domain.policy import default_policy_notice
 from broker.errors import BrokerError, ConfigError
 from broker.http import WebSite, create_app, create_device_app
+from broker.http.metrics import create_metrics_app
 from broker.http.site import Listener
 from broker.recording import default_flusher, seal_interrupted, signer_for
 from broker.recording.manifest import Signer, seal_directory, sign_unsigned_head
@@ -67,6 +68,7 @@ class Server:
         self.ssh_port = 0
         self.web: WebSite | None = None
         self.devices_web: WebSite | None = None  # the device web UIs' own origin
+        self.metrics_web: WebSite | None = None  # [metrics] listen, when set
         self.feed: ChangeFeed | None = None
         self.siem: Forwarder | None = None
         self.services: ConnectionServices | None = None
@@ -128,6 +130,10 @@ class Server:
         self.devices_web = WebSite(create_device_app(self.ctx, self.sessions, self.node),
                                    self.ctx.config, Listener.devices(self.ctx.config))
         await self.devices_web.start()
+        if settings.metrics.listen:
+            self.metrics_web = WebSite(create_metrics_app(self.ctx, self.sessions),
+                                       self.ctx.config, Listener.metrics(self.ctx.config))
+            await self.metrics_web.start()
         await self.scheduler.tick()
         log.info("serving", ssh=f"{host}:{self.ssh_port}", http=self.web.port,
                  devices=self.devices_web.port, tls=self.web.tls,
@@ -275,6 +281,8 @@ class Server:
             await self.web.close()
         if self.devices_web is not None:
             await self.devices_web.close()
+        if self.metrics_web is not None:
+            await self.metrics_web.close()
         if self.services is not None:
             await self.services.refusals.flush()  # the counts of refusals not yet summarised
         await default_flusher().stop()

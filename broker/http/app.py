@@ -27,6 +27,7 @@ from broker.domain.durations import format_duration
 from broker.domain.text import visible
 from broker.errors import BrokerError
 from broker.http import api, staff
+from broker.http import metrics as metrics_endpoint
 from broker.http.errors import error_pages
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, NODE, REFUSALS, SECRET
 from broker.http.security import Handler, same_origin_writes, security_headers
@@ -77,6 +78,8 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None,
     aiohttp_jinja2.get_env(app).globals["static"] = lambda name: f"/static/{name}"
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if not ctx.config.settings.metrics.listen:  # else on a listener of its own (broker.server)
+        metrics_endpoint.setup(app)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", STATIC)
     api.setup(app)

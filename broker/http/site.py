@@ -41,6 +41,12 @@ class Listener:
         return cls("http", config.settings.http.listen, keys.tls_cert, keys.tls_key)
 
     @classmethod
+    def metrics(cls, config: Config) -> Listener:
+        """``[metrics] listen``: with the portal's TLS pair (plain HTTP if it has none)."""
+        portal = cls.portal(config)
+        return cls("metrics", config.settings.metrics.listen, portal.tls_cert, portal.tls_key)
+
+    @classmethod
     def devices(cls, config: Config) -> Listener:
         """``[webproxy]``: its own certificate, or the portal's pair when unset."""
         section = config.settings.webproxy

@@ -17,8 +17,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from broker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,9 @@ class FlushedFile:
             return
         self._unsynced = True
 
-    def fail(self, exc: OSError) -> None:
+    def fail(self, exc: OSError, step: str = "write") -> None:
         """Mark the file failed (once) and tell the flusher's listeners."""
+        metrics.RECORDING_FAILURES.labels(step).inc()
         if self.failed is None:
             self.failed = exc
             self._flusher.report(self.path, exc)
@@ -66,7 +70,7 @@ class FlushedFile:
         try:
             self._file.flush()
         except OSError as exc:
-            self.fail(exc)
+            self.fail(exc, "flush")
             return None
         self._unsynced = False
         # A duplicate stays valid even if the writer closes its file while the fsync runs.
@@ -134,6 +138,7 @@ class Flusher:
     async def flush_now(self) -> int:
         """One round: flush every file, fsync those that changed. Returns how many changed."""
         synced: list[tuple[FlushedFile, int]] = []
+        started = time.monotonic()
         for file in list(self._files):
             fd = file.flush()  # a failure is reported by the file itself
             if fd is not None:
@@ -141,7 +146,8 @@ class Flusher:
         if synced:
             failures = await asyncio.to_thread(_fsync_and_close, [fd for _, fd in synced])
             for index, exc in failures:
-                synced[index][0].fail(exc)
+                synced[index][0].fail(exc, "fsync")
+            metrics.RECORDING_WRITE.observe(time.monotonic() - started)
         return len(synced)
 
     def _ensure_running(self) -> None:

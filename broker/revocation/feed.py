@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
 from sqlmodel import col, func, select
 
+from broker import metrics
 from broker.audit.chain import NOTIFY_CHANNEL as CHANNEL
 from broker.services.context import Context
 from broker.store.models import AuditEvent
@@ -72,10 +74,12 @@ class PollingFeed:
                     unread = False
                     continue
                 async with self.ctx.store.session() as db:
-                    kinds = (await db.exec(select(AuditEvent.kind).where(
+                    rows = (await db.exec(select(AuditEvent.kind, AuditEvent.ts).where(
                         AuditEvent.seq > last, AuditEvent.seq <= head))).all()
                 last, unread = head, False
-                await on_change(list(kinds))
+                if rows:
+                    seen_lag(max(ts for _kind, ts in rows))
+                await on_change([kind for kind, _ts in rows])
             except Exception as exc:
                 log.error("change feed failed", error=str(exc))
 
@@ -138,6 +142,7 @@ class PostgresFeed:
             except TimeoutError:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE)
                 continue
+            seen_at = datetime.now(UTC)
             batch = [payload]
             while not queue.empty():
                 batch.append(queue.get_nowait())
@@ -147,5 +152,31 @@ class PostgresFeed:
                     await on_change(kinds)
                 except Exception as exc:
                     log.error("change handler failed", error=str(exc))
+            # measured after the handler, so that revocation never waits for it
+            newest = max((item.partition(" ")[0] for item in batch if item is not None),
+                         key=lambda seq: int(seq) if seq.isdigit() else -1, default="")
+            if newest.isdigit():
+                await self._measure_lag(int(newest), seen_at)
             if None in batch:
                 raise ConnectionError("the LISTEN connection was closed")
+
+    async def _measure_lag(self, seq: int, seen_at: datetime) -> None:
+        """The newest notified event's timestamp, read back (one primary-key lookup per
+        batch), against when this node heard of it."""
+        try:
+            async with self.ctx.store.session() as db:
+                ts = (await db.exec(select(AuditEvent.ts).where(AuditEvent.seq == seq))).first()
+        except Exception as exc:
+            log.warning("change feed lag not measured", error=str(exc))
+            return
+        if ts is not None:
+            seen_lag(ts, seen_at)
+
+
+def seen_lag(ts: datetime, seen_at: datetime | None = None) -> None:
+    """Set the change-feed lag gauge: from an audit row's timestamp to when this node saw
+    it (now, by default), on this node's clock."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    seen_at = seen_at or datetime.now(UTC)
+    metrics.FEED_LAG.set(max(0.0, (seen_at - ts).total_seconds()))

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from broker import metrics
 from broker.services.context import Context
 from broker.services.sessions import audit_event
 
@@ -51,6 +52,7 @@ class RefusalLog:
                       **data: Any) -> bool:
         """Audit one refusal of ``kind`` from ``source`` (an address); True if it got a row
         of its own, False if it was counted into the next summary."""
+        metrics.refused(kind, data.get("reason"))
         key = (source, kind)
         now = self._now()
         window = self._windows.get(key)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from broker import metrics
 from broker.domain.text import KILL_REASON, visible
 from broker.errors import Conflict, DeviceError, NotFound
 from broker.services.context import Context
@@ -106,6 +107,13 @@ async def close_session(ctx: Context, session_id: str, reason: str,
         db.add(row)
         await ctx.audit(db, "session.ended", "broker", f"session:{session_id}", reason=reason,
                         exit_status=exit_status)
+        outcome = metrics.session_outcome(
+            reason, None if row.kill_reason is None else visible(row.kill_reason))
+        grant = await db.get(Grant, row.grant_id) if outcome in ("expired", "revoked") \
+            else None
+    metrics.session_ended(outcome, closed_at=row.ended_at,
+                          grant_end=grant.end if grant else None,
+                          revoked_at=grant.revoked_at if grant else None)
 
 
 async def mark_interrupted(ctx: Context) -> list[Session]:
@@ -119,6 +127,8 @@ async def mark_interrupted(ctx: Context) -> list[Session]:
             db.add(row)
             await ctx.audit(db, "session.interrupted", "broker", f"session:{row.id}",
                             node=ctx.node, recording=row.recording)
+    for _row in rows:
+        metrics.session_ended("interrupted")
     return list(rows)
 
 

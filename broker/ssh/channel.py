@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncssh
 import structlog
 
+from broker import metrics
 from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.scp_command import ScpCommand, build, parse_or_none
@@ -63,6 +64,26 @@ class Taps:
     stderr: Callable[[bytes], None]
     finish: Callable[[int | None, str | None], None]
     resize: Callable[[int, int], None] = _ignore_resize
+
+
+def counted(taps: Taps) -> Taps:
+    """The same taps, each also counting the chunk's bytes for ``/metrics`` (per chunk)."""
+    to_device, from_device = metrics.SSH_TO_DEVICE.inc, metrics.SSH_FROM_DEVICE.inc
+    from_client, stdout, stderr = taps.from_client, taps.stdout, taps.stderr
+
+    def client_chunk(data: bytes) -> None:
+        to_device(len(data))
+        from_client(data)
+
+    def stdout_chunk(data: bytes) -> None:
+        from_device(len(data))
+        stdout(data)
+
+    def stderr_chunk(data: bytes) -> None:
+        from_device(len(data))
+        stderr(data)
+
+    return Taps(client_chunk, stdout_chunk, stderr_chunk, taps.finish, taps.resize)
 
 
 @dataclass(frozen=True)
@@ -160,7 +181,7 @@ class Channel:
         if self.dropped_env:
             await conn.audit("channel.env_dropped", names=[
                 n[:64].encode("unicode_escape").decode("ascii") for n in self.dropped_env])
-        taps = self._taps(kind, conn.recording, width, height)
+        taps = counted(self._taps(kind, conn.recording, width, height))
         conn.channels.add(self)
         try:
             await self._pump(taps)

@@ -18,6 +18,7 @@ import structlog
 from asyncssh.stream import SSHTCPStreamSession
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker import metrics
 from broker.domain.grants import AccessDecision, Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.usernames import Target, UsernameError, parse_username
@@ -114,6 +115,7 @@ class BrokerConnection(asyncssh.SSHServer):
         self.exit_status: int | None = None  # the last channel's, as the technician's ssh saw it
         self._protocols_used: set[Protocol] = set()
         self._channel_count = 0
+        self.protocol = "ssh"  # of the first channel, for /metrics: ssh|sftp|scp|forward
 
     # -- asyncssh callbacks: connection and authentication ---------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -228,6 +230,7 @@ class BrokerConnection(asyncssh.SSHServer):
         return False
 
     def _failed_attempt(self) -> None:
+        metrics.AUTH_FAILURES.labels("ssh").inc()
         self.auth_failures += 1
         if self.auth_failures >= self.services.max_auth_tries and self.conn is not None:
             self.refusal = f"too many authentication failures ({self.auth_failures})"
@@ -336,13 +339,20 @@ class BrokerConnection(asyncssh.SSHServer):
                                                     ".jsonl"),
                             destination=access.device.name, port=port, origin=origin)
 
+        def to_device(data: bytes) -> None:
+            metrics.FORWARD_TO_DEVICE.inc(len(data))
+            record.to_device(data)
+
+        def from_device(data: bytes) -> None:
+            metrics.FORWARD_FROM_DEVICE.inc(len(data))
+            record.from_device(data)
+
         async def relay(reader: asyncssh.SSHReader[bytes],
                         writer: asyncssh.SSHWriter[bytes]) -> None:
             try:
-                await asyncio.gather(pump(SSHReceive(reader), SSHSend(up_writer),
-                                          record.to_device),
+                await asyncio.gather(pump(SSHReceive(reader), SSHSend(up_writer), to_device),
                                      pump(SSHReceive(up_reader), SSHSend(writer),
-                                          record.from_device))
+                                          from_device))
                 record.close()
             except (asyncssh.Error, OSError) as exc:
                 record.close(f"error: {exc}")
@@ -408,6 +418,7 @@ class BrokerConnection(asyncssh.SSHServer):
                                            DATABASE_REFUSAL: "database-unreachable"}.get(
                                                why, "recording-unavailable"))
             now = self.ctx.now()
+            self.protocol = {"shell": "ssh", "exec": "ssh"}.get(channel, channel)
             session_id = new_session_id(now)
             try:
                 self.recording = SessionRecording.create(

@@ -29,6 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from broker import metrics
 from broker.domain.protocols import Protocol
 from broker.errors import BrokerError, DeviceError, Refused
 from broker.http.errors import BadInput
@@ -257,6 +258,7 @@ async def relay_http(request: web.Request, live: ProxiedSession, client: aiohttp
         async def stream() -> AsyncIterator[bytes]:
             async for chunk in request.content.iter_chunked(CHUNK):
                 sent.feed(chunk)
+                metrics.WEB_TO_DEVICE.inc(len(chunk))
                 yield chunk
 
         data = stream()
@@ -308,6 +310,7 @@ async def _relay_body(request: web.Request, response: web.StreamResponse,
         buffer = bytearray()
         async for chunk in upstream.content.iter_chunked(CHUNK):
             captured.feed(chunk)
+            metrics.WEB_FROM_DEVICE.inc(len(chunk))
             buffer.extend(chunk)
             if len(buffer) > HTML_REWRITE_LIMIT:
                 break
@@ -327,6 +330,7 @@ async def _relay_body(request: web.Request, response: web.StreamResponse,
         await response.prepare(request)
     async for chunk in upstream.content.iter_chunked(CHUNK):
         captured.feed(chunk)
+        metrics.WEB_FROM_DEVICE.inc(len(chunk))
         await response.write(chunk)
     await response.write_eof()
 
@@ -422,12 +426,15 @@ async def _pump_websocket(browser: web.WebSocketResponse,
 
     async def relay(source: WebSocketEnd, sink: WebSocketEnd, direction: str,
                     who: str) -> str:
+        moved = metrics.WEB_TO_DEVICE if direction == "send" else metrics.WEB_FROM_DEVICE
         async for message in source:
             if message.type is aiohttp.WSMsgType.TEXT:
                 wslog.message(direction, message.data, limit)
+                moved.inc(len(message.data))
                 await sink.send_str(message.data)
             elif message.type is aiohttp.WSMsgType.BINARY:
                 wslog.message(direction, message.data, limit)
+                moved.inc(len(message.data))
                 await sink.send_bytes(message.data)
         await sink.close(code=source.close_code or 1000)
         return f"closed by the {who} ({source.close_code})"

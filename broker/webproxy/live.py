@@ -67,6 +67,7 @@ class ProxiedSession:
         self._logged_in = False
         self._login_lock = asyncio.Lock()
         self.requests = 0
+        self.protocol = "web"  # for /metrics
 
     # -- the LiveSession protocol ------------------------------------------------------------
     @property

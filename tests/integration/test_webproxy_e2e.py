@@ -6,6 +6,7 @@ HAR recorded for the session opens in a HAR parser and holds what was done."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from haralyzer import HarParser
 from broker.recording.har import read_har
 from tests.browser_kit import chromium, need_chromium, screenshot
 from tests.integration.harness import BrokerProcess
+from tests.integration.test_metrics import fetch, samples, value
 
 PASSWORD = "pump-web-password-1"
 
@@ -93,6 +95,15 @@ async def test_technician_uses_the_device_ui_through_the_broker(
             "document.getElementById('log').textContent.includes("
             "'note from web: hello from the browser')", timeout=5000)
         await screenshot(page, "webproxy-live-log")
+        # /metrics (issue #18): the web session is live, and bytes came from the device
+        status, text = await asyncio.to_thread(fetch, broker.http_port)
+        assert status == 200
+        seen = samples(text)
+        assert value(seen, "broker_live_sessions", protocol="web") == 1
+        assert value(seen, "broker_relayed_bytes_total", direction="from_device",
+                     transport="web") > 0
+        assert value(seen, "broker_relayed_bytes_total", direction="to_device",
+                     transport="web") > 0  # the WebSocket message sent
 
         broker.cli("grant", "revoke", str(grant), "--reason", "e2e over")
         revoked = time.monotonic()

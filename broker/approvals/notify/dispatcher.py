@@ -26,6 +26,7 @@ import structlog
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker import metrics
 from broker.approvals import links
 from broker.approvals.notify.channels import (
     DeliveryError,
@@ -247,6 +248,7 @@ class Notifier:
                         await links.record_issued(self.ctx, db, outcome.link, "broker",
                                                   via="email")
                 elif row.attempts >= self.settings.max_attempts:
+                    metrics.NOTIFICATION_FAILURES.labels(row.channel, "true").inc()
                     row.state, row.last_error = "failed", outcome.error[:500]
                     await self.ctx.audit(db, "notification.failed", "broker",
                                          f"notification:{row.id}", channel=row.channel,
@@ -254,6 +256,7 @@ class Notifier:
                                          event_kind=row.kind, attempts=row.attempts,
                                          error=outcome.error[:300])
                 else:
+                    metrics.NOTIFICATION_FAILURES.labels(row.channel, "false").inc()
                     row.last_error = outcome.error[:500]
                     row.next_attempt_at = now + self.backoff(row.attempts)
                     log.warning("notification attempt failed", notification=row.id,

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import web
 
+from broker import metrics
 from broker.http.keys import CONTEXT, REFUSALS
 from broker.http.ratelimit import RateLimit
 from broker.http.security import csrf_ok, csrf_token
@@ -146,6 +147,8 @@ def _address(request: web.Request) -> str:
 
 
 async def _audit(request: web.Request, kind: str, name: str, **data: object) -> None:
+    if kind == "staff.login_failed":
+        metrics.AUTH_FAILURES.labels("staff").inc()
     ctx = _context(request)
     async with ctx.store.session() as db:
         await ctx.audit(db, kind, f"staff:{name[:63]}", f"staff:{name[:63]}",
