@@ -459,6 +459,8 @@ class MetricsSection(_Section):
     def _env(cls, value: str) -> str:
         if value and not _ENV_NAME.match(value):
             raise ValueError(f"expected an environment variable name, got {value!r}")
+        if value.upper().startswith("BROKER_"):
+            raise ValueError(f"{value!r}: not a BROKER_* name (those override settings)")
         return value
 
     @model_validator(mode="after")

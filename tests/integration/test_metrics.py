@@ -134,8 +134,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]
     proc = BrokerProcess(tmp_path_factory.mktemp("metrics-broker")).init()
     proc.metrics_port = free_port()  # type: ignore[attr-defined]
     proc.env.update({"BROKER_METRICS_LISTEN": f"127.0.0.1:{proc.metrics_port}",  # type: ignore[attr-defined]
-                     "BROKER_METRICS_TOKEN_ENV": "BROKER_TEST_METRICS_TOKEN",
-                     "BROKER_TEST_METRICS_TOKEN": TOKEN})
+                     "BROKER_METRICS_TOKEN_ENV": "TEST_METRICS_TOKEN",
+                     "TEST_METRICS_TOKEN": TOKEN})
     proc.serve()
     wait_for_port(proc.metrics_port, proc.proc)  # type: ignore[attr-defined]
     yield proc

@@ -91,20 +91,22 @@ def test_bad_metrics_settings_name_the_key(tmp_path: Path) -> None:
         _config(tmp_path, {"listen": "nowhere"})
     with pytest.raises(ConfigError, match=r"\[metrics\] token_env"):
         _config(tmp_path, {"token_env": "not a name"})
+    with pytest.raises(ConfigError, match=r"\[metrics\] token_env.*not a BROKER_\* name"):
+        _config(tmp_path, {"token_env": "BROKER_METRICS_TOKEN"})
     with pytest.raises(ConfigError, match=r"\[metrics\].*token_env and token_file"):
         _config(tmp_path, {"token_env": "A", "token_file": "t"})
 
 
 def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert metrics_token(_config(tmp_path, {})) == b""
-    monkeypatch.delenv("BROKER_T", raising=False)
-    with pytest.raises(ConfigError, match=r"\[metrics\] token_env = 'BROKER_T'.*not set"):
-        metrics_token(_config(tmp_path, {"token_env": "BROKER_T"}))
-    monkeypatch.setenv("BROKER_T", "short")
+    monkeypatch.delenv("METRICS_T", raising=False)
+    with pytest.raises(ConfigError, match=r"\[metrics\] token_env = 'METRICS_T'.*not set"):
+        metrics_token(_config(tmp_path, {"token_env": "METRICS_T"}))
+    monkeypatch.setenv("METRICS_T", "short")
     with pytest.raises(ConfigError, match="shorter than"):
-        metrics_token(_config(tmp_path, {"token_env": "BROKER_T"}))
-    monkeypatch.setenv("BROKER_T", "x" * 32)
-    assert metrics_token(_config(tmp_path, {"token_env": "BROKER_T"})) == b"x" * 32
+        metrics_token(_config(tmp_path, {"token_env": "METRICS_T"}))
+    monkeypatch.setenv("METRICS_T", "x" * 32)
+    assert metrics_token(_config(tmp_path, {"token_env": "METRICS_T"})) == b"x" * 32
     with pytest.raises(ConfigError, match=r"\[metrics\] token_file = 'missing'.*cannot read"):
         metrics_token(_config(tmp_path, {"token_file": "missing"}))
     (tmp_path / "token").write_text("y" * 40 + "\n")
