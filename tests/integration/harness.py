@@ -247,3 +247,20 @@ class BrokerProcess:
 
     def recordings(self) -> list[Path]:
         return sorted(p for p in (self.root / "recordings").iterdir() if p.is_dir())
+
+
+# -- short-lived certificates (broker cert issue) ------------------------------------------
+def issue_cert(broker: BrokerProcess, grant: int, key: Path) -> Path:
+    cert = key.with_name(f"{key.name}-grant{grant}-cert.pub")
+    broker.cli("cert", "issue", "--grant", str(grant), "--key", f"{key}.pub", "--out",
+               str(cert))
+    return cert
+
+
+def cert_ssh(broker: BrokerProcess, user: str, key: Path, cert: Path, *command: str
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-p", str(broker.port), "-i", str(key), "-o", f"CertificateFile={cert}",
+         "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+         "-l", user, "127.0.0.1", *command], capture_output=True, text=True, timeout=30)

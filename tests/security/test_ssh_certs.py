@@ -9,12 +9,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import asyncssh
 import pytest
 
-from tests.integration.harness import BrokerProcess, SshdDevice, keygen
+from tests.integration.harness import BrokerProcess, SshdDevice, cert_ssh, keygen
+from tests.integration.harness import issue_cert as issue
 from tests.security.ssh_world import UNLIMITED, wait_for_row
 
 pytestmark = pytest.mark.integration
@@ -33,22 +33,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory, device: SshdDevice
     proc.serve()
     yield proc
     proc.stop()
-
-
-def issue(broker: BrokerProcess, grant: int, key: Path) -> Path:
-    cert = key.with_name(f"{key.name}-grant{grant}-cert.pub")
-    broker.cli("cert", "issue", "--grant", str(grant), "--key", f"{key}.pub", "--out",
-               str(cert))
-    return cert
-
-
-def cert_ssh(broker: BrokerProcess, user: str, key: Path, cert: Path, *command: str
-             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-p", str(broker.port), "-i", str(key), "-o", f"CertificateFile={cert}",
-         "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
-         "-l", user, "127.0.0.1", *command], capture_output=True, text=True, timeout=30)
 
 
 def refused_row(broker: BrokerProcess, user: str, words: str) -> dict:
