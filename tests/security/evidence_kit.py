@@ -29,6 +29,13 @@ def activity(cli: Cli, technicians: int = 3) -> None:
         assert result.code == 0, result.err
 
 
+def register_vendor(cli: Cli, name: str = "BD") -> None:
+    """The vendor exists before the history under test (as if registered by an earlier
+    install), so each ``tech add`` of :func:`activity` writes exactly one audit row."""
+    sql(database(cli), "INSERT OR IGNORE INTO vendor (name, domains, contract_end_noted,"
+        " disabled, created_at) VALUES (?, '[]', 0, 0, '2026-01-01 00:00:00.000000')", name)
+
+
 def database(cli: Cli) -> Path:
     return cli.dir / "data" / "broker.db"
 
