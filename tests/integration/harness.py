@@ -171,7 +171,7 @@ class BrokerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)  # a drain with no session is quick; a loaded host is not
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         if getattr(self, "log", None):

@@ -63,7 +63,9 @@ def test_database_outage_refuses_new_sessions_and_cuts_live_ones_after_the_grace
         lost = time.monotonic()
         cut = shell.expect(shell.err, "the session is closed", timeout=15)
         waited = time.monotonic() - lost
-        assert 5 < waited < 10, waited
+        # the grace runs from the last check that reached the database (up to ~1 s before the
+        # pause), so the cut comes 6 s after that, not after the pause
+        assert 4 < waited < 10, waited
         assert "could not confirm the grant" in cut[-1]
         assert shell.proc.wait(5) == 1
 
