@@ -74,7 +74,7 @@ async def load_page(session: aiohttp.ClientSession, page_url: str, base: str,
 async def sign_in(broker: BrokerProcess, session: aiohttp.ClientSession) -> str:
     from broker.config import load_config
     from broker.services.context import Context
-    from broker.webproxy.signin import create_signin
+    from broker.services.web_signin import create_signin
 
     ctx = Context.open(load_config(broker.config))
     try:

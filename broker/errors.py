@@ -6,12 +6,14 @@
     │   └── BadText          free text breaks the text rule (broker/domain/text.py)
     ├── NotFound             a named technician, device, request, grant ... does not exist
     ├── Conflict             the object already exists, or its state forbids the operation
+    │   └── DuplicateRow     the database refused a row another writer made first
     ├── Refused              a rule said no (policy, invariant, state machine)
     ├── StoreError           the database is missing, un-migrated or unreachable
     └── DeviceError          the device could not be reached or refused the broker's login
 
-Lower layers' errors (SQLAlchemy, asyncssh, the domain's own) are mapped to these in one
-place each, with ``raise ... from``, so the CLI and the protocol handlers catch only these.
+Lower layers' errors (SQLAlchemy in ``Store.session()``, asyncssh, the domain's own) are
+mapped to these in one place each, with ``raise ... from``, so the CLI and the protocol
+handlers catch only these.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class NotFound(BrokerError):
 
 class Conflict(BrokerError):
     pass
+
+
+class DuplicateRow(Conflict):
+    """A unique or foreign key broken in the database (mapped in ``Store.session()``)."""
 
 
 class Refused(BrokerError):

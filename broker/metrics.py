@@ -6,10 +6,18 @@ Counters and histograms are moved where things happen (cheap: one call per event
 relayed chunk, never per byte); the gauges that come from the database (grants by state,
 SIEM lag, pool use) and from this node's live-session registry are computed at each scrape
 by :func:`refresh`. ``GET /metrics`` is served by :mod:`broker.http.metrics`.
+
+With ``[broker] workers`` > 1 a scrape reaches one worker, yet answers for the node: the
+supervisor gives every worker one directory (:data:`MULTIPROCESS_ENV`), each worker's values
+live in files there (prometheus-client's multiprocess mode), and :func:`exposition` adds them
+up: counters and histograms summed over every worker that ever ran in this start, per-worker
+gauges (live sessions, pool use) over the living ones, database-derived gauges (grants, SIEM
+lag) as last set. Each worker publishes its own gauges each second (:func:`publish_local`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter as Tally
 from collections.abc import Iterable
@@ -19,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 if TYPE_CHECKING:
     from broker.services.context import Context
@@ -27,6 +36,8 @@ log = structlog.get_logger("broker.metrics")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# set (by the supervisor, for its workers) before this module is imported: values in files
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 PROTOCOLS = ("ssh", "sftp", "scp", "forward", "web")
 OUTCOMES = ("closed", "killed", "revoked", "expired", "interrupted", "error")
@@ -34,7 +45,8 @@ GRANT_STATES = ("scheduled", "active", "expired", "revoked")
 
 LIVE_SESSIONS = Gauge(
     "broker_live_sessions", "Sessions live on this node now, by protocol of their first"
-    " channel (ssh, sftp, scp, forward, web).", ["protocol"], registry=REGISTRY)
+    " channel (ssh, sftp, scp, forward, web).", ["protocol"], registry=REGISTRY,
+    multiprocess_mode="livesum")
 SESSIONS = Counter(
     "broker_sessions", "Sessions ended on this node, by outcome: closed (by the technician),"
     " killed (by an operator), revoked (grant revoked, device retired, technician disabled),"
@@ -46,7 +58,7 @@ REFUSALS = Counter(
     ["kind", "reason"], registry=REGISTRY)
 GRANTS = Gauge(
     "broker_grants", "Grants in the database by state (computed at each scrape).", ["state"],
-    registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode="mostrecent")
 AUTH_FAILURES = Counter(
     "broker_auth_failures", "Failed authentication attempts, by service (ssh: a key,"
     " certificate or TOTP code refused; staff: a portal sign-in refused).", ["service"],
@@ -74,16 +86,25 @@ NOTIFICATION_FAILURES = Counter(
     ["channel", "final"], registry=REGISTRY)
 FEED_LAG = Gauge(
     "broker_change_feed_lag_seconds", "For the newest change this node's change feed saw:"
-    " seconds from its audit row's timestamp to this node reading it.", registry=REGISTRY)
+    " seconds from its audit row's timestamp to this node reading it.", registry=REGISTRY,
+    multiprocess_mode="livemax")
 SIEM_LAG = Gauge(
     "broker_siem_lag_events", "Audit events not yet forwarded to the SIEM (0 when [siem] is"
-    " off; computed at each scrape).", registry=REGISTRY)
+    " off; computed at each scrape).", registry=REGISTRY, multiprocess_mode="mostrecent")
 POOL_CHECKED_OUT = Gauge(
     "broker_db_pool_checked_out", "Database connections checked out of the SQLAlchemy pool"
-    " now (computed at each scrape).", registry=REGISTRY)
+    " now, in all of this node's workers.", registry=REGISTRY, multiprocess_mode="livesum")
 POOL_SIZE = Gauge(
-    "broker_db_pool_size", "The SQLAlchemy pool's configured size (computed at each scrape).",
-    registry=REGISTRY)
+    "broker_db_pool_size", "The SQLAlchemy pools' configured size, all of this node's workers'"
+    " added up.", registry=REGISTRY, multiprocess_mode="livesum")
+DEVICE_LOGINS = Counter(
+    "broker_device_logins", "Device connections an SSH session started on: new (the broker"
+    " logged in to the device) or reused (kept from the same technician's last session on the"
+    " device, [ssh] device_keepalive).", ["how"], registry=REGISTRY)
+DEVICE_CONNECTIONS_IDLE = Gauge(
+    "broker_device_connections_idle", "Device connections open and kept for a technician's"
+    " next session now ([ssh] device_keepalive), in all of this node's workers.",
+    registry=REGISTRY, multiprocess_mode="livesum")
 SCRAPE_ERRORS = Counter(
     "broker_scrape_errors", "Scrapes whose database-derived values could not be refreshed"
     " (the previous values are shown).", registry=REGISTRY)
@@ -177,6 +198,12 @@ def pool_use(engine: Any) -> None:
         POOL_SIZE.set(size())
 
 
+def publish_local(ctx: Context, sessions: Iterable[object]) -> None:
+    """This process's own gauges: its live sessions and its pool."""
+    count_live(sessions)
+    pool_use(ctx.store.engine)
+
+
 async def refresh(ctx: Context, sessions: Iterable[object]) -> None:
     """Set the gauges computed at scrape time."""
     from sqlmodel import col, func, select
@@ -184,8 +211,7 @@ async def refresh(ctx: Context, sessions: Iterable[object]) -> None:
     from broker.siem.forwarder import lag
     from broker.store.models import Grant
 
-    count_live(sessions)
-    pool_use(ctx.store.engine)
+    publish_local(ctx, sessions)
     try:
         async with ctx.store.session() as db:
             rows = (await db.exec(select(Grant.state, func.count(col(Grant.id)))
@@ -200,7 +226,17 @@ async def refresh(ctx: Context, sessions: Iterable[object]) -> None:
 
 
 def exposition() -> bytes:
-    return generate_latest(REGISTRY)
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    if not directory:
+        return generate_latest(REGISTRY)
+    node = CollectorRegistry()
+    MultiProcessCollector(node, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(node)
+
+
+def worker_gone(pid: int, directory: str) -> None:
+    """A worker exited: its live gauges stop counting (its counters stay in the sums)."""
+    mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),

@@ -6,66 +6,74 @@ import asyncio
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
-from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncssh
 import structlog
 
+from broker import metrics
 from broker.approvals.notify import Notifier
 from broker.audit.checkpoints import Checkpointer
 from broker.audit.logging import configure_logging, log_to_file
 from broker.config import Config
 from broker.credentials.keys import KeyPaths, load_ssh_key
 from broker.domain.durations import parse_duration
+from broker.domain.firmware import PROBE_TIMEOUT
 from broker.domain.policy import default_policy_notice
-from broker.errors import BrokerError, ConfigError
+from broker.errors import BrokerError
 from broker.http import WebSite, create_app, create_device_app
 from broker.http.metrics import create_metrics_app
 from broker.http.site import Listener
+from broker.listeners import ProtocolListener, split_listen
 from broker.recording import default_flusher, seal_interrupted, signer_for
-from broker.recording.manifest import Signer, seal_directory, sign_unsigned_head
-from broker.recording.session import METADATA_FILE
+from broker.recording.head_catchup import catch_up_head
+from broker.recording.manifest import Signer, sign_unsigned_head
+from broker.reuseport import keep_clients_together
 from broker.revocation.feed import ChangeFeed, feed_for
 from broker.revocation.registry import LiveSessions
 from broker.revocation.rotator import Rotator
 from broker.revocation.scheduler import Scheduler
+from broker.services import firmware_probe as firmware_probes
 from broker.services.context import Context
+from broker.services.groups import check_directory_settings
 from broker.services.readiness import NodeState
-from broker.services.readiness import writable as writable_problems
 from broker.services.sessions import audit_event, mark_interrupted
 from broker.siem.forwarder import Forwarder
-from broker.ssh import asyncssh_fixes
+from broker.ssh import asyncssh_fixes, hooks
 from broker.ssh.channel import handle_process
-from broker.ssh.connection import BrokerConnection, ConnectionServices
-from broker.ssh.proxy_protocol import ProxiedAcceptor, listen_with_proxy_protocol
-from broker.ssh.upstream import RELAY_PACKET, RELAY_WINDOW
+from broker.ssh.connection import ConnectionServices
+from broker.ssh.listener import SSHListener
+from broker.ssh.upstream_pool import UpstreamPool
+from broker.storage_guard import StorageGuard
 from broker.webproxy.live import DRAINED
 
 log = structlog.get_logger("broker.server")
 DATABASE_WATCH = 1.0  # seconds between checks that the database answers
+METRICS_PUBLISH = 1.0  # seconds between updates of this process's gauges
 TASK_STOP_TIMEOUT = 3.0  # seconds the background tasks get to stop at shutdown
+# seconds the firmware probes after the last sessions get (a login and a probe, each bounded)
+PROBE_SETTLE_TIMEOUT = 2 * PROBE_TIMEOUT + 5
+BACKGROUND_SETTLE_TIMEOUT = 10.0  # closed connections: sessions sealed, rows written
 RECHECK_KINDS = ("grant.", "technician.", "vendor.", "device.", "request.approved",
                  "session.kill")
 
 
-def split_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class Server:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, shared_by: int = 1,
+                 recover_workers_of: str | None = None) -> None:
+        """``shared_by``: this many workers of the node share its ports (SO_REUSEPORT);
+        ``recover_workers_of``: the node's name, when no other process of it runs yet: also
+        close what its workers (or its single process) left live when they last stopped."""
         self.ctx = ctx
+        self.shared_by, self.recover_workers_of = shared_by, recover_workers_of
         self.sessions = LiveSessions(
             parse_duration(ctx.config.settings.broker.fail_closed_after).total_seconds(),
             ctx.now)
         self.scheduler = Scheduler(ctx, self.sessions)
         self.rotator = Rotator(ctx)
-        self.listener: asyncssh.SSHAcceptor | ProxiedAcceptor | None = None
-        self.ssh_port = 0
+        self.listeners: list[ProtocolListener] = []  # started, in order
+        self.ssh: SSHListener | None = None
         self.web: WebSite | None = None
         self.devices_web: WebSite | None = None  # the device web UIs' own origin
         self.metrics_web: WebSite | None = None  # [metrics] listen, when set
@@ -74,11 +82,7 @@ class Server:
         self.services: ConnectionServices | None = None
         self.checkpointer: Checkpointer | None = None
         self.node = NodeState()  # draining, recordings failing: /readyz and new sessions see it
-        self._failed_recordings: set[Path] = set()
-        self._unsealed: set[Path] = set()  # recordings whose close failed to seal
-        self._resealing: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Future[None]] = set()
-        self._unlisten: Callable[[], None] | None = None
+        self.storage = StorageGuard(ctx, self.sessions, self.node, self._audit)
 
     async def start(self) -> None:
         asyncssh_fixes.install()
@@ -89,62 +93,56 @@ class Server:
         self.ctx.vault  # noqa: B018  (fail now, not at the first login, if the key is missing)
         signer = signer_for(self.ctx.config)  # likewise the recording signing key
         self.siem = Forwarder.from_config(self.ctx)  # likewise [siem]'s TLS files
-        host, port = split_listen(settings.ssh.listen)
+        check_directory_settings(self.ctx)  # likewise [ldap]'s password variable and CA file
         public = urlsplit(settings.broker.public_url).hostname or socket.getfqdn()
         ca_public = keys.user_ca.with_name(keys.user_ca.name + ".pub")
         services = ConnectionServices(
-            self.ctx, self.sessions, public, port, handle_process,
+            self.ctx, self.sessions, public, split_listen(settings.ssh.listen)[1],
+            handle_process,
             user_ca_public=ca_public.read_text().strip() if ca_public.exists() else None,
             max_auth_tries=settings.ssh.max_auth_tries, on_session_change=self.scheduler.replan,
-            refusal_burst=settings.ssh.refusal_burst, node=self.node)
+            refusal_burst=settings.ssh.refusal_burst, node=self.node,
+            upstream_pool=UpstreamPool(keepalive=settings.ssh.device_keepalive))
         self.services = services
-        listen: Any = asyncssh.listen
-        extra: dict[str, Any] = {}
-        if settings.ssh.proxy_protocol:
-            listen = listen_with_proxy_protocol
-            extra["trusted"] = list(settings.ssh.proxy_trusted) or None
-        try:
-            self.listener = await listen(
-                host or None, port, server_factory=lambda: BrokerConnection(services),
-                server_host_keys=[host_key], encoding=None,
-                line_editor=False, agent_forwarding=False, allow_scp=False,
-                x11_forwarding=False, compression_algs=None,
-                encryption_algs=list(settings.ssh.ciphers), window=RELAY_WINDOW,
-                max_pktsize=RELAY_PACKET,
-                login_timeout=settings.ssh.login_grace,
-                reuse_address=True, server_version="VendorAccessBroker", **extra)
-        except OSError as exc:
-            raise ConfigError(f"[ssh] listen = {settings.ssh.listen!r}: cannot listen: "
-                              f"{exc.strerror or exc}") from None
-        self.ssh_port = self.listener.sockets[0].getsockname()[1]
+        self.ssh = SSHListener(self.ctx.config, services, host_key,
+                               reuse_port=self.shared_by > 1)
+        await self._listen(self.ssh)
         self.checkpointer = Checkpointer(self.ctx, signer)
         await self.checkpointer.start()
         await sign_recordings_head(self.ctx, signer)
-        for row in await mark_interrupted(self.ctx):
+        for row in await mark_interrupted(self.ctx, workers_of=self.recover_workers_of):
             log.warning("session interrupted by the last stop", session=row.id)
             await seal_interrupted(self.ctx.config, row.recording)
-        services.public_port = port or self.ssh_port
-        self._unlisten = default_flusher().on_failure(self.recording_failed)
-        self.web = WebSite(create_app(self.ctx, self.sessions, self.node), self.ctx.config)
-        await self.web.start()
+        self.storage.start()
+        shared = self.shared_by > 1
+        self.web = WebSite(create_app(self.ctx, self.sessions, self.node), self.ctx.config,
+                           reuse_port=shared)
+        await self._listen(self.web)
         self.devices_web = WebSite(create_device_app(self.ctx, self.sessions, self.node),
-                                   self.ctx.config, Listener.devices(self.ctx.config))
-        await self.devices_web.start()
+                                   self.ctx.config, Listener.devices(self.ctx.config),
+                                   reuse_port=shared)
+        await self._listen(self.devices_web)
+        if shared:  # a browser's device session lives in one worker: keep it there
+            keep_clients_together(self.devices_web.sockets, self.shared_by)
         if settings.metrics.listen:
             self.metrics_web = WebSite(create_metrics_app(self.ctx, self.sessions),
-                                       self.ctx.config, Listener.metrics(self.ctx.config))
-            await self.metrics_web.start()
+                                       self.ctx.config, Listener.metrics(self.ctx.config),
+                                       reuse_port=shared)
+            await self._listen(self.metrics_web)
         await self.scheduler.tick()
-        log.info("serving", ssh=f"{host}:{self.ssh_port}", http=self.web.port,
+        log.info("serving", ssh=settings.ssh.listen, ssh_port=self.ssh_port, http=self.web.port,
                  devices=self.devices_web.port, tls=self.web.tls,
                  database=self.ctx.store.display_url, node=self.ctx.node)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, cut: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set, then drain until done or ``cut`` is set (default:
+        ``stop`` again)."""
         tasks = [asyncio.ensure_future(self.scheduler.run()),
                  asyncio.ensure_future(self.rotator.run()),
                  asyncio.ensure_future(self.watch_changes()),
                  asyncio.ensure_future(Notifier(self.ctx).run()),
-                 asyncio.ensure_future(self.watch_database())]
+                 asyncio.ensure_future(self.watch_database()),
+                 asyncio.ensure_future(self.publish_metrics())]
         if self.siem is not None:
             tasks.append(asyncio.ensure_future(self.siem.run()))
         if self.checkpointer is not None:
@@ -152,7 +150,7 @@ class Server:
         try:
             await stop.wait()
             stop.clear()  # set again by a second signal: cut at once
-            await self.drain(stop)
+            await self.drain(cut or stop)
         finally:
             for task in tasks:
                 task.cancel()
@@ -200,66 +198,18 @@ class Server:
         await self._audit("node.drained", ended=len(set(live) - set(rest)), cut=len(rest),
                           interrupted=interrupted)
 
+    async def _listen(self, listener: ProtocolListener) -> None:
+        await listener.start()
+        self.listeners.append(listener)
+
+    @property
+    def ssh_port(self) -> int:
+        return self.ssh.port if self.ssh is not None else 0
+
     def stop_accepting(self) -> None:
-        """No new SSH connections (those already made go on)."""
-        listener = self.listener
-        if isinstance(listener, ProxiedAcceptor):
+        """No new connections on any listener (those already made go on)."""
+        for listener in self.listeners:
             listener.stop_accepting()
-        elif listener is not None:
-            listener.close()  # asyncssh's: stops listening, connections stay open
-
-    def recording_failed(self, path: Path, error: OSError) -> None:
-        """The flusher could not write a recording file: cut its session (once)."""
-        task = asyncio.ensure_future(self._recording_failed(path, error))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _recording_failed(self, path: Path, error: OSError) -> None:
-        text = error.strerror or str(error)
-        self.node.recording_error = text
-        directory = path.parent
-        if path.name == METADATA_FILE:  # its close could not finish: seal it when possible
-            self._unsealed.add(directory)
-            if self._resealing is None or self._resealing.done():
-                self._resealing = asyncio.ensure_future(self._seal_when_writable())
-        if directory in self._failed_recordings:
-            return
-        self._failed_recordings.add(directory)
-        session = next((s for s in self.sessions
-                        if getattr(getattr(s, "recording", None), "path", None) == directory),
-                       None)
-        log.error("recording failed; cutting its session", recording=directory.name,
-                  error=text, technician=session.technician if session else None)
-        cut = (session.terminate(f"this session's recording cannot be written ({text}),"
-                                 " and no session goes on unrecorded")
-               if session is not None else asyncio.sleep(0))
-        await asyncio.gather(cut, self._audit(
-            "recording.failed", recording=directory.name, error=text,
-            errno=error.errno, session_cut=session is not None,
-            technician=session.technician if session else None,
-            device=session.device if session else None), return_exceptions=True)
-
-    async def _seal_when_writable(self) -> None:
-        """Seal the recordings whose close failed, once the directory takes writes again
-        (checked each second), so that they verify like every other."""
-        signer = signer_for(self.ctx.config)
-        while self._unsealed:
-            await asyncio.sleep(1)
-            if await asyncio.to_thread(writable_problems, self.ctx.config.recordings_dir):
-                continue
-            for directory in sorted(self._unsealed):
-                try:
-                    await asyncio.to_thread(seal_directory, directory, signer,
-                                            sealed_by="recovery")
-                except (OSError, ValueError) as exc:
-                    log.error("recording: still cannot seal", recording=directory.name,
-                              error=str(exc))
-                    break
-                self._unsealed.discard(directory)
-                log.warning("recording sealed after the disk recovered",
-                            recording=directory.name)
-            else:
-                self.node.recording_error = None
 
     async def _audit(self, kind: str, **data: object) -> None:
         try:
@@ -268,21 +218,15 @@ class Server:
             log.error("audit event not written", kind=kind, error=str(exc), **data)
 
     async def close(self) -> None:
-        if self._unlisten is not None:
-            self._unlisten()
-        if self._resealing is not None:
-            self._resealing.cancel()
+        self.storage.stop()
         await asyncio.gather(*(session.terminate("the broker is shutting down")
                                for session in self.sessions), return_exceptions=True)
-        if self.listener is not None:
-            self.listener.close()
-            await self.listener.wait_closed()
-        if self.web is not None:
-            await self.web.close()
-        if self.devices_web is not None:
-            await self.devices_web.close()
-        if self.metrics_web is not None:
-            await self.metrics_web.close()
+        await firmware_probes.settle(PROBE_SETTLE_TIMEOUT)  # what devices say after a cut
+        if self.services is not None:
+            self.services.upstream_pool.close()
+        for listener in reversed(self.listeners):
+            await listener.close()
+        await hooks.settle(BACKGROUND_SETTLE_TIMEOUT)  # sessions closed, their rows written
         if self.services is not None:
             await self.services.refusals.flush()  # the counts of refusals not yet summarised
         await default_flusher().stop()
@@ -304,15 +248,16 @@ class Server:
         await self.feed.run(on_change, self.resync)
 
     async def watch_database(self) -> None:
-        """Each second, whether the database answers. While it does not, live sessions are
-        re-checked each second (a session within its grant goes on until its revocation has
-        gone unchecked for ``[broker] fail_closed_after``, then it is cut); once it answers
-        again, everything re-syncs."""
+        """Each second, whether the database answers (:meth:`Store.ping`, on a connection of
+        its own: a pool busy with sessions' checks is not an outage). While it does not, a
+        live session within its grant goes on until its revocation has gone unchecked for
+        ``[broker] fail_closed_after``, then it is cut; once it answers again, everything
+        re-syncs."""
         lost: str | None = None
         while True:
             await asyncio.sleep(DATABASE_WATCH)
             try:
-                await asyncio.wait_for(self.ctx.store.current_revision(), DATABASE_WATCH * 2)
+                await asyncio.wait_for(self.ctx.store.ping(), DATABASE_WATCH * 2)
             except (BrokerError, OSError, TimeoutError) as exc:
                 error = str(exc) or "no answer"
                 if lost is None:
@@ -321,13 +266,19 @@ class Server:
                               fail_closed_after=self.sessions.fail_closed_after)
                 lost = error
                 self.node.database_error = error
-                await self.sessions.recheck()
+                await self.sessions.expire_unconfirmed(error)
                 continue
             self.sessions.confirm_all()
             if lost is not None:
                 log.warning("database reachable again; re-syncing", was=lost)
                 lost = self.node.database_error = None
                 await self.resync()
+
+    async def publish_metrics(self) -> None:
+        """Each second, this process's own gauges, for a scrape answered by another worker."""
+        while True:
+            metrics.publish_local(self.ctx, self.sessions)
+            await asyncio.sleep(METRICS_PUBLISH)
 
     async def resync(self) -> None:
         self.scheduler.replan()
@@ -341,10 +292,14 @@ async def sign_recordings_head(ctx: Context, signer: Signer) -> None:
     head = await asyncio.to_thread(sign_unsigned_head, ctx.config.recordings_dir, signer,
                                    ctx.now())
     if head is not None:
-        async with ctx.store.session() as db:
-            await ctx.audit(db, "recording.head_signed", "broker", f"session:{head['session']}",
-                            manifest_sha256=head.get("manifest_sha256"),
-                            note="the recordings chain head was unsigned until now")
+        await ctx.audit_alone("recording.head_signed", "broker", f"session:{head['session']}",
+                              manifest_sha256=head.get("manifest_sha256"),
+                              note="the recordings chain head was unsigned until now")
+    # a kill between a seal and its head (bench/faults.py): the head moves on to that seal
+    moved = await asyncio.to_thread(catch_up_head, ctx.config.recordings_dir, signer)
+    for session in moved:
+        await ctx.audit_alone("recording.head_caught_up", "broker", f"session:{session}",
+                              note="sealed before the last stop; the chain head now names it")
 
 
 async def run_server(config: Config) -> None:
@@ -354,7 +309,8 @@ async def run_server(config: Config) -> None:
         print(f"broker: logging JSON to {config.log_file}", file=sys.stderr, flush=True)
     else:
         configure_logging()  # a service manager collects stderr: JSON lines there
-    server = Server(Context.open(config))
+    # no worker of this node runs: what they left live when they last stopped is closed too
+    server = Server(Context.open(config), recover_workers_of=config.node)
     await server.start()
     assert server.web is not None and server.devices_web is not None
     scheme = "HTTPS" if server.web.tls else "HTTP"

@@ -5,6 +5,9 @@
   future that moving the clock resolves, so nothing ever sleeps for real.
 * :class:`MemoryReceiveStream` and :class:`MemorySendStream` implement the relay's
   ``ReceiveStream`` and ``SendStream`` protocols (``broker.ssh.streams``) in memory.
+* :class:`MemoryEndpoint` implements a protocol's side of an access session
+  (:class:`broker.services.access_session.Endpoint`): it keeps the lines it was told and
+  the reason it was cut, and closes the session when cut, as a protocol does.
 
 Moving the clock only *wakes* sleepers; they run when the test next yields to the event loop
 (``await asyncio.sleep(0)``, or awaiting whatever the sleeper does next).
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-__all__ = ["FakeClock", "MemoryReceiveStream", "MemorySendStream"]
+__all__ = ["FakeClock", "MemoryEndpoint", "MemoryReceiveStream", "MemorySendStream"]
 
 DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -172,10 +175,30 @@ class MemorySendStream:
         return b"".join(self.chunks)
 
 
+@dataclass(eq=False)
+class MemoryEndpoint:
+    """A protocol side that remembers: ``notices`` told, ``cuts`` (reasons, in order).
+    Set ``session`` to the access session it belongs to, so that a cut closes it."""
+
+    notices: list[str] = field(default_factory=list)
+    cuts: list[str] = field(default_factory=list)
+    session: AccessSession | None = None
+
+    async def notice(self, text: str) -> None:
+        self.notices.append(text)
+
+    async def cut(self, reason: str) -> None:
+        self.cuts.append(reason)
+        if self.session is not None:
+            await self.session.close(reason)
+
+
 if TYPE_CHECKING:  # the doubles satisfy the protocols they stand in for
     from broker.clock import Clock
+    from broker.services.access_session import AccessSession, Endpoint
     from broker.ssh.streams import ReceiveStream, SendStream
 
     _clock: Clock = FakeClock()
     _receive: ReceiveStream = MemoryReceiveStream()
     _send: SendStream = MemorySendStream()
+    _endpoint: Endpoint = MemoryEndpoint()

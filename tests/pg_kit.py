@@ -13,12 +13,13 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 
 def _binary(name: str) -> str | None:
@@ -29,12 +30,6 @@ def _binary(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresCluster:
     def __init__(self) -> None:
         initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
@@ -43,7 +38,7 @@ class PostgresCluster:
         self.initdb, self.pg_ctl = initdb, pg_ctl
         self.root = Path(tempfile.mkdtemp(prefix="broker-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user_prefix: list[str] = []
         if os.geteuid() == 0:
             try:

@@ -20,14 +20,14 @@ from broker.domain.policy import missing_approvals
 from broker.domain.requests import RequestState
 from broker.errors import Conflict, Refused
 from broker.services.context import Context
+from broker.services.groups import GroupsUnavailable, group_source
 from broker.services.lookup import by_id, by_name, maybe_by_name
 from broker.services.policies import applicable_rules
-from broker.services.requests import eligibility_refusal
+from broker.services.requests import approving_groups, eligibility_refusal
 from broker.store.models import (
     AccessRequest,
     Approval,
     Approver,
-    ApproverGroup,
     Device,
     DeviceCredential,
     Grant,
@@ -82,7 +82,8 @@ async def issue_link(ctx: Context, secret: bytes, request_id: int, approver_name
         tech = await db.get(Technician, request.technician_id)
         device = await db.get(Device, request.device_id)
         assert tech is not None and device is not None
-        refusal = await eligibility_refusal(db, tech, approver, policies, device)
+        refusal = await eligibility_refusal(db, tech, approver, policies, device,
+                                            group_source(ctx))
         if refusal:
             raise Refused(refusal)
         link = issue(ctx, secret, request_id, approver.name)
@@ -171,36 +172,32 @@ async def load_page(ctx: Context, claims: ApprovalClaims) -> ApprovalPage:
                               .order_by(col(Approval.id)))).all()
         decisions = [DecisionSoFar(a.name, x.decision, x.comment, x.created_at)
                      for x, a in rows]
-        approving_ids = [x.approver_id for x, _ in rows if x.decision == "approve"]
-        groups = await _groups_of(db, approving_ids)
         credential = (await db.exec(select(DeviceCredential).where(
             DeviceCredential.device_id == device.id, DeviceCredential.current))).first()
         grant = (await db.exec(select(Grant).where(Grant.request_id == request.id))).first()
-        if approver is None:
-            refusal: str | None = f"there is no approver named {claims.approver!r} any more"
-        else:
-            refusal = await eligibility_refusal(db, tech, approver, policies, device)
-    _, rules = applicable_rules(policies, tech, device)
+        source = group_source(ctx)
+        _, rules = applicable_rules(policies, tech, device)
+        groups: dict[str, frozenset[str]] | None = None
+        try:
+            groups = await approving_groups(db, request.id, source, rules)
+            if approver is None:
+                refusal: str | None = f"there is no approver named {claims.approver!r} any more"
+            else:
+                refusal = await eligibility_refusal(db, tech, approver, policies, device, source)
+        except GroupsUnavailable as exc:
+            refusal = str(exc)
     state = effective_state(request, now)
+    needs = tuple(rule.describe() for rule in rules.approvals)
+    if state != RequestState.PENDING:
+        still_needed: tuple[str, ...] = ()
+    else:
+        still_needed = missing_approvals(rules, groups) if groups is not None else needs
     return ApprovalPage(
         request=request, state=state, technician=tech, device=device, approver=approver,
         refusal=refusal, decisions=decisions,
-        policy_needs=tuple(rule.describe() for rule in rules.approvals),
-        still_needed=missing_approvals(rules, groups) if state == RequestState.PENDING else (),
+        policy_needs=needs, still_needed=still_needed,
         host_key_fingerprint=fingerprint(device.host_key),
         credential_owner=credential.owner if credential else None, grant=grant)
-
-
-async def _groups_of(db: AsyncSession, approver_ids: list[int]) -> dict[str, frozenset[str]]:
-    rows = (await db.exec(select(Approver.name, ApproverGroup.group)
-                          .join(ApproverGroup, isouter=True)
-                          .where(col(Approver.id).in_(approver_ids)))).all()
-    result: dict[str, set[str]] = {}
-    for name, group in rows:
-        result.setdefault(name, set())
-        if group is not None:
-            result[name].add(group)
-    return {name: frozenset(found) for name, found in result.items()}
 
 
 def fingerprint(host_key: str | None) -> str | None:

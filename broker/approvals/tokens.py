@@ -16,6 +16,8 @@ from typing import Any
 
 import jwt
 
+from broker.credentials.keys import subkey
+
 ALGORITHM = "HS256"
 ISSUER = "vendor-access-broker"
 AUDIENCE = "approval-link"
@@ -53,9 +55,6 @@ class ApprovalClaims:
 
 
 def signing_key(web_secret: bytes) -> bytes:
-    # imported here: broker.http's pages import this module
-    from broker.http.security import subkey
-
     return subkey(web_secret, "approval-jwt")
 
 

@@ -43,12 +43,21 @@ def link_hash(prev_hash: str, body: str) -> str:
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
+async def lock_chain(session: AsyncSession) -> None:
+    """Take, for the rest of ``session``'s transaction, the lock that orders appends to the
+    chain (PostgreSQL; SQLite's BEGIN IMMEDIATE already orders every writer). Taken before
+    reading what a transaction is about to change and audit (a grant falling due, say), it
+    makes two nodes or workers doing the same bookkeeping run one after the other: the
+    second reads what the first committed, and nothing is done or audited twice."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.exec(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})"))  # type: ignore[call-overload]
+
+
 async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
                  subject: str | None = None, **data: Any) -> AuditEvent:
     """Append one event to the chain inside ``session``'s transaction."""
     bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        await session.exec(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})"))  # type: ignore[call-overload]
+    await lock_chain(session)
     head = (await session.exec(
         select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)
     )).first()

@@ -24,10 +24,28 @@ def redact_secrets(
     return event_dict
 
 
+_PROCESS_FIELDS: dict[str, Any] = {}
+
+
+def tag_process(**fields: Any) -> None:
+    """Fields every log line of this process carries from now on (a broker worker: its
+    index and pid)."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def _add_process_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in _PROCESS_FIELDS.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_process_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,

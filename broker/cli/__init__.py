@@ -17,7 +17,7 @@ from broker.errors import BrokerError
 COMMANDS = {
     "init": "admin:init", "migrate": "admin:migrate", "serve": "admin:serve",
     "demo": "admin:demo", "backup": "backup:backup_command", "restore": "backup:restore_command",
-    "tech": "people:tech", "vendor": "vendors:vendor", "approver": "people:approver",
+    "tech": "onboarding:tech", "vendor": "onboarding:vendor", "approver": "people:approver",
     "staff": "staff:staff",
     "device": "devices:device", "vault": "vault:vault",
     "request": "approvals:request",  # the access module's group, plus 'request link'
@@ -25,7 +25,7 @@ COMMANDS = {
     "cert": "certs:cert", "session": "sessions:session",
     "recordings": "recordings:recordings", "replay": "recordings:replay_command",
     "audit": "auditing:audit", "policy": "auditing:policy", "api-token": "apitokens:api_token",
-    "siem": "siem:siem",
+    "siem": "siem:siem", "ldap": "directory:ldap",
 }
 
 
@@ -39,7 +39,7 @@ TASKS: tuple[tuple[str, tuple[str, ...], str], ...] = (
      "broker request create --tech alice --device pump-7 --for 2h --reason 'battery check'"),
     ("Evidence", ("recordings", "replay", "audit"),
      "broker recordings verify --all"),
-    ("Operations", ("policy", "backup", "restore", "api-token", "siem"),
+    ("Operations", ("policy", "backup", "restore", "api-token", "siem", "ldap"),
      "broker backup --out broker-backup.tar"),
 )
 

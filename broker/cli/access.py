@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import click
 
-from broker.cli import _render as render
 from broker.cli._base import (
     actor,
     common,
@@ -21,7 +20,7 @@ from broker.cli._base import (
 from broker.domain.durations import format_duration
 from broker.domain.requests import RequestState
 from broker.errors import UsageError
-from broker.services import breakglass
+from broker.services import breakglass, render
 from broker.services.grants import Grants
 from broker.services.requests import Decision, Requests
 

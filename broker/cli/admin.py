@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
 
-from broker.approvals.notify.channels import create_webhook_secret
 from broker.cli._base import config_of, stderr_line
-from broker.config import DEFAULT_CONFIG, Config, load_config, render_default_config
-from broker.credentials.files import write_public
-from broker.credentials.keys import KeyPaths, create_keys
-from broker.store.engine import Store
+from broker.config import DEFAULT_CONFIG, MAX_WORKERS, Config
+from broker.services.setup import initialise, migrate_database, store_display_url
 
 
 @click.command("init")
@@ -26,36 +21,9 @@ def init(directory: Path, public_url: str | None) -> None:
     """Create broker.toml, the database and every key (never overwrites an existing key)."""
     config = initialise(directory, public_url, click.echo)
     asyncio.run(migrate_database(config.database_url))
-    click.echo(f"database ready: {Store(config.database_url).display_url}")
+    click.echo(f"database ready: {store_display_url(config.database_url)}")
     for line in next_steps(config):
         click.echo(line)
-
-
-def initialise(directory: Path, public_url: str | None = None,
-               say: Callable[[str], None] = lambda _text: None) -> Config:
-    """Write broker.toml and create every missing key and directory (the database is
-    created by :func:`migrate_database`)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config_file = directory / DEFAULT_CONFIG
-    url = public_url or f"https://{socket.getfqdn() or 'localhost'}:8443"
-    if write_public(config_file, render_default_config(url).encode()):
-        say(f"wrote {config_file}")
-    else:
-        say(f"kept existing {config_file}")
-    config = load_config(config_file)
-    kept = config.settings.broker.public_url
-    if public_url is not None and public_url.rstrip("/") != kept.rstrip("/"):
-        say(f"note: public_url stays {kept!r} (from {config_file}); to change it, edit"
-            f" [broker] public_url there or set BROKER_BROKER_PUBLIC_URL")
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    config.policy_dir.mkdir(parents=True, exist_ok=True)
-    hostname = urlsplit(config.settings.broker.public_url).hostname or "localhost"
-    for path in create_keys(KeyPaths.of(config), hostname):
-        say(f"created {path}")
-    if (webhook_key := create_webhook_secret(config)) is not None:
-        say(f"created {webhook_key}")
-    return config
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -85,14 +53,6 @@ def next_steps(config: Config) -> list[str]:
     return lines
 
 
-async def migrate_database(url: str) -> None:
-    store = Store(url)
-    try:
-        await store.migrate()
-    finally:
-        await store.close()
-
-
 @click.command("migrate")
 @click.option("--config", "config_file", metavar="PATH", default=None,
               help="broker.toml to use (default ./broker.toml or $BROKER_CONFIG)")
@@ -106,11 +66,31 @@ def migrate(config_file: str | None) -> None:
 @click.command("serve")
 @click.option("--config", "config_file", metavar="PATH", default=None,
               help="broker.toml to use (default ./broker.toml or $BROKER_CONFIG)")
-def serve(config_file: str | None) -> None:
+@click.option("--worker", type=click.IntRange(0, MAX_WORKERS - 1), default=None, hidden=True,
+              help="(internal) run as this worker of the node's supervisor")
+@click.option("--ready-fd", type=click.IntRange(0), default=None, hidden=True,
+              help="(internal) the worker reports that it serves here")
+@click.option("--first", is_flag=True, hidden=True,
+              help="(internal) the node's first worker of this start")
+def serve(config_file: str | None, worker: int | None, ready_fd: int | None,
+          first: bool) -> None:
     """Run the SSH service and the scheduler until SIGTERM."""
     from broker.server import run_event_loop, run_server
 
     config = config_of(config_file)
+    workers = config.settings.broker.workers
+    if worker is not None:
+        from broker.worker import WorkerRole, run_worker
+
+        run_event_loop(run_worker(config, WorkerRole(worker, workers, ready_fd, first)))
+        return
+    if workers > 1:
+        from broker.supervisor import Supervisor
+
+        code = Supervisor(config).run()
+        if code:
+            raise SystemExit(code)
+        return
     try:
         run_event_loop(run_server(config))
     except KeyboardInterrupt:
@@ -126,6 +106,6 @@ def serve(config_file: str | None) -> None:
               help="HTTPS port for the portal (0: any free port)")
 def demo(directory: Path | None, ssh_port: int, http_port: int) -> None:
     """A broker with a simulated device, and a walk-through to paste."""
-    from broker.demo.run import run_demo
+    from broker.demo.run import run_demo  # heavy: imported only for the demo
 
     asyncio.run(run_demo(directory, ssh_port, http_port))

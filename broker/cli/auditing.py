@@ -9,17 +9,15 @@ from typing import Any
 
 import click
 
-from broker.audit import ChainProblem, iter_events
-from broker.audit.export import as_dict, write_export
+from broker.audit import ChainProblem
 from broker.cli._base import common, config_of, emit, run, since
 from broker.domain.policy import DeviceFacts, Policy, TechnicianFacts, default_policy_notice
 from broker.domain.text import visible
 from broker.errors import Refused, UsageError
 from broker.policy import PolicyError, explain, explain_json, load_policies
+from broker.services.audit_log import export_audit, newest_events
 from broker.services.context import Context
-from broker.services.lookup import by_name
-from broker.services.policies import facts
-from broker.store.models import Device, Technician
+from broker.services.policies import facts_of
 
 
 @click.group("audit")
@@ -78,8 +76,7 @@ def audit_export(since_text: str | None, fmt: str, config_file: str | None) -> N
 
     async def body(ctx: Context) -> int:
         start = since("--since", since_text, ctx.now())
-        async with ctx.store.session() as db:
-            return await write_export(iter_events(db, start), sys.stdout, fmt)
+        return await export_audit(ctx, sys.stdout, fmt, start)
 
     run(config_file, body)
 
@@ -92,9 +89,7 @@ def audit_tail(count: int, config_file: str | None, as_json: bool) -> None:
     """Show the newest audit rows."""
 
     async def body(ctx: Context) -> list[dict[str, Any]]:
-        async with ctx.store.session() as db:
-            rows = [as_dict(row) async for row in iter_events(db)]
-        return rows[-count:]
+        return await newest_events(ctx, count)
 
     rows = run(config_file, body)
 
@@ -141,10 +136,7 @@ def policy_explain(tech: str, device_name: str, config_file: str | None, as_json
     """Say which policy applies to a technician and a device, and why."""
 
     async def body(ctx: Context) -> tuple[list[Policy], TechnicianFacts, DeviceFacts]:
-        async with ctx.store.session() as db:
-            technician = await by_name(db, Technician, tech)
-            device = await by_name(db, Device, device_name)
-        return (ctx.policies(), *facts(technician, device))
+        return (ctx.policies(), *await facts_of(ctx, tech, device_name))
 
     policies, tech_facts, device_facts = run(config_file, body)
     emit(as_json, explain_json(policies, tech_facts, device_facts),

@@ -10,6 +10,7 @@ import click
 from broker.cli._base import common, config_of, emit
 from broker.cli.progress import progress
 from broker.services import backup as service
+from broker.services import restore as restoring
 
 NOT_INCLUDED = ("Recordings are NOT included: copy the recordings directory (sessions with"
                 " their signed manifests) separately.")
@@ -63,7 +64,7 @@ def restore_command(source: Path, directory: Path, as_json: bool) -> None:
     Recordings are not in a backup: copy them back separately.
     """
     with progress("restoring", as_json=as_json) as bar:
-        report = asyncio.run(service.restore(source, directory, progress=bar))
+        report = asyncio.run(restoring.restore(source, directory, progress=bar))
     emit(as_json, {"directory": str(report.directory), "database": report.database,
                    "files": report.files, "audit": {"rows": report.audit.rows, "ok": True}},
          f"restored {len(report.files)} files and the {report.database} database into"

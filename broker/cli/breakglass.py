@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from broker.cli import _render as render
 from broker.cli._base import actor, common, duration, emit, run
 from broker.domain.durations import format_duration
 from broker.services import breakglass as service
+from broker.services import render
 from broker.services.context import Context
 from broker.services.grants import Grants
 

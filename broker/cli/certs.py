@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import click
 
 from broker.cli._base import actor, common, emit, run
 from broker.errors import BrokerError, UsageError
+from broker.fileio import write_atomically
 from broker.services import totp as totp_service
 from broker.services.certs import Certificates
 from broker.store.models import IssuedCertificate
@@ -70,16 +68,7 @@ def _read_key_file(key_file: str) -> str:
 def _write_certificate(path: Path, certificate: str) -> None:
     """Replace ``path`` atomically with the certificate, mode 0644 (a certificate is public)."""
     try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(certificate + "\n")
-            os.chmod(temp, 0o644)  # a certificate is public
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        write_atomically(path, (certificate + "\n").encode("utf-8"), mode=0o644)
     except OSError as exc:
         raise BrokerError(f"--out {path}: cannot write the certificate: "
                           f"{exc.strerror or exc}") from None

@@ -7,11 +7,12 @@ import os
 import asyncssh
 import click
 
-from broker.cli import _render as render
 from broker.cli._base import actor, common, emit, fields, run, table
+from broker.cli.firmware import device_firmware, device_set, firmware_fields, trust_record
 from broker.cli.rotation import outcome_json, retire_note, rotate_command, rotation_fields
 from broker.credentials.rotation import retire_device
 from broker.errors import UsageError
+from broker.services import render
 from broker.services.directory import Directory
 from broker.store.models import Device
 from broker.webproxy.cli import device_web
@@ -32,6 +33,9 @@ def device() -> None:
 @click.option("--web-url", default=None, help="the device's web UI (https://...)")
 @click.option("--model", default=None, help="make and model, for the trust record")
 @click.option("--firmware", default=None, help="firmware baseline")
+@click.option("--probe", default=None, metavar="COMMAND",
+              help="read-only command whose output is the firmware, run on the device before"
+                   " and after each session (e.g. \"cat /etc/firmware-version\")")
 @click.option("--department", default=None, help="owning department")
 @click.option("--purpose", default=None, help="clinical purpose")
 @click.option("--tag", "tags", multiple=True, help="a label policies can match (repeatable)")
@@ -41,14 +45,15 @@ def device() -> None:
 @common()
 def device_add(name: str, host: str, port: int, login_user: str, password_env: str | None,
                key_file: str | None, web_url: str | None, model: str | None,
-               firmware: str | None, department: str | None, purpose: str | None,
-               tags: tuple[str, ...], rotate: bool, rotate_method: str | None,
-               config_file: str | None, as_json: bool) -> None:
+               firmware: str | None, probe: str | None, department: str | None,
+               purpose: str | None, tags: tuple[str, ...], rotate: bool,
+               rotate_method: str | None, config_file: str | None, as_json: bool) -> None:
     """Register a device and the credential the broker uses on it."""
     kind, secret = _credential(password_env, key_file)
     row = Device(name=name, host=host, port=port, login_user=login_user, web_url=web_url,
                  model=model, firmware=firmware, department=department, purpose=purpose,
-                 tags=sorted(set(tags)), rotate=rotate, rotate_method=rotate_method)
+                 tags=sorted(set(tags)), rotate=rotate, rotate_method=rotate_method,
+                 probe=probe)
     added = run(config_file, lambda ctx: Directory(ctx, actor()).add_device(row, kind, secret))
     emit(as_json, render.device(added), f"device {name} added ({host}:{port}, {kind} login)")
 
@@ -88,14 +93,15 @@ def device_list(config_file: str | None, as_json: bool) -> None:
 @common()
 def device_show(name: str, config_file: str | None, as_json: bool) -> None:
     """Show a device's trust record."""
-    d = render.device(run(config_file, lambda ctx: Directory(ctx, actor()).device(name)))
+    row, history = run(config_file, lambda ctx: trust_record(ctx, name))
+    d = {**render.device(row), "firmware_history": history}
     emit(as_json, d, lambda: fields([
         ("name", d["name"]), ("state", d["state"]), ("address", f"{d['host']}:{d['port']}"),
         ("login user", d["login_user"]), ("model", d["model"]), ("firmware", d["firmware"]),
         ("department", d["department"]), ("purpose", d["purpose"]), ("web url", d["web_url"]),
         ("tags", d["tags"]), ("rotate", d["rotate"]), ("host key", "pinned"
                                                        if d["host_key_pinned"] else "not yet seen"),
-        *rotation_fields(d),
+        *rotation_fields(d), *firmware_fields(d, history),
     ]))
 
 
@@ -129,3 +135,5 @@ def device_rotate(name: str, config_file: str | None, as_json: bool) -> None:
 
 
 device.add_command(device_web)  # broker device web NAME ... (broker/webproxy/cli.py)
+device.add_command(device_set)  # broker device set NAME --probe ... (broker/cli/firmware.py)
+device.add_command(device_firmware)  # broker device firmware accept NAME ...

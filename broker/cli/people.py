@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from broker.cli import _render as render
 from broker.cli._base import actor, common, emit, fields, run, table
 from broker.cli.certs import totp
 from broker.cli.vendors import end_option
 from broker.domain.vendors import shown_end
 from broker.errors import UsageError
+from broker.services import render
 from broker.services.context import Context
 from broker.services.directory import Directory, TechnicianView, parse_public_keys
 from broker.services.vendors import enable_technician, set_expiry
@@ -72,8 +72,8 @@ def tech_list(config_file: str | None, as_json: bool) -> None:
     views = run(config_file, lambda ctx: Directory(ctx, actor()).technicians())
     data = [render.technician(v) for v in views]
     emit(as_json, data, lambda: table(
-        [(d["name"], d["vendor"], d["email"], len(d["keys"]), d["disabled"]) for d in data],
-        ["name", "vendor", "email", "keys", "disabled"]))
+        [(d["name"], d["vendor"], d["email"], len(d["keys"]), d["state"]) for d in data],
+        ["name", "vendor", "email", "keys", "state"]))
 
 
 @tech.command("show")
@@ -84,7 +84,7 @@ def tech_show(name: str, config_file: str | None, as_json: bool) -> None:
     data = render.technician(run(config_file, lambda ctx: Directory(ctx, actor()).technician(name)))
     emit(as_json, data, lambda: fields(
         [("name", data["name"]), ("vendor", data["vendor"]), ("email", data["email"]),
-         ("disabled", data["disabled"]), ("totp", data["totp"]),
+         ("state", data["state"]), ("totp", data["totp"]),
          ("expires", data["expires_at"]), ("last login", data["last_login_at"] or "never"),
          ("created", data["created_at"])]
         + [("key", f"{k['fingerprint']} {k['comment'] or ''}".strip()) for k in data["keys"]]))

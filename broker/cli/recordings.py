@@ -24,6 +24,7 @@ from broker.recording import (
     verify_all,
     verify_session,
 )
+from broker.recording.files import REPLAYED, recorded_files
 from broker.recording.logtext import har_lines, log_lines
 from broker.recording.manifest import SIGNATURE_FILE, signer_for
 from broker.recording.player import play_in_terminal
@@ -297,9 +298,8 @@ def recordings_export(ident: str, out: Path, config_file: str | None, as_json: b
             raise Refused(f"--out {out}: cannot write: {exc.strerror or exc}") from None
         with out.open("rb") as bundle:
             digest = hashlib.file_digest(bundle, "sha256").hexdigest()
-        async with ctx.store.session() as db:
-            await ctx.audit(db, "recording.exported", actor(), f"session:{session.session_id}",
-                            out=str(out.resolve()), sha256=digest)
+        await ctx.audit_alone("recording.exported", actor(), f"session:{session.session_id}",
+                              out=str(out.resolve()), sha256=digest)
         return {"session": session.session_id, "out": str(out), "sha256": digest}
 
     result = run(config_file, body)
@@ -325,9 +325,8 @@ def recordings_hold(ident: str, state: str, config_file: str | None, as_json: bo
         except ValueError as exc:
             raise Refused(str(exc)) from None
         if changed:
-            async with ctx.store.session() as db:
-                await ctx.audit(db, "recording.hold", actor(), f"session:{session.session_id}",
-                                hold=on)
+            await ctx.audit_alone("recording.hold", actor(), f"session:{session.session_id}",
+                                  hold=on)
         return changed
 
     changed = run(config_file, body)
@@ -353,9 +352,8 @@ def recordings_prune(dry_run: bool, config_file: str | None, as_json: bool) -> N
         except ValueError as exc:
             raise Refused(str(exc)) from None
         if not dry_run and (result.deleted or result.held):
-            async with ctx.store.session() as db:
-                await ctx.audit(db, "recording.pruned", actor(), None, retain_days=days,
-                                deleted=result.deleted, held=result.held)
+            await ctx.audit_alone("recording.pruned", actor(), None, retain_days=days,
+                                  deleted=result.deleted, held=result.held)
         return result
 
     result = run(config_file, body)
@@ -416,18 +414,5 @@ def replay_command(ident: str | None, last: bool, speed: float, channel: int | N
 
 def channel_files(directory: Path, channel: int | None) -> list[Path]:
     """The session's channel recordings in channel order (``term-0.cast``, ``exec-1.jsonl``,
-    ``sftp-2-2.jsonl`` ...), optionally only those of one channel."""
-    found = []
-    for path in directory.iterdir():
-        kind, _, rest = path.stem.partition("-")
-        number = rest.split("-")[0]
-        if (kind in CHANNEL_KINDS and number.isdigit() and path.suffix in (".cast", ".jsonl")
-                and (channel is None or int(number) == channel)):
-            found.append((int(number), path.name, path))
-        elif path.name == WEB_LOG and channel is None:
-            found.append((WEB_ORDER, path.name, path))
-    return [path for *_, path in sorted(found)]
-
-
-CHANNEL_KINDS = ("term", "exec", "sftp", "scp", "forward")
-WEB_LOG, WEB_ORDER = "web.har", 1 << 30  # a web session's one HAR, after any channel
+    ``sftp-2-2.jsonl`` ...; a web session's ``web.har``), optionally only one channel's."""
+    return [f.path for f in recorded_files(directory, kinds=REPLAYED, channel=channel)]

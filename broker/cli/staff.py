@@ -9,7 +9,7 @@ import click
 from broker.cli._base import actor, common, emit, run, table
 from broker.cli.certs import show_enrollment
 from broker.errors import UsageError
-from broker.http.staff.accounts import ROLES, StaffAccounts, describe
+from broker.services.staff_accounts import ROLES, StaffAccounts, describe
 
 
 @click.group("staff")

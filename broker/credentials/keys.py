@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
 from broker.config import Config
@@ -108,6 +109,13 @@ def load_ssh_key(path: Path, what: str) -> asyncssh.SSHKey:
         raise ConfigError(f"{path}: {what} is missing (run 'broker init')") from None
     except (OSError, asyncssh.KeyImportError) as exc:
         raise ConfigError(f"{path}: cannot load {what}: {exc}") from None
+
+
+def subkey(master: bytes, purpose: str) -> bytes:
+    """A 32-byte key for one purpose (``"approval-jwt"``, ``"csrf"``, ``"cookie"`` ...),
+    derived from a master secret (HKDF-SHA256), so that no two uses ever share a key."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=f"broker/{purpose}".encode()).derive(master)
 
 
 def load_secret_bytes(path: Path, what: str, size: int = 32) -> bytes:

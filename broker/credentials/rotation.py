@@ -366,4 +366,24 @@ async def retire_device(ctx: Context, name: str, actor: str) -> tuple[Device, Ou
     if device.rotation_due_at is None:
         return device, None
     await rotations.wait_for_sessions_to_end(ctx, device.id)
-    return device, await rotate_due(ctx, device.id, actor)
+    outcome = await rotate_due(ctx, device.id, actor)
+    if outcome is None:  # `broker serve` claimed it first: say how it went there
+        outcome = await _outcome_elsewhere(ctx, device.id, name)
+    return device, outcome
+
+
+async def _outcome_elsewhere(ctx: Context, device_id: int, name: str) -> Outcome | None:
+    """What the final rotation another node ran came to, once it is over (None while it
+    still runs, after a minute)."""
+    done = await rotations.wait_for_other_node(ctx, device_id)
+    if done is None:
+        return None
+    if done.rotation_due_at is None:
+        async with ctx.store.reading() as db:
+            left = await rotations.credentials_of(db, device_id)
+        return Outcome(name, True, f"device {name}: final credential rotated by another node",
+                       secrets_deleted=not left)
+    return Outcome(name, False, f"device {name}: the final rotation failed on another node"
+                   f" ({done.rotation_reason or 'see the audit log'}); retry at"
+                   f" {done.rotation_due_at:%Y-%m-%d %H:%M:%SZ}",
+                   retry_at=done.rotation_due_at)

@@ -9,7 +9,6 @@ of the old key is kept: a backup of a retired key would defeat the rotation."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from sqlmodel import SQLModel, col, select
 
 from broker.credentials.vault import read_keys
 from broker.errors import StoreError
+from broker.fileio import write_atomically
 from broker.services.context import Context
 from broker.store.models import DeviceCredential, Technician
 
@@ -69,17 +69,4 @@ def _reseal(row: Any, column: str, fernet: MultiFernet) -> None:
 
 def write_key_file(path: Path, keys: list[bytes]) -> None:
     """Replace the key file atomically (0600, synced): readers see the old or the new file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, b"".join(key + b"\n" for key in keys))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomically(path, b"".join(key + b"\n" for key in keys), mode=0o600)

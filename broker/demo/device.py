@@ -15,14 +15,8 @@ from types import TracebackType
 
 import asyncssh
 
-from broker.demo.shell import (
-    DeviceIdentity,
-    DeviceState,
-    ExitShell,
-    Interrupted,
-    Shell,
-    seed_root,
-)
+from broker.demo.device_state import DeviceIdentity, DeviceState, seed_root
+from broker.demo.shell import ExitShell, Interrupted, Shell
 
 _CR, _LF, _NUL, _ESC = 0x0D, 0x0A, 0x00, 0x1B
 _CTRL_C, _CTRL_D, _CTRL_H, _CTRL_U, _DEL = 0x03, 0x04, 0x08, 0x15, 0x7F

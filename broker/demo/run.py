@@ -14,18 +14,18 @@ import asyncssh
 import click
 
 from broker.audit.logging import log_to_file
-from broker.cli.admin import initialise, migrate_database
 from broker.config import load_config
 from broker.credentials.files import write_secret
 from broker.demo import start_simulated_device
 from broker.demo.web import start_device_web
-from broker.http.staff.accounts import StaffAccounts
 from broker.server import Server, stop_on_signals
 from broker.services.context import Context
+from broker.services.device_web import WebOptions
+from broker.services.device_web import configure as configure_web
 from broker.services.directory import Directory, parse_public_keys
+from broker.services.setup import initialise, migrate_database
+from broker.services.staff_accounts import StaffAccounts
 from broker.store.models import Device
-from broker.webproxy.settings import WebOptions
-from broker.webproxy.settings import configure as configure_web
 
 ACTOR = "demo-setup"
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from broker.demo.shell import LOG_FILE, DeviceState
+from broker.demo.device_state import LOG_FILE, DeviceState
 
 COOKIE = "pumpsession"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

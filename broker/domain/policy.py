@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time, timedelta
 
 from broker.domain.durations import format_duration
+from broker.domain.file_rules import FileRules
 from broker.domain.protocols import ALL_PROTOCOLS, Protocol, format_protocols
+from broker.domain.session_rules import NO_SESSION_RULES, SessionRules
 
 ACTIVE = "active"
 
@@ -87,6 +89,8 @@ class Rules:
     require_totp: bool
     breakglass_max: timedelta | None
     pending_expiry: timedelta
+    session: SessionRules = NO_SESSION_RULES  # command rules and supervision
+    files: FileRules = field(default_factory=FileRules)  # broker/domain/file_rules.py
 
 
 @dataclass(frozen=True)

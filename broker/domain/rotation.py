@@ -66,10 +66,15 @@ def retry_delay(attempts: int) -> timedelta:
     return min(doubled, LONGEST_RETRY)
 
 
+def lease_free(claimed_until: datetime | None, now: datetime) -> bool:
+    """Does no node hold the device's rotation lease now (never taken, released, or run
+    out)?"""
+    return claimed_until is None or claimed_until <= now
+
+
 def is_claimable(due_at: datetime | None, claimed_until: datetime | None, now: datetime) -> bool:
     """May a node start working this device's rotation now?"""
-    return due_at is not None and due_at <= now and (claimed_until is None
-                                                     or claimed_until <= now)
+    return due_at is not None and due_at <= now and lease_free(claimed_until, now)
 
 
 class Prompt(enum.Enum):

@@ -6,6 +6,8 @@
   ISO 8601 time with a zone is an exact end.
 * Who is refused, and the one line saying why: a disabled vendor, a vendor whose contract
   ended, an expired technician, a disabled technician.
+* The contract-end warnings (:data:`CONTRACT_WARN_DAYS` before the end, once each; when
+  several are due at once, only the nearest to the end is given).
 """
 
 from __future__ import annotations
@@ -78,9 +80,14 @@ class VendorState:
     contract_end: datetime | None
 
 
+PENDING_TEXT = "your technician account is waiting for the hospital's approval"
+
+
 def refusal_for(now: datetime, vendor: VendorState | None, tech_disabled: bool,
-                tech_expires_at: datetime | None) -> tuple[Refusal, str] | None:
-    """Why a technician may not connect or sign in at all now, or None."""
+                tech_expires_at: datetime | None, tech_pending: bool = False
+                ) -> tuple[Refusal, str] | None:
+    """Why a technician may not connect or sign in at all now, or None. ``tech_pending``:
+    it enrolled by invitation and no admin has decided yet (it is disabled until then)."""
     if vendor is not None and vendor.disabled:
         return Refusal.VENDOR_DISABLED, f"your company's access ({vendor.name}) is disabled"
     if vendor is not None and vendor.contract_end is not None and vendor.contract_end <= now:
@@ -90,7 +97,8 @@ def refusal_for(now: datetime, vendor: VendorState | None, tech_disabled: bool,
         return (Refusal.ACCOUNT_EXPIRED,
                 f"your technician account expired on {shown_end(tech_expires_at)}")
     if tech_disabled:
-        return Refusal.DISABLED, "your technician account is disabled"
+        return Refusal.DISABLED, PENDING_TEXT if tech_pending else \
+            "your technician account is disabled"
     return None
 
 
@@ -102,9 +110,33 @@ def inactive_deadline(created_at: datetime, last_login_at: datetime | None,
 
 
 def tech_state(now: datetime, vendor: VendorState | None, tech_disabled: bool,
-               tech_expires_at: datetime | None) -> str:
-    """One word for listings: enabled, disabled, expired, vendor-disabled, contract-ended."""
+               tech_expires_at: datetime | None, tech_pending: bool = False) -> str:
+    """One word for listings: enabled, disabled, pending (approval), expired,
+    vendor-disabled, contract-ended."""
     refusal = refusal_for(now, vendor, tech_disabled, tech_expires_at)
+    if refusal is not None and refusal[0] is Refusal.DISABLED and tech_pending:
+        return "pending"
     return {None: "enabled", Refusal.VENDOR_DISABLED: "vendor-disabled",
             Refusal.CONTRACT_ENDED: "contract-ended", Refusal.ACCOUNT_EXPIRED: "expired",
             Refusal.DISABLED: "disabled"}[refusal[0] if refusal else None]
+
+
+CONTRACT_WARN_DAYS = (14, 1)  # vendor.contract_ending this many days before the contract end
+
+
+def contract_warning_due(now: datetime, end: datetime, given: set[int]) -> int | None:
+    """Which warning (days before ``end``) to give now, if any: the nearest to the end among
+    those due and not yet ``given`` (a contract set to end in 12 hours gets the 1-day warning
+    only; the 14-day one is not sent late). None once the contract has ended."""
+    if end <= now:
+        return None
+    due = [d for d in CONTRACT_WARN_DAYS if end - timedelta(days=d) <= now]
+    if not due or min(due) in given:
+        return None
+    return min(due)
+
+
+def next_contract_warning(now: datetime, end: datetime) -> datetime | None:
+    """When the next warning for a contract ending at ``end`` falls due, if still to come."""
+    moments = [end - timedelta(days=d) for d in CONTRACT_WARN_DAYS]
+    return min((m for m in moments if m > now), default=None)

@@ -21,6 +21,8 @@ from aiohttp import web
 from markupsafe import Markup
 
 import broker.http.approvals as approval_pages
+import broker.http.onboarding as onboarding_pages
+import broker.http.vendor_portal as vendor_portal
 from broker import webproxy
 from broker.credentials.keys import KeyPaths, load_secret_bytes
 from broker.domain.durations import format_duration
@@ -85,6 +87,8 @@ def create_app(ctx: Context, sessions: LiveSessions | None = None,
     api.setup(app)
     staff.setup(app)
     approval_pages.setup(app)
+    onboarding_pages.setup(app)
+    vendor_portal.setup(app)
     app.router.add_route("*", "/w/{tail:.*}", to_device_origin)
     return app
 

@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp_jinja2
 import jwt
 from aiohttp import web
-from sqlalchemy.exc import IntegrityError
 
 from broker.approvals import links
 from broker.approvals.tokens import (
@@ -30,7 +29,7 @@ from broker.approvals.tokens import (
     verify,
 )
 from broker.domain.durations import format_duration
-from broker.errors import NotFound
+from broker.errors import DuplicateRow, NotFound
 from broker.http.errors import BadInput
 from broker.http.keys import CONTEXT, REFUSALS, SECRET
 from broker.http.ratelimit import RateLimit
@@ -105,7 +104,7 @@ async def decide(request: web.Request) -> web.StreamResponse:
         if exc.reason == USED:
             return await _used(request, claims)
         return await _refuse(request, exc.reason, claims)
-    except IntegrityError:  # the same link spent by a concurrent POST (PostgreSQL)
+    except DuplicateRow:  # the same link spent by a concurrent POST (PostgreSQL)
         return await _used(request, claims)
     except NotFound as exc:
         return await _refuse(request, "not found", claims, status=404, message=str(exc))

@@ -12,5 +12,6 @@ from broker.services.refusals import RefusalLog
 CONTEXT = web.AppKey("context", Context)
 LIVE_SESSIONS = web.AppKey("live_sessions", LiveSessions)
 REFUSALS = web.AppKey("refusals", RefusalLog)  # every refusal, rate-limited per source
-SECRET = web.AppKey("secret", bytes)  # the [http] secret_key; use security.subkey(), never raw
+# the [http] secret_key: use broker.credentials.keys.subkey(), never raw
+SECRET = web.AppKey("secret", bytes)
 NODE = web.AppKey("node", NodeState)  # draining or not: /readyz answers 503 while draining

@@ -1,4 +1,4 @@
-"""Secrets derived for one purpose each, CSRF tokens, and the response security headers."""
+"""CSRF tokens and the response security headers (keys: :func:`broker.credentials.keys.subkey`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from broker.credentials.keys import subkey
 from broker.http.keys import REFUSALS, SECRET
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -21,13 +20,6 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 # Responses that must not carry the portal's headers (the device web proxy sets its own)
 # mark themselves with this key.
 OWN_HEADERS = web.ResponseKey("own_headers", bool)
-
-
-def subkey(master: bytes, purpose: str) -> bytes:
-    """A 32-byte key for one purpose (``"approval-jwt"``, ``"csrf"``, ``"cookie"`` ...),
-    so that no two uses ever share a key."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=f"broker/{purpose}".encode()).derive(master)
 
 
 def csrf_token(app: web.Application, binding: str) -> str:

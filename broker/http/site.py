@@ -9,6 +9,7 @@ connection) within ``[http] head_timeout``; past that the broker closes the conn
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,7 @@ from broker.config import Config
 from broker.credentials.keys import KeyPaths
 from broker.domain.durations import parse_duration
 from broker.errors import ConfigError
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
+from broker.listeners import split_listen
 
 
 @dataclass(frozen=True)
@@ -78,9 +75,12 @@ class _TimedSite(web.TCPSite):
     """A TCPSite whose TLS handshakes time out (aiohttp does not pass the argument on)."""
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *,
-                 ssl_context: ssl.SSLContext | None, handshake_timeout: float) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+                 ssl_context: ssl.SSLContext | None, handshake_timeout: float,
+                 reuse_port: bool = False) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True,
+                         reuse_port=reuse_port)
         self._handshake_timeout = handshake_timeout
+        self._share_port = reuse_port
 
     async def start(self) -> None:
         self._runner._reg_site(self)
@@ -88,7 +88,7 @@ class _TimedSite(web.TCPSite):
         assert server is not None
         listening = await asyncio.get_running_loop().create_server(
             server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_address=True,
+            reuse_address=True, reuse_port=self._share_port or None,
             ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None)
         self._server = listening
         self._bound_port = listening.sockets[0].getsockname()[1]
@@ -98,8 +98,12 @@ class WebSite:
     """One running HTTP(S) listener (the portal's by default)."""
 
     def __init__(self, app: web.Application, config: Config,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, *, reuse_port: bool = False) -> None:
+        """``reuse_port``: share the port with the other workers of this node
+        (SO_REUSEPORT)."""
         self.app = app
+        self.reuse_port = reuse_port
+        self.sockets: list[socket.socket] = []
         self.config = config
         self.listener = listener or Listener.portal(config)
         head = parse_duration(config.settings.http.head_timeout).total_seconds()
@@ -110,6 +114,10 @@ class WebSite:
         self.port = 0
         self.tls = False
 
+    @property
+    def name(self) -> str:
+        return self.listener.section
+
     async def start(self) -> None:
         listen = self.listener.listen
         host, port = split_listen(listen)
@@ -117,7 +125,7 @@ class WebSite:
         handshake = parse_duration(self.config.settings.http.handshake_timeout).total_seconds()
         await self.runner.setup()
         site = _TimedSite(self.runner, host or None, port, ssl_context=context,
-                          handshake_timeout=handshake)
+                          handshake_timeout=handshake, reuse_port=self.reuse_port)
         try:
             await site.start()
         except OSError as exc:
@@ -125,7 +133,13 @@ class WebSite:
             raise ConfigError(f"[{self.listener.section}] listen = {listen!r}: cannot listen: "
                               f"{exc.strerror or exc}") from None
         self.port = self.runner.addresses[0][1]
+        server = site._server
+        self.sockets = list(server.sockets) if isinstance(server, asyncio.Server) else []
         self.tls = context is not None
+
+    def stop_accepting(self) -> None:
+        """Nothing: a web listener answers through a drain (``/readyz`` says 503 so that the
+        load balancer sends new work elsewhere); no new session opens on a draining node."""
 
     async def close(self) -> None:
         await self.runner.cleanup()

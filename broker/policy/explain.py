@@ -14,6 +14,7 @@ from broker.domain.policy import (
     TechnicianFacts,
     evaluate,
 )
+from broker.policy.session_spec import describe_session, session_json
 
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -57,6 +58,8 @@ def describe_rules(rules: Rules) -> list[str]:
         if rules.breakglass_max
         else "Break-glass: not allowed",
         f"Pending requests expire after {format_duration(rules.pending_expiry)}",
+        *describe_session(rules.session),
+        rules.files.describe(),
     ]
 
 
@@ -97,6 +100,8 @@ def rules_json(rules: Rules) -> dict[str, Any]:
         "require_totp": rules.require_totp,
         "breakglass_max": format_duration(rules.breakglass_max) if rules.breakglass_max else None,
         "pending_expiry": format_duration(rules.pending_expiry),
+        **session_json(rules.session),
+        "files": rules.files.as_json(),
     }
 
 

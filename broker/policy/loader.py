@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
-from datetime import time, timedelta
 from pathlib import Path
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo
+from typing import Any
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
     ValidationError,
-    ValidationInfo,
-    field_validator,
 )
 from pydantic_core import ErrorDetails
 
-from broker.domain.durations import parse_duration
-from broker.domain.policy import ApprovalRule, HoursWindow, Policy, Rules
-from broker.domain.protocols import ALL_PROTOCOLS, Protocol
+from broker.domain.policy import Policy
+from broker.domain.protocols import Protocol
+from broker.policy.spec import KNOWN_FIELDS, PolicySpec
 
 Loc = tuple[str | int, ...]
 
@@ -52,178 +42,6 @@ class PolicyError(Exception):
 
 
 # --- field types ---------------------------------------------------------------------------
-
-_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_PROTOCOL_CHOICES = ", ".join(p.value for p in Protocol)
-_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
-
-
-def _text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value.strip()
-
-
-def _protocol(value: object) -> Protocol:
-    if isinstance(value, str) and value.strip().lower() in {p.value for p in Protocol}:
-        return Protocol(value.strip().lower())
-    raise ValueError(f"unknown protocol {value!r} (choose from {_PROTOCOL_CHOICES})")
-
-
-def _port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ValueError(f"port {value} is out of range 1..65535")
-    return value
-
-
-def _count(value: int) -> int:
-    if value < 1:
-        raise ValueError(f"count must be at least 1, not {value}")
-    return value
-
-
-def _day(value: object) -> int:
-    if isinstance(value, str):
-        name = value.strip().lower()
-        for index, day in enumerate(_DAYS):
-            if name in (day, day[:3]):
-                return index
-    raise ValueError(f"unknown day {value!r} (write mon, tue, wed, thu, fri, sat or sun)")
-
-
-def _clock(value: object) -> time:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads an unquoted 19:00 as the base-60 number 1140.
-        hours, minutes = divmod(value, 60)
-        raise ValueError(f'write the time in quotes, like "{hours}:{minutes:02d}"')
-    match = _CLOCK.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f'{value!r} is not a time of day (write HH:MM, like "07:30")')
-    return time(int(match.group(1)), int(match.group(2)))
-
-
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ValueError, KeyError, OSError):
-        raise ValueError(
-            f"unknown timezone {value!r} (use an IANA name like Europe/Berlin)"
-        ) from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_text)]
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-ProtocolName = Annotated[Protocol, BeforeValidator(_protocol)]
-Port = Annotated[int, AfterValidator(_port)]
-Day = Annotated[int, BeforeValidator(_day)]
-Clock = Annotated[time, BeforeValidator(_clock)]
-Timezone = Annotated[str, AfterValidator(_timezone)]
-
-
-# --- the file format -----------------------------------------------------------------------
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class DevicesSpec(_Spec):
-    tags: list[Text] = []
-    names: list[Text] = []
-
-
-class ApprovalSpec(_Spec):
-    count: Annotated[int, AfterValidator(_count)]
-    groups: list[Text] = []
-
-
-class HoursSpec(_Spec):
-    days: list[Day] | None = None
-    start: Clock = Field(alias="from")
-    end: Clock = Field(alias="to")
-    timezone: Timezone
-
-    @field_validator("days")
-    @classmethod
-    def _some_days(cls, days: list[int] | None) -> list[int] | None:
-        if days is not None and not days:
-            raise ValueError("empty list: name at least one day, or omit days for every day")
-        return days
-
-    def to_window(self) -> HoursWindow:
-        days = range(7) if self.days is None else self.days
-        return HoursWindow(frozenset(days), self.start, self.end, self.timezone)
-
-
-_EMPTY_LIST = {
-    "vendors": "empty list: omit vendors to allow any vendor",
-    "protocols": "empty list: name at least one protocol, or omit protocols to allow all",
-    "approvals": "empty list: omit approvals for one approval from any approver",
-}
-
-
-class PolicySpec(_Spec):
-    name: Text
-    description: str = ""
-    vendors: list[Text] | None = None
-    devices: DevicesSpec | None = None
-    max_duration: Duration = timedelta(hours=8)
-    protocols: list[ProtocolName] | None = None
-    forward_ports: list[Port] = []
-    approvals: list[ApprovalSpec] | None = None
-    hours: HoursSpec | None = None
-    require_totp: bool = False
-    breakglass_max: Duration | None = None
-    pending_expiry: Duration = timedelta(hours=24)
-
-    @field_validator("vendors", "protocols", "approvals")
-    @classmethod
-    def _not_empty(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
-        if value is not None and not value:
-            raise ValueError(_EMPTY_LIST[str(info.field_name)])
-        return value
-
-    @field_validator("devices")
-    @classmethod
-    def _some_devices(cls, devices: DevicesSpec | None) -> DevicesSpec | None:
-        if devices is not None and not devices.tags and not devices.names:
-            raise ValueError("give tags and/or names, or omit devices to allow any device")
-        return devices
-
-    def to_policy(self, source: str, line: int) -> Policy:
-        devices = self.devices or DevicesSpec()
-        approvals = [ApprovalRule(a.count, tuple(a.groups)) for a in self.approvals or ()]
-        return Policy(
-            name=self.name,
-            source=source,
-            line=line,
-            vendors=None if self.vendors is None else frozenset(self.vendors),
-            device_names=frozenset(devices.names),
-            device_tags=frozenset(devices.tags),
-            description=self.description.strip(),
-            rules=Rules(
-                max_duration=self.max_duration,
-                protocols=ALL_PROTOCOLS if self.protocols is None else frozenset(self.protocols),
-                forward_ports=frozenset(self.forward_ports),
-                approvals=tuple(approvals) or (ApprovalRule(1),),
-                hours=self.hours.to_window() if self.hours else None,
-                require_totp=self.require_totp,
-                breakglass_max=self.breakglass_max,
-                pending_expiry=self.pending_expiry,
-            ),
-        )
-
-
-_KNOWN_FIELDS = sorted(
-    {"policies"}
-    | {
-        field.alias or name
-        for model in (PolicySpec, DevicesSpec, ApprovalSpec, HoursSpec)
-        for name, field in model.model_fields.items()
-    }
-)
-
 
 # --- locating problems ---------------------------------------------------------------------
 
@@ -276,7 +94,7 @@ _EXPECTED = {
 
 
 def _unknown_field(name: str) -> str:
-    close = difflib.get_close_matches(name, _KNOWN_FIELDS, n=1)
+    close = difflib.get_close_matches(name, KNOWN_FIELDS, n=1)
     return f"unknown field {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
@@ -288,6 +106,9 @@ def _message(error: ErrorDetails) -> str:
         return "required field is missing"
     if kind == "value_error" and "error" in error.get("ctx", {}):
         return str(error["ctx"]["error"])
+    if kind == "literal_error":
+        return f"expected {error.get('ctx', {}).get('expected', 'one of the choices')}, got" \
+            f" {_shown(error['input'])}"
     if kind in _EXPECTED:
         return f"{_EXPECTED[kind]}, got {_shown(error['input'])}"
     return str(error["msg"])
@@ -398,7 +219,8 @@ def _check_policy(item: object, loc: Loc, out: _File, seen: dict[str, Policy]) -
     if spec.forward_ports and spec.protocols is not None and Protocol.FORWARD not in spec.protocols:
         out.report((*loc, "forward_ports"), "ports given but 'forward' is not in protocols")
     assert out.root is not None
-    policy = spec.to_policy(out.path, _line(out.root, loc))
+    policy = spec.to_policy(out.path, _line(out.root, loc), [
+        _line(out.root, (*loc, "commands", index)) for index in range(len(spec.commands))])
     if spec.name in seen:
         out.report(
             (*loc, "name"),

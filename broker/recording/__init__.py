@@ -39,12 +39,11 @@ from .manifest import (
     seal_directory,
     seal_interrupted,
     signer_for,
-    verify_all,
-    verify_session,
 )
 from .oplog import OpLog
 from .scp import SCPCommand, SCPRecorder, is_scp_command, parse_scp_command
 from .sftp import SFTPRecorder
+from .verify import verify_all, verify_session
 
 __all__ += [
     "OpLog",

@@ -76,6 +76,11 @@ class AsciicastWriter:
     def resize(self, width: int, height: int) -> None:
         self._event("r", f"{width}x{height}")
 
+    def marker(self, label: str) -> None:
+        """An asciicast v2 marker (``"m"``): a broker event at this moment of the session
+        (a refused command, a supervisor joining ...); players list them as chapters."""
+        self._event("m", label)
+
     def close(self) -> None:
         if self._file.closed:
             return
@@ -109,7 +114,8 @@ class ExecLog:
 
     Lines: ``{"t", "type": "command", "command"}``, then ``{"t", "type": "stdout"|"stderr"|
     "stdin", "data"}`` (``"b64"`` instead of ``"data"`` for bytes that are not UTF-8), then
-    ``{"t", "type": "exit", "status"}`` and/or ``"signal"``.
+    ``{"t", "type": "exit", "status"}`` and/or ``"signal"``; ``{"t", "type": "marker",
+    "label"}`` for a broker event (a refused command, a supervisor joining ...).
     """
 
     def __init__(
@@ -138,6 +144,9 @@ class ExecLog:
 
     def stdin(self, data: bytes) -> None:
         self._data("stdin", data)
+
+    def marker(self, label: str) -> None:
+        self._line({"type": "marker", "label": label})
 
     def exit(self, status: int | None, signal: str | None = None) -> None:
         line: dict[str, object] = {"type": "exit"}

@@ -1,9 +1,12 @@
 """Crash safety for recordings: one task pushes every open recording file to disk each interval.
 
 Writers append to a user-space buffer (no system call per chunk). A single :class:`Flusher` task
-per process flushes those buffers to the OS every ``interval`` seconds, so a killed broker loses
-at most the last interval, and fsyncs (in a worker thread) each file that received data since
-the previous round, so a power cut loses little more.
+per process pushes, every ``interval`` seconds, each buffer that received data since the
+previous round to the OS and fsyncs it, so a killed broker loses at most the last interval and
+a power cut little more. Both happen in a worker thread: with a thousand sessions a round is a
+thousand writes, which on a busy disk wait for the journal, and the event loop relaying every
+keystroke must not wait with them. The buffer's own lock (Python's buffered files are
+thread-safe) keeps a writer's later data behind what the thread is pushing.
 
 A write, flush or fsync that fails (ENOSPC, EROFS, EIO) marks the file failed and is reported
 to the flusher's listeners (:meth:`Flusher.on_failure`) from the event loop, once per file: the
@@ -62,19 +65,19 @@ class FlushedFile:
             self.failed = exc
             self._flusher.report(self.path, exc)
 
-    def flush(self) -> int | None:
-        """Push the buffer to the OS; return a duplicate fd to fsync if anything was written
-        since the last call (the caller closes it), else None."""
+    def take(self) -> int | None:
+        """On the event loop, for a flush round: a duplicate of the file's descriptor (the
+        caller closes it; it stays valid even if the writer closes its file meanwhile) if
+        anything was written since the last round, else None."""
         if not self._unsynced or self._file.closed or self.failed is not None:
             return None
-        try:
-            self._file.flush()
-        except OSError as exc:
-            self.fail(exc, "flush")
-            return None
         self._unsynced = False
-        # A duplicate stays valid even if the writer closes its file while the fsync runs.
         return os.dup(self._file.fileno())
+
+    def push(self) -> None:
+        """In the flush thread: the buffer to the OS (OSError if it cannot be written)."""
+        with contextlib.suppress(ValueError):  # closed by its writer since take(): pushed
+            self._file.flush()
 
     def close(self) -> None:
         if self._file.closed:
@@ -136,19 +139,20 @@ class Flusher:
         await self.flush_now()
 
     async def flush_now(self) -> int:
-        """One round: flush every file, fsync those that changed. Returns how many changed."""
-        synced: list[tuple[FlushedFile, int]] = []
+        """One round: push every file that changed to the OS and fsync it. Returns how many
+        changed."""
+        taken: list[tuple[FlushedFile, int]] = []
         started = time.monotonic()
         for file in list(self._files):
-            fd = file.flush()  # a failure is reported by the file itself
+            fd = file.take()
             if fd is not None:
-                synced.append((file, fd))
-        if synced:
-            failures = await asyncio.to_thread(_fsync_and_close, [fd for _, fd in synced])
-            for index, exc in failures:
-                synced[index][0].fail(exc, "fsync")
+                taken.append((file, fd))
+        if taken:
+            failures = await asyncio.to_thread(_push_and_sync, taken)
+            for index, exc, step in failures:
+                taken[index][0].fail(exc, step)
             metrics.RECORDING_WRITE.observe(time.monotonic() - started)
-        return len(synced)
+        return len(taken)
 
     def _ensure_running(self) -> None:
         # Started lazily by the first registration too, so a forgotten start() cannot silently
@@ -167,14 +171,20 @@ class Flusher:
             await self.flush_now()
 
 
-def _fsync_and_close(fds: list[int]) -> list[tuple[int, OSError]]:
-    """fsync and close each; return (index, error) of those whose fsync failed."""
+def _push_and_sync(taken: list[tuple[FlushedFile, int]]) -> list[tuple[int, OSError, str]]:
+    """Push, fsync and close the duplicate of each; (index, error, step) of each failure."""
     failures = []
-    for index, fd in enumerate(fds):
+    for index, (file, fd) in enumerate(taken):
+        try:
+            file.push()
+        except OSError as exc:
+            failures.append((index, exc, "flush"))
+            os.close(fd)
+            continue
         try:
             os.fsync(fd)
         except OSError as exc:
-            failures.append((index, exc))
+            failures.append((index, exc, "fsync"))
         finally:
             os.close(fd)
     return failures

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .session import DIR_TIME_FORMAT, METADATA_FILE
+from .layout import DIR_TIME_FORMAT, METADATA_FILE
 
 Event = tuple[float, str, str]
 

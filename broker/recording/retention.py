@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from broker.fileio import fsync_path, write_atomically
+
 from .manifest import MANIFEST_FILE, SIGNATURE_FILE, Signer, chain_lock, record_pruned
 from .reader import SessionInfo, iter_sessions
-from .session import _fsync_path
 
 HOLDS_FILE = ".holds.json"
 
@@ -49,14 +49,7 @@ def set_hold(root: Path, session_id: str, on: bool, by: str, now: datetime) -> b
         else:
             del holds[session_id]
         data = json.dumps({"sessions": dict(sorted(holds.items()))}, indent=2) + "\n"
-        tmp = root / f".{HOLDS_FILE}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / HOLDS_FILE)
-        _fsync_path(root)
+        write_atomically(root / HOLDS_FILE, data.encode("utf-8"))
     return True
 
 
@@ -100,5 +93,5 @@ def prune(root: Path, signer: Signer, retain_days: int, now: datetime, *,
         record_pruned(root, signer, {info.session_id: digest for info, digest in old})
         for info, _ in old:
             shutil.rmtree(info.path)
-        _fsync_path(root)
+        fsync_path(root)
     return PruneResult(deleted, held)

@@ -137,7 +137,7 @@ class SCPRecorder:
         if self._command is not None:
             self._feed(data, not self._command.upload)
 
-    def close(self, exit_status: int | None) -> None:
+    def close(self, exit_status: int | None = None) -> None:
         if self._log.closed:
             return
         awaited = self._awaiting[0] if self._awaiting is not None else None

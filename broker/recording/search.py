@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import Kind, recorded_files
 from .reader import SessionInfo, iter_sessions
 
 CONTEXT = 30  # characters of context on each side of a hit
@@ -162,23 +163,24 @@ def _search_transfers(path: Path, pattern: re.Pattern[str]) -> Iterator[tuple[st
             yield "transfer", _time(line.get("t")), clean_snippet(f"{op} {' '.join(values)}")
 
 
+SEARCHED = frozenset({Kind.TERMINAL, Kind.EXEC, Kind.SFTP, Kind.SCP})
+
+
 def search_session(info: SessionInfo, text: str) -> Iterator[Hit]:
     pattern = re.compile(re.escape(text), re.IGNORECASE)
     width = len(text)
     meta = info.metadata
-    for path in sorted(p for p in info.path.iterdir() if p.is_file()):
-        name = path.name
-        if name.startswith("term-") and name.endswith(".cast"):
+    for recorded in recorded_files(info.path, kinds=SEARCHED):
+        path = recorded.path
+        if recorded.kind is Kind.TERMINAL:
             found = _search_cast(path, pattern, width)
-        elif name.startswith("exec-") and name.endswith(".jsonl"):
+        elif recorded.kind is Kind.EXEC:
             found = _search_exec(path, pattern, width)
-        elif name.startswith(("sftp-", "scp-")) and name.endswith(".jsonl"):
-            found = _search_transfers(path, pattern)
         else:
-            continue
+            found = _search_transfers(path, pattern)
         for stream, offset, snippet in found:
-            yield Hit(info.session_id, meta.get("technician"), meta.get("device"), name,
-                      stream, offset, snippet)
+            yield Hit(info.session_id, meta.get("technician"), meta.get("device"),
+                      recorded.name, stream, offset, snippet)
 
 
 def search(root: Path, text: str) -> Iterator[Hit]:

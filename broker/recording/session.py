@@ -7,39 +7,28 @@ listing of the recordings root is in time order.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from broker.fileio import fsync_path
 
 from .asciicast import AsciicastWriter, Clock, ExecLog
+from .files import Kind, file_stem
 from .flusher import Flusher, default_flusher
+from .layout import DIR_TIME_FORMAT, METADATA_FILE, directory_name, write_metadata
+from .manifest import Signer, seal_directory
 
-if TYPE_CHECKING:
-    from .manifest import Signer
+__all__ = ["DIR_TIME_FORMAT", "METADATA_FILE", "SessionRecording", "directory_name"]
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "session.json"
-DIR_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
-_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def directory_name(started_at: datetime, session_id: str) -> str:
-    if started_at.tzinfo is None:
-        raise ValueError("started_at must be timezone-aware")
-    if not _SESSION_ID.fullmatch(session_id):
-        raise ValueError(f"session id {session_id!r} is not usable in a directory name")
-    return f"{started_at.astimezone(UTC).strftime(DIR_TIME_FORMAT)}-{session_id}"
 
 
 class SessionRecording:
@@ -97,7 +86,7 @@ class SessionRecording:
             "end_reason": None,
         }
         recording = cls(path, full, flusher=flusher, clock=clock, now=now, signer=signer)
-        _write_json_atomically(path / METADATA_FILE, full, sync=False)
+        write_metadata(path / METADATA_FILE, full, sync=False)
         recording._files.append(path / METADATA_FILE)
         return recording
 
@@ -124,6 +113,10 @@ class SessionRecording:
         self._files.append(path)
         return path
 
+    def file_for(self, kind: Kind, channel: int | None = None) -> Path:
+        """A fresh file for a recorder of ``kind`` (see :mod:`broker.recording.files`)."""
+        return self.add_file(file_stem(kind, channel), kind.suffix)
+
     def terminal(
         self,
         channel: int,
@@ -137,7 +130,7 @@ class SessionRecording:
         header_env = {**env, "TERM": term}  # what the device was given
         md = self._metadata
         writer = AsciicastWriter(
-            self.add_file(f"term-{channel}", ".cast"),
+            self.file_for(Kind.TERMINAL, channel),
             width=width,
             height=height,
             timestamp=int(self._now().timestamp()),
@@ -153,7 +146,7 @@ class SessionRecording:
 
     def exec_log(self, channel: int, command: str) -> ExecLog:
         log = ExecLog(
-            self.add_file(f"exec-{channel}", ".jsonl"),
+            self.file_for(Kind.EXEC, channel),
             command,
             clock=self._clock,
             flusher=self._flusher,
@@ -181,12 +174,10 @@ class SessionRecording:
     def _finish(self, metadata: dict[str, object]) -> None:
         for path in self._files[1:]:
             if path.exists():
-                _fsync_path(path)
-        _write_json_atomically(self._path / METADATA_FILE, metadata, sync=True)
-        _fsync_path(self._path.parent)
+                fsync_path(path)
+        write_metadata(self._path / METADATA_FILE, metadata, sync=True)
+        fsync_path(self._path.parent)
         if self._signer is not None:
-            from .manifest import seal_directory
-
             try:
                 seal_directory(self._path, self._signer, sealed_by="close", now=self._now)
             except OSError:
@@ -209,29 +200,3 @@ class SessionRecording:
             k: md[k] for k in ("technician", "vendor", "device", "grant") if k in md
         }
         return {**header, "session": md["session"], "channel": channel}
-
-
-def _write_json_atomically(path: Path, data: dict[str, object], *, sync: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the old file stays whole; nothing half-written is left
-        raise
-    if sync:
-        _fsync_path(path.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -36,8 +36,6 @@ Paths are decoded as UTF-8 with ``\\xNN`` escapes for other bytes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import heapq
 import struct
 import time
 from collections.abc import Callable
@@ -45,258 +43,62 @@ from pathlib import Path
 
 from .flusher import Flusher
 from .oplog import OpLog, decode_path
-
-__all__ = ["SFTPRecorder"]
-
-# Packet types (draft-ietf-secsh-filexfer-02 .. -13).
-INIT, VERSION, OPEN, CLOSE, READ, WRITE, LSTAT, FSTAT = 1, 2, 3, 4, 5, 6, 7, 8
-SETSTAT, FSETSTAT, OPENDIR, READDIR, REMOVE, MKDIR, RMDIR = 9, 10, 11, 12, 13, 14, 15
-REALPATH, STAT, RENAME, READLINK, SYMLINK, LINK, BLOCK, UNBLOCK = 16, 17, 18, 19, 20, 21, 22, 23
-EXTENDED = 200
-STATUS, HANDLE, DATA, NAME, ATTRS, EXTENDED_REPLY = 101, 102, 103, 104, 105, 201
-
-_REPLY_TYPES = frozenset({STATUS, HANDLE, DATA, NAME, ATTRS, EXTENDED_REPLY})
-
-FX_OK, FX_EOF = 0, 1
-_STATUS_NAMES = (
-    "ok", "eof", "no_such_file", "permission_denied", "failure", "bad_message",
-    "no_connection", "connection_lost", "op_unsupported", "invalid_handle", "no_such_path",
-    "file_already_exists", "write_protect", "no_media", "no_space_on_filesystem",
-    "quota_exceeded", "unknown_principal", "lock_conflict", "dir_not_empty", "not_a_directory",
-    "invalid_filename", "link_loop", "cannot_delete", "invalid_parameter", "file_is_a_directory",
-    "byte_range_lock_conflict", "byte_range_lock_refused", "delete_pending", "file_corrupt",
-    "owner_invalid", "group_invalid", "no_matching_byte_range_lock",
+from .sftp_handles import _Dir, _File
+from .sftp_wire import (
+    _EXT_HANDLE,
+    _EXT_PATH,
+    _EXT_TWO_PATHS,
+    _II,
+    _PATH_OPS,
+    _QI,
+    _REPLY_TYPES,
+    _RESOLVING,
+    _U32,
+    _U64,
+    ATTRS,
+    BLOCK,
+    CLOSE,
+    DATA,
+    DEFAULT_MAX_PACKET,
+    EXTENDED,
+    EXTENDED_REPLY,
+    FSETSTAT,
+    FSTAT,
+    FX_EOF,
+    FX_OK,
+    HANDLE,
+    HARD_MAX_PACKET,
+    INIT,
+    LINK,
+    MKDIR,
+    NAME,
+    OPEN,
+    OPENDIR,
+    READ,
+    READDIR,
+    RENAME,
+    SETSTAT,
+    STATUS,
+    SYMLINK,
+    UNBLOCK,
+    VERSION,
+    WRITE,
+    _attrs_v3,
+    _path,
+    _ProtocolError,
+    _status,
+    _string,
 )
 
-# Access bits: v3 pflags READ=1 WRITE=2 APPEND=4; v5+ ACE4 READ_DATA=1 WRITE_DATA=2 APPEND=4.
-_ACCESS_READ = 0x1
-_ACCESS_WRITE = 0x2 | 0x4
-
-#: OpenSSH's limit (256 KiB) plus room for the request header.
-DEFAULT_MAX_PACKET = 256 * 1024 + 1024
-#: Servers may advertise larger packets (limits@openssh.com; asyncssh: 4 MiB): never beyond.
-HARD_MAX_PACKET = 4 * 1024 * 1024 + 1024
+__all__ = ["SFTPRecorder"]
 
 _MAX_PENDING_REQUESTS = 65536
 _MAX_HANDLES = 65536
 _MAX_ORPHANS = 256
 _MAX_ORPHAN_BYTES = 16 * 1024 * 1024
 
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-_II = struct.Struct(">II")
-_QI = struct.Struct(">QI")
-
-# Request layout per SFTP version, by operation name -> logged op names.
-_PATH_OPS = {LSTAT: "lstat", STAT: "stat", REMOVE: "remove", RMDIR: "rmdir",
-             REALPATH: "realpath", READLINK: "readlink", SETSTAT: "setstat", MKDIR: "mkdir"}
-_EXT_PATH = frozenset({"statvfs@openssh.com", "lsetstat@openssh.com", "expand-path@openssh.com",
-                       "check-file-name", "space-available", "make-temp-folder"})
-_EXT_TWO_PATHS = frozenset({"posix-rename@openssh.com", "hardlink@openssh.com", "copy-file"})
-_EXT_HANDLE = frozenset({"fstatvfs@openssh.com", "fsync@openssh.com", "check-file-handle"})
-_RESOLVING = frozenset({"realpath", "readlink", "expand-path@openssh.com"})
-
-
-class _ProtocolError(Exception):
-    pass
-
-
-class _OrderedHash:
-    """SHA-256 of chunks given by file offset, in offset order, whatever order they come in.
-
-    Hashed inline on the event loop, as the scp recorder does. A worker thread was measured
-    against this (bench/relay.py's routes, 2 cores, three interleaved A/B runs) and lost: the
-    broker used 0.1-0.3 s more CPU per 200 MiB and moved files no faster. Measured again
-    once the channel-data fast path had made the relay thread lighter (legacy scp download,
-    ten interleaved A/B rounds): 0.81 CPU-s against 0.77, and the same wall time.
-    """
-
-    __slots__ = ("broken", "heap", "limit", "next", "pending", "seq", "sha", "start")
-
-    def __init__(self, limit: int) -> None:
-        self.sha = hashlib.sha256()
-        self.start: int | None = None
-        self.next = 0
-        self.heap: list[tuple[int, int, bytes]] = []
-        self.pending = 0
-        self.seq = 0
-        self.limit = limit
-        self.broken = False
-
-    def begin(self, offset: int) -> None:
-        """The first request's offset is where the content moved starts."""
-        if self.start is None:
-            self.start = self.next = offset
-
-    def add(self, offset: int, data: memoryview) -> None:
-        if self.broken:
-            return
-        n = len(data)
-        if self.start is None:
-            self.start = self.next = offset
-        nxt = self.next
-        if offset == nxt:
-            if n:
-                self.sha.update(data)
-                self.next = nxt + n
-                if self.heap:
-                    self._drain()
-        elif offset > nxt:
-            if not n:
-                return
-            self.pending += n
-            if self.pending > self.limit:
-                self._break()
-                return
-            self.seq += 1
-            heapq.heappush(self.heap, (offset, self.seq, bytes(data)))
-        elif offset < self.start:
-            self._break()
-        elif offset + n > nxt:  # overlaps what is hashed already: hash only the new tail
-            self.sha.update(data[nxt - offset:])
-            self.next = offset + n
-            if self.heap:
-                self._drain()
-
-    def _drain(self) -> None:
-        heap = self.heap
-        while heap and heap[0][0] <= self.next:
-            offset, _, chunk = heapq.heappop(heap)
-            self.pending -= len(chunk)
-            end = offset + len(chunk)
-            if end > self.next:
-                self.sha.update(memoryview(chunk)[self.next - offset:])
-                self.next = end
-
-    def _break(self) -> None:
-        self.broken = True
-        self.heap.clear()
-        self.pending = 0
-
-    def hexdigest(self) -> str | None:
-        if self.broken or self.heap:
-            return None
-        return self.sha.hexdigest()
-
-
-class _File:
-    __slots__ = ("access", "bytes_read", "bytes_written", "error", "opened", "read_hash",
-                 "reads", "record", "write_hash", "writes")
-
-    def __init__(self, record: dict[str, object], access: int, opened: float, limit: int) -> None:
-        self.record = record
-        self.access = access
-        self.opened = opened
-        self.bytes_read = 0
-        self.bytes_written = 0
-        self.reads = 0
-        self.writes = 0
-        self.read_hash = _OrderedHash(limit)
-        self.write_hash = _OrderedHash(limit)
-        self.error: str | None = None
-
-    @property
-    def path(self) -> object:
-        return self.record.get("path")
-
-    def summary(self, result: str) -> dict[str, object]:
-        reads, writes = self.reads > 0, self.writes > 0
-        if not reads and not writes:
-            reads = bool(self.access & _ACCESS_READ)
-            writes = bool(self.access & _ACCESS_WRITE)
-        op = "download" if reads and not writes else "upload" if writes and not reads else "open"
-        line: dict[str, object] = {**self.record, "op": op, "bytes_read": self.bytes_read,
-                                   "bytes_written": self.bytes_written}
-        non_sequential = False
-        for hasher, key, offset_key, used in (
-            (self.read_hash, "sha256_read", "read_offset", self.reads or op == "download"),
-            (self.write_hash, "sha256_written", "write_offset", self.writes or op == "upload"),
-        ):
-            if not used:
-                continue
-            digest = hasher.hexdigest()
-            line[key] = digest
-            non_sequential = non_sequential or digest is None
-            if hasher.start:
-                line[offset_key] = hasher.start
-        if non_sequential:
-            line["hash"] = "non-sequential"
-        line["opened"] = self.opened
-        if result == "ok" and self.error is not None:
-            result = self.error
-        line["result"] = result
-        return line
-
-
-class _Dir:
-    __slots__ = ("entries", "error", "opened", "record")
-
-    def __init__(self, record: dict[str, object], opened: float) -> None:
-        self.record = record
-        self.opened = opened
-        self.entries = 0
-        self.error: str | None = None
-
-    @property
-    def path(self) -> object:
-        return self.record.get("path")
-
-    def summary(self, result: str) -> dict[str, object]:
-        if result == "ok" and self.error is not None:
-            result = self.error
-        return {**self.record, "entries": self.entries, "opened": self.opened, "result": result}
-
-
 # A pending request: (packet type, logged record or handle state or handle bytes, extra).
 _Pending = tuple[int, object, object]
-
-
-def _string(pkt: memoryview, pos: int) -> tuple[memoryview, int]:
-    n = _U32.unpack_from(pkt, pos)[0]
-    end = pos + 4 + n
-    if end > len(pkt):
-        raise _ProtocolError(f"string of {n} bytes runs past the end of the packet")
-    return pkt[pos + 4:end], end
-
-
-def _path(pkt: memoryview, pos: int) -> tuple[str, int]:
-    raw, end = _string(pkt, pos)
-    return decode_path(raw), end
-
-
-def _status(pkt: memoryview) -> tuple[int, str]:
-    """(code, result text) of a STATUS reply."""
-    code = _U32.unpack_from(pkt, 5)[0]
-    if code == FX_OK:
-        return code, "ok"
-    name = _STATUS_NAMES[code] if code < len(_STATUS_NAMES) else f"status_{code}"
-    try:
-        message = decode_path(_string(pkt, 9)[0]).strip()
-    except (struct.error, _ProtocolError):  # v3 servers may omit the message
-        message = ""
-    return code, f"{name}: {message}" if message else name
-
-
-def _attrs_v3(pkt: memoryview, pos: int) -> dict[str, object]:
-    """The interesting parts of v3 ATTRS (for setstat/mkdir lines); {} if unparsable."""
-    try:
-        flags = _U32.unpack_from(pkt, pos)[0]
-        pos += 4
-        out: dict[str, object] = {}
-        if flags & 0x1:
-            out["size"] = _U64.unpack_from(pkt, pos)[0]
-            pos += 8
-        if flags & 0x2:
-            out["uid"], out["gid"] = _II.unpack_from(pkt, pos)
-            pos += 8
-        if flags & 0x4:
-            out["permissions"] = f"{_U32.unpack_from(pkt, pos)[0] & 0o7777:04o}"
-            pos += 4
-        if flags & 0x8:
-            out["atime"], out["mtime"] = _II.unpack_from(pkt, pos)
-        return out
-    except struct.error:
-        return {}
 
 
 class SFTPRecorder:

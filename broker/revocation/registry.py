@@ -12,6 +12,11 @@ import structlog
 
 log = structlog.get_logger("broker.revocation")
 RECHECK_TIMEOUT = 5.0  # seconds: a database that does not answer counts as unreachable
+# Re-checks in flight at once. Fewer than the database pool's connections (SQLAlchemy's
+# default: 5 + 10 overflow), so that re-checking a thousand live sessions leaves room for the
+# database watchdog's probe and for new logins (bench/sessions.py: unbounded, one resync of
+# 1,000 sessions queued the probe past its timeout, and the outage that declared cut them).
+RECHECK_CONCURRENCY = 8
 
 
 class LiveSession(Protocol):
@@ -63,35 +68,61 @@ class LiveSessions:
         """Ask every live session (or only those whose window ended by ``due_by``) whether
         it may go on, and end each that may not as soon as its own answer is in."""
         sessions = [s for s in self if due_by is None or s.ends_at <= due_by]
-        ended = await asyncio.gather(*(self._recheck_one(s) for s in sessions))
+        limit = asyncio.Semaphore(RECHECK_CONCURRENCY)
+        ended = await asyncio.gather(*(self._recheck_one(s, limit) for s in sessions))
         return sum(ended)
 
-    async def _recheck_one(self, session: LiveSession) -> bool:
-        try:
-            verdict = await asyncio.wait_for(session.still_allowed(), RECHECK_TIMEOUT)
-        except Exception as exc:  # the database away (refused, or no answer at all)
-            unconfirmed = time.monotonic() - self._confirmed.get(session, 0.0)
-            within = self._within(session)
-            if within and unconfirmed < self.fail_closed_after:
+    async def expire_unconfirmed(self, error: str) -> int:
+        """The database is known to be away: without asking it (a thousand checks that
+        cannot answer would only queue up behind each other), end each session whose window
+        has ended or whose grant has gone unconfirmed for fail_closed_after."""
+        ended = 0
+        for session in self:
+            verdict = self._unconfirmed_verdict(session, error, quiet=True)  # the watchdog
+            if verdict is not None:  # has said the database is away; each cut is logged
+                await self._end(session, verdict)
+                ended += 1
+        return ended
+
+    def _unconfirmed_verdict(self, session: LiveSession, error: str, quiet: bool = False
+                             ) -> str | None:
+        """Why a session whose grant cannot be checked must end now, or None (it goes on)."""
+        unconfirmed = time.monotonic() - self._confirmed.get(session, 0.0)
+        within = self._within(session)
+        if within and unconfirmed < self.fail_closed_after:
+            if not quiet:
                 log.warning("recheck failed; the session is within its grant and goes on"
-                            " for now", technician=session.technician, device=session.device,
-                            unconfirmed=round(unconfirmed, 1), error=str(exc))
-                return False
-            log.error("recheck failed; ending session to fail closed",
-                      technician=session.technician, device=session.device, error=str(exc))
-            verdict = (f"the broker could not confirm the grant for {unconfirmed:.0f} s"
-                       if within else "the broker could not confirm the grant")
-        else:
-            if session in self._confirmed:
-                self._confirmed[session] = time.monotonic()
+                            " for now", technician=session.technician,
+                            device=session.device, unconfirmed=round(unconfirmed, 1),
+                            error=error)
+            return None
+        log.error("recheck failed; ending session to fail closed",
+                  technician=session.technician, device=session.device, error=error)
+        return (f"the broker could not confirm the grant for {unconfirmed:.0f} s"
+                if within else "the broker could not confirm the grant")
+
+    async def _recheck_one(self, session: LiveSession, limit: asyncio.Semaphore) -> bool:
+        async with limit:
+            try:
+                verdict = await asyncio.wait_for(session.still_allowed(), RECHECK_TIMEOUT)
+            except Exception as exc:  # the database away (refused, or no answer at all)
+                verdict = self._unconfirmed_verdict(session, str(exc))
+                if verdict is None:
+                    return False
+            else:
+                if session in self._confirmed:
+                    self._confirmed[session] = time.monotonic()
         if verdict is None:
             return False
+        await self._end(session, verdict)
+        return True
+
+    async def _end(self, session: LiveSession, verdict: str) -> None:
         try:
             await session.terminate(verdict)
         except Exception as exc:
             log.error("ending a session failed", technician=session.technician,
                       device=session.device, error=str(exc))
-        return True
 
     def confirm_all(self) -> None:
         """The database answers (so revocation can reach every session): each counts as

@@ -10,13 +10,13 @@ from broker.domain.grants import WARN_MINUTES_BEFORE_END
 from broker.errors import BrokerError
 from broker.revocation.deadlines import DeadlineLoop
 from broker.revocation.registry import LiveSessions
+from broker.services.access_session import WINDOW_CLOSED
 from broker.services.context import Context
 from broker.services.grants import next_deadline, pairs_with_an_open_grant, refresh_states
 from broker.services.requests import expire_pending
 from broker.services.vendors import lifecycle_round, next_lifecycle_deadline
 
 WARN_MINUTES = WARN_MINUTES_BEFORE_END
-WINDOW_CLOSED = "your access window closed"
 MAX_SLEEP = timedelta(minutes=10)
 
 

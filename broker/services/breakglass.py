@@ -23,6 +23,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.domain.durations import format_duration
+from broker.domain.grants import GrantState
 from broker.domain.policy import Policy
 from broker.domain.text import BREAKGLASS_REASON, REVIEW_COMMENT, visible
 from broker.errors import BrokerError, Conflict, Refused, StoreError, UsageError
@@ -104,7 +105,8 @@ async def _open(ctx: Context, db: AsyncSession, tech_name: str, device_name: str
     now = ctx.now()
     grant = Grant(technician_id=tech.id, device_id=device.id,
                   protocols=sorted(p.value for p in policy.rules.protocols), start=now,
-                  end=now + duration, state="active", breakglass=True, breakglass_reason=reason,
+                  end=now + duration, state=GrantState.ACTIVE.value, breakglass=True,
+                  breakglass_reason=reason,
                   breakglass_by=actor[:200], created_at=now)
     db.add(grant)
     await db.flush()

@@ -19,12 +19,11 @@ from datetime import datetime, timedelta
 
 import asyncssh
 from asyncssh.packet import PacketDecodeError, SSHPacket
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.credentials.certs import (
     certificate_key_id,
-    grant_principal,
     issue_certificate,
     principal_grant,
 )
@@ -135,20 +134,6 @@ class Certificates:
                 IssuedCertificate.serial == serial))).first()
             if taken is None:
                 return serial
-
-
-async def grant_principals(ctx: Context, technician: str, device: str) -> list[str]:
-    """``grant-<id>`` for each grant of ``technician`` on ``device`` that is not over: the
-    only principals a certificate may name to open ``TECH+DEVICE`` now."""
-    now = ctx.now()
-    async with ctx.store.session() as db:
-        rows = (await db.exec(
-            select(Grant.id).join(Technician, col(Technician.id) == Grant.technician_id)
-            .join(Device, col(Device.id) == Grant.device_id)
-            .where(Technician.name == technician, Device.name == device,
-                   Grant.end > now, col(Grant.revoked_at).is_(None),
-                   Grant.state != GrantState.REVOKED.value))).all()
-    return [grant_principal(grant_id) for grant_id in rows if grant_id is not None]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ from broker.domain.policy import Policy
 from broker.errors import ConfigError
 from broker.store.engine import Store
 
+# The one transaction a service call runs in, as protocol code names it (a hook such as
+# ``Requests.decide(within=...)`` joins it) without importing the ORM itself.
+Transaction = AsyncSession
+
 
 def default_actor() -> str:
     try:
@@ -32,6 +36,8 @@ class Context:
     store: Store
     clock: Clock = field(default_factory=SystemClock)
     node: str = "node-1"
+    # added to every audit event this process writes (a broker worker: its index and pid)
+    audit_tags: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: Config, clock: Clock | None = None) -> Context:
@@ -59,4 +65,10 @@ class Context:
 
     async def audit(self, db: AsyncSession, kind: str, actor: str,
                     subject: str | None = None, **data: Any) -> None:
-        await audit.record(db, self.now(), kind, actor, subject, **data)
+        await audit.record(db, self.now(), kind, actor, subject, **{**self.audit_tags, **data})
+
+    async def audit_alone(self, kind: str, actor: str, subject: str | None = None,
+                          **data: Any) -> None:
+        """One audit event in a transaction of its own (nothing else is written with it)."""
+        async with self.store.session() as db:
+            await self.audit(db, kind, actor, subject, **data)

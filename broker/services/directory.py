@@ -11,22 +11,25 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.domain.invitations import PENDING
 from broker.domain.rotation import RotationError, method_for
 from broker.domain.text import DEPARTMENT, FIRMWARE, MODEL, PURPOSE, VENDOR
 from broker.domain.usernames import UsernameError, check_name
 from broker.domain.vendors import email_in_domains
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
+from broker.services.firmware import valid_probe
 from broker.services.grants import revoke_all_on_device
 from broker.services.lookup import by_name, maybe_by_name
 from broker.services.rotations import device_retired
 from broker.services.text import address, free_text
-from broker.services.vendors import vendor_for_technician
+from broker.services.vendors import awaiting_approval, vendor_for_technician
 from broker.store.models import (
     Approver,
     ApproverGroup,
     Device,
     DeviceCredential,
+    Invitation,
     SamePerson,
     Technician,
     TechnicianKey,
@@ -60,6 +63,15 @@ def parse_public_keys(text: str, source: str) -> list[asyncssh.SSHKey]:
 class TechnicianView:
     technician: Technician
     keys: list[TechnicianKey]
+    # enrolled by invitation, waiting for an admin's approval (disabled until then)
+    pending: bool = False
+
+    @property
+    def state(self) -> str:
+        """enabled, disabled, or pending (approval)."""
+        if not self.technician.disabled:
+            return "enabled"
+        return "pending" if self.pending else "disabled"
 
 
 class Directory:
@@ -109,14 +121,18 @@ class Directory:
         async with self.ctx.store.session() as db:
             techs = (await db.exec(select(Technician).order_by(col(Technician.name)))).all()
             keys = (await db.exec(select(TechnicianKey))).all()
-        return [TechnicianView(t, [k for k in keys if k.technician_id == t.id]) for t in techs]
+            pending = set((await db.exec(select(Invitation.technician_id).where(
+                Invitation.state == PENDING))).all())
+        return [TechnicianView(t, [k for k in keys if k.technician_id == t.id], t.id in pending)
+                for t in techs]
 
     async def technician(self, name: str) -> TechnicianView:
         async with self.ctx.store.session() as db:
             tech = await by_name(db, Technician, name)
             keys = (await db.exec(select(TechnicianKey)
                                   .where(TechnicianKey.technician_id == tech.id))).all()
-        return TechnicianView(tech, list(keys))
+            pending = await awaiting_approval(db, tech)
+        return TechnicianView(tech, list(keys), pending)
 
     async def disable_technician(self, name: str) -> Technician:
         async with self.ctx.store.session() as db:
@@ -200,6 +216,8 @@ class Directory:
                         await free_text(self.ctx, self.actor, device.name, kind, value) or None)
         if not 1 <= device.port <= 65535:
             raise UsageError(f"--port {device.port} is not a TCP port (1-65535)")
+        if device.probe is not None:
+            device.probe = await valid_probe(self.ctx, self.actor, device.name, device.probe)
         try:
             device.rotate_method = method_for(credential_kind, device.rotate_method).value
         except RotationError as exc:
@@ -220,7 +238,8 @@ class Directory:
             await self.ctx.audit(db, "device.added", self.actor, device.name, host=device.host,
                                  port=device.port, login_user=device.login_user,
                                  credential=credential_kind, rotate=device.rotate,
-                                 rotate_method=device.rotate_method)
+                                 rotate_method=device.rotate_method,
+                                 **({"probe": device.probe} if device.probe else {}))
         return device
 
     async def devices(self) -> list[Device]:

@@ -9,13 +9,17 @@ from datetime import datetime, timedelta
 from sqlmodel import and_, col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.audit.chain import lock_chain
+from broker.domain.errors import InvalidTransition
 from broker.domain.grants import (
     AccessDecision,
+    GrantEvent,
     GrantState,
     GrantView,
     Refusal,
     Window,
     decide_access,
+    next_grant_state,
     state_at,
 )
 from broker.domain.protocols import Protocol
@@ -26,7 +30,7 @@ from broker.services.context import Context
 from broker.services.lookup import by_id, maybe_by_name
 from broker.services.rotations import grant_ended as rotation_after_grant
 from broker.services.text import free_text
-from broker.services.vendors import state_of
+from broker.services.vendors import awaiting_approval, state_of
 from broker.store.models import Device, Grant, Technician, Vendor
 
 LIVE_STATES = (GrantState.SCHEDULED.value, GrantState.ACTIVE.value)
@@ -90,15 +94,18 @@ class Grants:
             grant = await by_id(db, Grant, ident)
             current = state_at(Window(grant.start, grant.end), self.ctx.now(),
                                grant.state == GrantState.REVOKED.value)
-            if current not in (GrantState.SCHEDULED, GrantState.ACTIVE):
-                raise Conflict(f"grant {ident} is {current}: there is nothing to revoke")
+            try:
+                next_grant_state(current, GrantEvent.REVOKE)
+            except InvalidTransition:
+                raise Conflict(f"grant {ident} is {current}: there is nothing to revoke"
+                               ) from None
             await _revoke(self.ctx, db, grant, self.actor, reason or "revoked")
         return grant
 
 
 async def _revoke(ctx: Context, db: AsyncSession, grant: Grant, actor: str, reason: str) -> None:
-    grant.state, grant.revoked_at, grant.revoke_reason = (
-        GrantState.REVOKED.value, ctx.now(), reason)
+    state = next_grant_state(GrantState(grant.state), GrantEvent.REVOKE)
+    grant.state, grant.revoked_at, grant.revoke_reason = state.value, ctx.now(), reason
     db.add(grant)
     await ctx.audit(db, "grant.revoked", actor, f"grant:{grant.id}", reason=reason,
                     technician_id=grant.technician_id, device_id=grant.device_id)
@@ -125,14 +132,17 @@ async def refresh_states(ctx: Context) -> list[StateChange]:
     now = ctx.now()
     changes: list[StateChange] = []
     async with ctx.store.session() as db:
+        await lock_chain(db)  # every node and worker runs this: one at a time
         due = (await db.exec(select(Grant).where(
             col(Grant.state).in_(LIVE_STATES),
             or_(Grant.end <= now, and_(Grant.state == GrantState.SCHEDULED.value,
                                        Grant.start <= now))))).all()
         for grant in due:
-            state = state_at(Window(grant.start, grant.end), now, revoked=False)
-            if state.value == grant.state:
+            target = state_at(Window(grant.start, grant.end), now, revoked=False)
+            if target.value == grant.state:
                 continue
+            event = GrantEvent.ACTIVATE if target is GrantState.ACTIVE else GrantEvent.EXPIRE
+            state = next_grant_state(GrantState(grant.state), event)
             grant.state = state.value
             db.add(grant)
             kind = "grant.activated" if state is GrantState.ACTIVE else "grant.expired"
@@ -158,8 +168,10 @@ async def check_access(ctx: Context, tech_name: str, device_name: str,
                        protocol: Protocol) -> Access:
     """May ``tech_name`` reach ``device_name`` over ``protocol`` now?"""
     now = ctx.now()
-    async with ctx.store.session() as db:
-        tech = await maybe_by_name(db, Technician, tech_name)
+    async with ctx.store.reading() as db:
+        tech, vendor = (await db.exec(
+            select(Technician, Vendor).outerjoin(Vendor, col(Vendor.id) == Technician.vendor_id)
+            .where(Technician.name == tech_name))).first() or (None, None)
         device = await maybe_by_name(db, Device, device_name)
         if tech is None:
             return Access(AccessDecision(None, Refusal.NO_GRANT, "unknown technician"),
@@ -168,8 +180,8 @@ async def check_access(ctx: Context, tech_name: str, device_name: str,
             return Access(AccessDecision(None, Refusal.UNKNOWN_DEVICE,
                                          f"there is no device named {device_name!r}"),
                           tech, None, None)
-        vendor = await db.get(Vendor, tech.vendor_id) if tech.vendor_id is not None else None
-        refused = refusal_for(now, state_of(vendor), tech.disabled, tech.expires_at)
+        refused = refusal_for(now, state_of(vendor), tech.disabled, tech.expires_at,
+                              tech_pending=tech.disabled and await awaiting_approval(db, tech))
         if refused is not None:
             return Access(AccessDecision(None, *refused), tech, device, None)
         recent = now - timedelta(days=30)
@@ -190,7 +202,7 @@ async def pairs_with_an_open_grant(ctx: Context, pairs: set[tuple[str, str]]
         return set()
     now = ctx.now()
     techs = {tech for tech, _ in pairs}
-    async with ctx.store.session() as db:
+    async with ctx.store.reading() as db:
         rows = (await db.exec(
             select(Technician.name, Device.name)
             .join(Grant, col(Grant.technician_id) == col(Technician.id))

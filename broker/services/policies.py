@@ -14,10 +14,11 @@ from broker.domain.policy import (
     evaluate,
     within_hours,
 )
+from broker.domain.session_rules import NO_SESSION_RULES, SessionRules
 from broker.errors import Refused
 from broker.policy.explain import describe_hours
 from broker.services.context import Context
-from broker.services.lookup import maybe_by_name
+from broker.services.lookup import by_name
 from broker.store.models import Device, Technician
 
 
@@ -52,12 +53,19 @@ def hours_text(rules: Rules) -> str:
     return describe_hours(rules.hours)
 
 
-async def totp_required(ctx: Context, tech_name: str, device_name: str) -> bool:
-    """Does the policy for this technician and device demand a TOTP code at login?"""
-    async with ctx.store.session() as db:
-        tech = await maybe_by_name(db, Technician, tech_name)
-        device = await maybe_by_name(db, Device, device_name)
-    if tech is None or device is None:
-        return False
-    decision = decide(ctx.policies(), tech, device)
-    return bool(decision.allowed and decision.policy and decision.policy.rules.require_totp)
+async def facts_of(ctx: Context, tech_name: str, device_name: str
+                   ) -> tuple[TechnicianFacts, DeviceFacts]:
+    """What policies match on, for a technician and a device named by the caller."""
+    async with ctx.store.reading() as db:
+        technician = await by_name(db, Technician, tech_name)
+        device = await by_name(db, Device, device_name)
+    return facts(technician, device)
+
+
+def session_rules(policies: list[Policy], tech: Technician, device: Device) -> SessionRules:
+    """The command rules and supervision of the policy that applies now (none when no policy
+    applies any more: the grant itself is what lets the session in)."""
+    decision = decide(policies, tech, device)
+    if decision.allowed and decision.policy is not None:
+        return decision.policy.rules.session
+    return NO_SESSION_RULES

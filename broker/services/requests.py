@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.audit.chain import lock_chain
 from broker.domain.errors import DomainError
-from broker.domain.grants import check_device_grantable
+from broker.domain.grants import Window, check_device_grantable, state_at
 from broker.domain.identity import same_mailbox
-from broker.domain.policy import Policy, approvals_satisfied, check_request, missing_approvals
+from broker.domain.policy import (
+    Policy,
+    Rules,
+    approvals_satisfied,
+    check_request,
+    missing_approvals,
+)
 from broker.domain.protocols import Protocol
 from broker.domain.requests import (
     RequestEvent,
@@ -25,6 +32,13 @@ from broker.domain.text import DECISION_COMMENT, REQUEST_REASON
 from broker.domain.vendors import refusal_for
 from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
+from broker.services.groups import (
+    GroupSource,
+    GroupsUnavailable,
+    LocalGroups,
+    Prefetched,
+    group_source,
+)
 from broker.services.lookup import by_id, by_name
 from broker.services.policies import applicable_rules, hours_text, inside_hours
 from broker.services.text import free_text
@@ -33,7 +47,6 @@ from broker.store.models import (
     AccessRequest,
     Approval,
     Approver,
-    ApproverGroup,
     Device,
     Grant,
     SamePerson,
@@ -146,6 +159,7 @@ class Requests:
                                   f"request:{ident}", DECISION_COMMENT, comment) or None
         await expire_pending(self.ctx)
         policies = self.ctx.policies()
+        groups = await self._groups_before(ident, approver_name, policies, via)
         async with self.ctx.store.session() as db:
             if within is not None:
                 await within(db)
@@ -157,11 +171,16 @@ class Requests:
             subject = f"request:{ident}"
             try:
                 decision = await self._decide(db, request, approver, tech, device, policies,
-                                              approve, comment, via)
+                                              approve, comment, via, groups)
             except SelfApproval as refusal:
                 await self.ctx.audit(db, "approval.refused", f"approver:{approver_name}",
                                      subject, reason="self-approval", detail=str(refusal),
                                      technician=tech.name, via=via)
+                await db.commit()
+                raise
+            except GroupsUnavailable as refusal:
+                await self.ctx.audit(db, "decision.refused", f"approver:{approver_name}", subject,
+                                     reason=str(refusal), via=via, directory=groups.where)
                 await db.commit()
                 raise
             except (Refused, Conflict) as refusal:
@@ -171,15 +190,48 @@ class Requests:
                 raise
         return decision
 
+    async def _groups_before(self, ident: int, approver_name: str, policies: list[Policy],
+                             via: str) -> GroupSource:
+        """The directory asked before the decision's transaction, when the policy names
+        groups: a refusal for want of an answer is audited here, and an approval link's token
+        is not spent on it (the link works again once the directory answers)."""
+        source = group_source(self.ctx)
+        if isinstance(source, LocalGroups):
+            return source
+        async with self.ctx.store.session() as db:
+            request = await by_id(db, AccessRequest, ident)
+            approver = await by_name(db, Approver, approver_name)
+            tech = await db.get(Technician, request.technician_id)
+            device = await db.get(Device, request.device_id)
+            assert tech is not None and device is not None
+            try:
+                _, rules = applicable_rules(policies, tech, device)
+            except Refused:
+                return source  # refused (and audited) in the decision's transaction
+            if not any(rule.groups for rule in rules.approvals):
+                return source
+            approved = (await db.exec(select(Approver).join(Approval).where(
+                Approval.request_id == request.id, Approval.decision == "approve"))).all()
+            try:
+                people = {a.name: a for a in (approver, *approved)}
+                known = await source.groups_of(db, list(people.values()))
+            except GroupsUnavailable as refusal:
+                await self.ctx.audit(db, "decision.refused", f"approver:{approver_name}",
+                                     f"request:{ident}", reason=str(refusal), via=via,
+                                     directory=source.where)
+                await db.commit()
+                raise
+        return Prefetched(source, known)
+
     async def _decide(self, db: AsyncSession, request: AccessRequest, approver: Approver,
                       tech: Technician, device: Device, policies: list[Policy], approve: bool,
-                      comment: str | None, via: str) -> Decision:
+                      comment: str | None, via: str, groups: GroupSource) -> Decision:
         if request.state != RequestState.PENDING:
             raise Conflict(f"request {request.id} is {request.state}: there is nothing to decide")
         mine = await self_approval(db, tech, approver)
         if mine:
             raise SelfApproval(mine)
-        refusal = await eligibility_refusal(db, tech, approver, policies, device)
+        refusal = await eligibility_refusal(db, tech, approver, policies, device, groups)
         if refusal:
             raise Refused(refusal)
         _, rules = applicable_rules(policies, tech, device)
@@ -199,7 +251,7 @@ class Requests:
             await self.ctx.audit(db, "request.denied", actor, subject, comment=comment, via=via)
             return Decision(request, None, ())
         await self.ctx.audit(db, "request.approval", actor, subject, comment=comment, via=via)
-        approved_by = await _approvers_who_approved(db, request.id)
+        approved_by = await approving_groups(db, request.id, groups, rules)
         if not approvals_satisfied(rules, approved_by):
             return Decision(request, None, missing_approvals(rules, approved_by))
         try:
@@ -211,7 +263,8 @@ class Requests:
                                 timedelta(seconds=request.duration_s))
         grant = Grant(request_id=request.id, technician_id=tech.id, device_id=device.id,
                       protocols=request.protocols, start=start, end=end,
-                      state="active" if start <= now else "scheduled", created_at=now)
+                      state=state_at(Window(start, end), now, revoked=False).value,
+                      created_at=now)
         db.add(grant)
         await db.flush()
         await self.ctx.audit(db, "request.approved", actor, subject, grant=grant.id)
@@ -233,10 +286,13 @@ class Requests:
 
 
 async def eligibility_refusal(db: AsyncSession, tech: Technician, approver: Approver,
-                              policies: list[Policy], device: Device) -> str | None:
+                              policies: list[Policy], device: Device,
+                              source: GroupSource | None = None) -> str | None:
     """Why ``approver`` may not decide a request of ``tech`` on ``device`` (None: they may).
     The requester is recognised by name or by e-mail address; an approver outside every group
-    the policy names may neither approve nor deny."""
+    the policy names may neither approve nor deny. Their groups come from ``source`` (the
+    database's by default; see :mod:`broker.services.groups`), which raises GroupsUnavailable
+    when it cannot tell."""
     if approver.disabled:
         return f"approver {approver.name} is disabled"
     mine = await self_approval(db, tech, approver)
@@ -244,10 +300,14 @@ async def eligibility_refusal(db: AsyncSession, tech: Technician, approver: Appr
         return mine
     _, rules = applicable_rules(policies, tech, device)
     needed_groups = {g for rule in rules.approvals for g in rule.groups}
-    groups = (await _groups(db, [approver.id])).get(approver.name, frozenset())
-    if needed_groups and not groups & needed_groups:
+    if not needed_groups:
+        return None
+    source = source or LocalGroups()
+    groups = (await source.groups_of(db, [approver])).get(approver.name, frozenset())
+    if not groups & needed_groups:
+        where = "" if isinstance(source, LocalGroups) else f", according to {source.where}"
         return (f"approver {approver.name} is in none of the groups this request needs"
-                f" ({', '.join(sorted(needed_groups))})")
+                f" ({', '.join(sorted(needed_groups))}){where}")
     return None
 
 
@@ -285,6 +345,7 @@ async def expire_pending(ctx: Context) -> list[int]:
     """Expire pending requests whose approval deadline has passed."""
     now = ctx.now()
     async with ctx.store.session() as db:
+        await lock_chain(db)  # every node and worker runs this: one at a time
         due = (await db.exec(select(AccessRequest).where(
             AccessRequest.state == RequestState.PENDING.value,
             AccessRequest.expires_at <= now))).all()
@@ -295,24 +356,17 @@ async def expire_pending(ctx: Context) -> list[int]:
     return [r.id for r in due if r.id is not None]
 
 
-async def _groups(db: AsyncSession,
-                  approver_ids: Sequence[int | None]) -> dict[str, frozenset[str]]:
-    rows = (await db.exec(select(Approver, ApproverGroup)
-                          .join(ApproverGroup, isouter=True)
-                          .where(col(Approver.id).in_(approver_ids)))).all()
-    result: dict[str, set[str]] = {}
-    for approver, group in rows:
-        result.setdefault(approver.name, set())
-        if group is not None:
-            result[approver.name].add(group.group)
-    return {name: frozenset(groups) for name, groups in result.items()}
+async def approving_groups(db: AsyncSession, request_id: int | None, source: GroupSource,
+                           rules: Rules) -> dict[str, frozenset[str]]:
+    """The groups, now, of each approver who approved the request so far (when ``rules``
+    name no group, only the count matters: the directory is not asked)."""
+    if not any(rule.groups for rule in rules.approvals):
+        source = LocalGroups()
+    approvers = (await db.exec(select(Approver).join(Approval).where(
+        Approval.request_id == request_id, Approval.decision == "approve")
+        .order_by(col(Approval.id)))).all()
+    return await source.groups_of(db, list(approvers))
 
-
-async def _approvers_who_approved(db: AsyncSession, request_id: int | None
-                                  ) -> dict[str, frozenset[str]]:
-    ids = (await db.exec(select(Approval.approver_id).where(
-        Approval.request_id == request_id, Approval.decision == "approve"))).all()
-    return await _groups(db, list(ids))
 
 
 async def _view(db: AsyncSession, request: AccessRequest) -> RequestView:

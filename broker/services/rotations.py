@@ -15,6 +15,7 @@ from broker.domain.rotation import (
     SETTLE,
     due_after_grant_end,
     is_claimable,
+    lease_free,
     retry_delay,
 )
 from broker.services.context import Context
@@ -158,3 +159,18 @@ async def wait_for_sessions_to_end(ctx: Context, device_id: int, seconds: float 
         if live is None:
             return
         await asyncio.sleep(0.25)
+
+
+async def wait_for_other_node(ctx: Context, device_id: int, seconds: float = 60.0
+                              ) -> Device | None:
+    """The device once no node holds its rotation lease any more (the rotation another node
+    was working is over, done or failed), or None if it still holds it after ``seconds``."""
+    for _ in range(int(seconds / 0.25)):
+        async with ctx.store.reading() as db:
+            device = await db.get(Device, device_id)
+        if device is None:
+            return None
+        if lease_free(device.rotation_claimed_until, ctx.now()):
+            return device
+        await asyncio.sleep(0.25)
+    return None

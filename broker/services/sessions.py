@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import col, or_, select
 
 from broker import metrics
 from broker.domain.text import KILL_REASON, visible
@@ -20,7 +20,6 @@ from broker.store.models import (
     Grant,
     Session,
     Technician,
-    TechnicianKey,
 )
 
 
@@ -42,19 +41,8 @@ class DeviceLogin:
     host_key: str | None
 
 
-async def technician_keys(ctx: Context, tech_name: str) -> list[str] | None:
-    """The public keys of an enabled technician, or None if there is no such technician."""
-    async with ctx.store.session() as db:
-        tech = (await db.exec(select(Technician).where(Technician.name == tech_name))).first()
-        if tech is None:
-            return None
-        keys = (await db.exec(select(TechnicianKey.public_key)
-                              .where(TechnicianKey.technician_id == tech.id))).all()
-    return list(keys)
-
-
 async def device_login(ctx: Context, device_id: int) -> DeviceLogin:
-    async with ctx.store.session() as db:
+    async with ctx.store.reading() as db:
         device = await db.get(Device, device_id)
         credential = (await db.exec(select(DeviceCredential).where(
             DeviceCredential.device_id == device_id, DeviceCredential.current)
@@ -77,8 +65,7 @@ async def pin_host_key(ctx: Context, device_id: int, host_key: str) -> None:
 
 async def audit_event(ctx: Context, kind: str, actor: str, subject: str | None = None,
                       **data: object) -> None:
-    async with ctx.store.session() as db:
-        await ctx.audit(db, kind, actor, subject, **data)
+    await ctx.audit_alone(kind, actor, subject, **data)
 
 
 async def open_session(ctx: Context, grant: Grant, tech: Technician, device: Device,
@@ -116,17 +103,22 @@ async def close_session(ctx: Context, session_id: str, reason: str,
                           revoked_at=grant.revoked_at if grant else None)
 
 
-async def mark_interrupted(ctx: Context) -> list[Session]:
+async def mark_interrupted(ctx: Context, *, workers_of: str | None = None) -> list[Session]:
     """Sessions this node left live when it stopped (crash, kill -9): mark them
-    interrupted, so that they are never mistaken for running ones."""
+    interrupted, so that they are never mistaken for running ones. ``workers_of``: a
+    node starting its workers (none runs yet): also those of the node under that name and of
+    all its workers of an earlier run (``NODE/wINDEX``)."""
+    whose = col(Session.node) == ctx.node
+    if workers_of is not None:
+        whose = or_(whose, Session.node == workers_of,
+                    col(Session.node).startswith(f"{workers_of}/w", autoescape=True))
     async with ctx.store.session() as db:
-        rows = (await db.exec(select(Session).where(Session.node == ctx.node,
-                                                    Session.state == "live"))).all()
+        rows = (await db.exec(select(Session).where(whose, Session.state == "live"))).all()
         for row in rows:
             row.state, row.ended_at, row.end_reason = "interrupted", ctx.now(), "broker stopped"
             db.add(row)
             await ctx.audit(db, "session.interrupted", "broker", f"session:{row.id}",
-                            node=ctx.node, recording=row.recording)
+                            node=row.node, recording=row.recording)
     for _row in rows:
         metrics.session_ended("interrupted")
     return list(rows)

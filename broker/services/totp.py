@@ -43,7 +43,7 @@ async def enroll(ctx: Context, actor: str, tech_name: str) -> tuple[str, str]:
 
 async def enrolled(ctx: Context, tech_name: str) -> bool:
     """Has ``tech_name`` a TOTP secret?"""
-    async with ctx.store.session() as db:
+    async with ctx.store.reading() as db:
         tech = await maybe_by_name(db, Technician, tech_name)
     return tech is not None and tech.totp_secret is not None
 

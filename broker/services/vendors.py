@@ -1,24 +1,31 @@
 """Vendors (technicians' employers) and the technician lifecycle: expiry, inactivity, the
 last successful login. A vendor's disable or contract end refuses all its technicians at once
 (:func:`broker.services.grants.check_access`); its audit event (``vendor.``) makes every
-node's live sessions re-check within a second, like a revoke."""
+node's live sessions re-check within a second, like a revoke. A contract end is warned of
+(``vendor.contract_ending``) 14 days and 1 day ahead; the notifier mails all of these."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.audit.chain import lock_chain
 from broker.domain.errors import InvariantViolation
+from broker.domain.invitations import PENDING
 from broker.domain.text import VENDOR
 from broker.domain.vendors import (
     VendorState,
     check_domain,
+    contract_warning_due,
     inactive_deadline,
+    next_contract_warning,
     refusal_for,
     shown_end,
     tech_state,
@@ -27,7 +34,7 @@ from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
 from broker.services.lookup import by_name, maybe_by_name
 from broker.services.text import address, free_text
-from broker.store.models import Technician, Vendor
+from broker.store.models import AuditEvent, Invitation, Technician, Vendor
 
 
 def state_of(vendor: Vendor | None) -> VendorState | None:
@@ -131,6 +138,12 @@ async def vendor_for_technician(ctx: Context, db: AsyncSession, actor: str, name
     return vendor, True
 
 
+async def awaiting_approval(db: AsyncSession, tech: Technician) -> bool:
+    """Whether ``tech`` enrolled by invitation and no admin has decided yet."""
+    return (await db.exec(select(Invitation.id).where(
+        Invitation.technician_id == tech.id, Invitation.state == PENDING))).first() is not None
+
+
 async def account_refusal(ctx: Context, tech_name: str) -> str | None:
     """Why ``tech_name`` may not use the broker at all now (vendor, expiry, disabled)."""
     async with ctx.store.session() as db:
@@ -138,25 +151,36 @@ async def account_refusal(ctx: Context, tech_name: str) -> str | None:
         if tech is None:
             return "unknown technician"
         vendor = await db.get(Vendor, tech.vendor_id) if tech.vendor_id is not None else None
-    refused = refusal_for(ctx.now(), state_of(vendor), tech.disabled, tech.expires_at)
+        pending = await awaiting_approval(db, tech)
+    refused = refusal_for(ctx.now(), state_of(vendor), tech.disabled, tech.expires_at,
+                          tech_pending=pending)
     return refused[1] if refused else None
 
 
-async def note_login(ctx: Context, tech_name: str) -> None:
-    """A successful SSH login or web sign-in: restarts the inactivity clock."""
+async def note_login(ctx: Context, db: AsyncSession, tech_name: str) -> None:
+    """A successful SSH login or web sign-in restarts the inactivity clock (in the unit of
+    work that audits the login)."""
+    await db.exec(update(Technician).where(col(Technician.name) == tech_name)
+                  .values(last_login_at=ctx.now()))
+
+
+async def login_succeeded(ctx: Context, tech_name: str, subject: str | None,
+                          **data: object) -> None:
+    """``login.succeeded`` audited and the inactivity clock restarted, in one unit of work
+    (a login is on every session's path: one write, not two)."""
     async with ctx.store.session() as db:
-        tech = (await db.exec(select(Technician).where(Technician.name == tech_name))).first()
-        if tech is not None:
-            tech.last_login_at = ctx.now()
-            db.add(tech)
+        await ctx.audit(db, "login.succeeded", f"technician:{tech_name}", subject, **data)
+        await note_login(ctx, db, tech_name)
 
 
 async def lifecycle_round(ctx: Context) -> int:
-    """Audit contract ends, disable expired and inactive technicians; how many changes."""
+    """Warn of contract ends ahead, audit contract ends, disable expired and inactive
+    technicians; how many changes (a warning is not one: it refuses nobody)."""
     now = ctx.now()
     days = ctx.config.settings.vendors.inactive_days
     changes = 0
     async with ctx.store.session() as db:
+        await lock_chain(db)  # every node and worker runs this: one at a time
         for vendor in (await db.exec(select(Vendor).where(
                 col(Vendor.contract_end).is_not(None),
                 col(Vendor.contract_end_noted).is_(False)))).all():
@@ -166,6 +190,8 @@ async def lifecycle_round(ctx: Context) -> int:
                 await ctx.audit(db, "vendor.contract_ended", "broker", vendor.name,
                                 contract_end=_iso(vendor.contract_end))
                 changes += 1
+            elif vendor.contract_end is not None and not vendor.disabled:
+                await _warn_contract_end(ctx, db, vendor, vendor.contract_end)
         for tech in (await db.exec(select(Technician).where(
                 col(Technician.disabled).is_(False)))).all():
             if tech.expires_at is not None and tech.expires_at <= now:
@@ -186,15 +212,40 @@ async def lifecycle_round(ctx: Context) -> int:
     return changes
 
 
+async def _warn_contract_end(ctx: Context, db: AsyncSession, vendor: Vendor,
+                             end: datetime) -> None:
+    """``vendor.contract_ending`` 14 days and 1 day before ``end``, once each per end date
+    (the audit trail is the record of what was given; a new end date warns afresh)."""
+    if contract_warning_due(ctx.now(), end, set()) is None:
+        return  # nothing due whatever was given: no need to read the trail
+    given: set[int] = set()
+    for data in (await db.exec(select(AuditEvent.data).where(
+            AuditEvent.kind == "vendor.contract_ending",
+            AuditEvent.subject == vendor.name))).all():
+        facts = json.loads(data)
+        if facts.get("contract_end") == _iso(end) and isinstance(facts.get("days"), int):
+            given.add(facts["days"])
+    days = contract_warning_due(ctx.now(), end, given)
+    if days is not None:  # days: which warning; days_left: whole days to go, rounded up
+        await ctx.audit(db, "vendor.contract_ending", "broker", vendor.name,
+                        contract_end=_iso(end), days=days,
+                        days_left=math.ceil((end - ctx.now()) / timedelta(days=1)))
+
+
 async def next_lifecycle_deadline(ctx: Context) -> datetime | None:
     days = ctx.config.settings.vendors.inactive_days
+    now = ctx.now()
     async with ctx.store.session() as db:
-        ends = (await db.exec(select(Vendor.contract_end).where(
+        ends = (await db.exec(select(Vendor.contract_end, Vendor.disabled).where(
             col(Vendor.contract_end).is_not(None),
             col(Vendor.contract_end_noted).is_(False)))).all()
         techs = (await db.exec(select(Technician).where(
             col(Technician.disabled).is_(False)))).all()
-    moments = [m for m in ends if m is not None]
+    moments = [m for m, _ in ends if m is not None]
+    for end, disabled in ends:
+        warning = next_contract_warning(now, end) if end is not None and not disabled else None
+        if warning is not None:
+            moments.append(warning)
     for tech in techs:
         moments.append(inactive_deadline(tech.created_at, tech.last_login_at, tech.enabled_at,
                                          days))
@@ -221,6 +272,12 @@ async def enable_technician(ctx: Context, actor: str, name: str) -> Technician:
                           f" later date first with 'broker tech expire {name} DATE'")
         if not tech.disabled:
             raise Conflict(f"technician {name!r} is already enabled")
+        invited = (await db.exec(select(Invitation).where(
+            Invitation.technician_id == tech.id))).first()
+        if invited is not None and invited.state in ("pending", "rejected"):
+            raise Refused(f"technician {name!r} is awaiting approval: use 'broker tech"
+                          f" approve {name}'" if invited.state == "pending" else
+                          f"technician {name!r} came by invitation and was rejected")
         tech.disabled, tech.enabled_at = False, ctx.now()
         db.add(tech)
         await ctx.audit(db, "technician.enabled", actor, name)

@@ -37,11 +37,10 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, or_, select, update
 
 from broker.domain.durations import parse_duration
-from broker.errors import ConfigError
+from broker.errors import ConfigError, DuplicateRow
 from broker.services.context import Context
 from broker.siem.syslog import Connection, SendError, Target, frame, message, tls_context
 from broker.store.models import AuditEvent, SiemCursor
@@ -235,7 +234,7 @@ async def ensure_cursor(ctx: Context) -> None:
     async with ctx.store.session() as db:
         if await db.get(SiemCursor, CURSOR) is not None:
             return
-    with contextlib.suppress(IntegrityError):  # another node made it first
+    with contextlib.suppress(DuplicateRow):  # another node made it first
         async with ctx.store.session() as db:
             db.add(SiemCursor(name=CURSOR, seq=0))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,18 +16,28 @@ import asyncssh
 import structlog
 
 from broker import metrics
+from broker.domain.file_rules import FileRules
 from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
 from broker.domain.scp_command import ScpCommand, build, parse_or_none
 from broker.errors import BrokerError, StoreError
 from broker.recording import SessionRecording
+from broker.recording.asciicast import AsciicastWriter, ExecLog
+from broker.recording.files import Kind as Recorded
 from broker.recording.scp import SCPRecorder
 from broker.recording.sftp import SFTPRecorder
+from broker.scan.hold import Scanner, scanner_from
 from broker.services.breakglass import BANNER as BREAKGLASS_BANNER
+from broker.services.policies import applicable_rules
 from broker.services.readiness import DATABASE_REFUSAL
 from broker.ssh.connection import BrokerConnection
 from broker.ssh.menu import run_menu
-from broker.ssh.streams import SSHReceive, SSHSend, SSHSendNoEOF, pump
+from broker.ssh.scp_guard import ScpGuard, direction_refusal, scp_target_is_dir
+from broker.ssh.session_guard import guard_input, may_start, resized_to, shown_to
+from broker.ssh.sftp_guard import SFTPGuard
+from broker.ssh.streams import SendStream, SSHReceive, SSHSend, SSHSendNoEOF, pump
+from broker.ssh.transfer_audit import TransferAudit
+from broker.ssh.transfer_relay import Guard, TransferRelay
 
 log = structlog.get_logger("broker.ssh")
 NOTICE_TIMEOUT = 0.3
@@ -53,6 +64,10 @@ def _ignore(_data: bytes) -> None:
 
 def _ignore_resize(_width: int, _height: int) -> None:
     return None
+
+
+def _ignore_control(_event: Exception) -> None:
+    return None  # a resize meanwhile: the process starts with the terminal's current size
 
 
 @dataclass
@@ -113,6 +128,10 @@ class Channel:
         self.conn, self.process = conn, process
         self.pty = process.get_terminal_type() is not None
         self.upstream: asyncssh.SSHClientProcess[bytes] | None = None
+        self.record: AsciicastWriter | ExecLog | None = None  # where markers go
+        self.files = FileRules()  # the policy's file transfer rules (sftp and scp channels)
+        self.transfers: TransferAudit | None = None  # file refusals and scan verdicts
+        self.scanner: Scanner | None = None  # [scan]: uploads held until the scanner judged
         # the technician's environment variables passed on to the device (locale only)
         self.device_env = {k: v for k, v in process.env.items()
                            if k in FORWARDED_ENV and isinstance(v, str) and ENV_VALUE.match(v)}
@@ -166,7 +185,36 @@ class Channel:
         await conn.ensure_session(access, kind.name)
         if conn.closing is not None:
             return
+        if kind.name in ("sftp", "scp"):
+            assert access.technician is not None and access.device is not None
+            _, rules = applicable_rules(conn.ctx.policies(), access.technician, access.device)
+            self.files = rules.files
+            self.transfers = TransferAudit(conn.audit, conn.session_id, self.process.stderr
+                                           if self.process.subsystem is not None else None)
+            if kind.scp is None or kind.scp.upload:
+                self.scanner = scanner_from(conn.ctx.config.settings.scan,
+                                            conn.ctx.config.data_dir)
+            refusal = direction_refusal(self.files, kind.scp) if kind.scp else None
+            if refusal is not None and kind.scp is not None:
+                await self.refuse_transfer(refusal, kind)
+                return
         await self._banner(access.grant.end, access.grant.breakglass)
+        conn.channels.add(self)
+        try:
+            await self._start(kind, upstream)
+        finally:
+            conn.channels.discard(self)
+
+    async def _start(self, kind: Kind, upstream: asyncssh.SSHClientConnection) -> None:
+        conn, rules = self.conn, self.conn.session_rules
+        # a terminal's input typed while the session waits for a supervisor is dropped
+        typed = SSHReceive(self.process.stdin, _ignore_control) if self.pty else None
+        if rules.guarded and not await may_start(self, kind.name, self.process.command, rules,
+                                                 conn.supervision, self._record_refusal,
+                                                 typed):
+            return
+        if conn.closing is not None:
+            return
         width, height, _, _ = self.process.get_terminal_size()
         if kind.name == "sftp":
             self.upstream = await upstream.create_process(subsystem="sftp", encoding=None)
@@ -182,21 +230,49 @@ class Channel:
             await conn.audit("channel.env_dropped", names=[
                 n[:64].encode("unicode_escape").decode("ascii") for n in self.dropped_env])
         taps = counted(self._taps(kind, conn.recording, width, height))
-        conn.channels.add(self)
+        sink: SendStream = SSHSend(self.upstream.stdin)
+        if rules.guarded:
+            sink, view = guard_input(sink, self, rules, conn.supervision, self.pty, width,
+                                     height)
+            if view is not None:
+                taps = dataclasses.replace(taps, stdout=shown_to(view, taps.stdout),
+                                           stderr=shown_to(view, taps.stderr),
+                                           resize=resized_to(view, taps.resize))
+        relay = None
+        if not self.files.unrestricted or self.scanner is not None:
+            target_is_dir = await scp_target_is_dir(upstream, kind.scp, self.files)
+            relay = self._transfer_relay(kind, taps, target_is_dir)
         try:
-            await self._pump(taps)
+            await self._pump(taps, sink, relay)
         finally:
-            conn.channels.discard(self)
+            if relay is not None:
+                relay.close()
+
+    def _record_refusal(self, label: str) -> None:
+        """An exec command refused before it started: its log, the marker, exit 1."""
+        assert self.conn.recording is not None and self.process.command is not None
+        log = self.conn.recording.exec_log(self.conn.next_channel_number(),
+                                           self.process.command)
+        log.marker(label)
+        log.exit(1)
+        log.close()
+
+    def mark(self, label: str) -> None:
+        if self.record is not None:
+            self.record.marker(label)
+
+    async def audit(self, kind: str, **data: object) -> None:
+        await self.conn.audit(kind, session_id=self.conn.session_id, **data)
 
     def _taps(self, kind: Kind, recording: SessionRecording, width: int, height: int) -> Taps:
         number = self.conn.next_channel_number()
         command = self.process.command
         if kind.name == "sftp":
-            sftp = SFTPRecorder(recording.add_file(f"sftp-{number}", ".jsonl"))
+            sftp = SFTPRecorder(recording.file_for(Recorded.SFTP, number))
             return Taps(sftp.from_client, sftp.from_server, _ignore,
                         lambda _status, _signal: sftp.close())
         if kind.scp is not None:
-            scp = SCPRecorder(recording.add_file(f"scp-{number}", ".jsonl"), kind.scp,
+            scp = SCPRecorder(recording.file_for(Recorded.SCP, number), kind.scp,
                               requested=command)
             return Taps(scp.from_client, scp.from_server, _ignore,
                         lambda status, _signal: scp.close(status))
@@ -205,9 +281,10 @@ class Channel:
             cast = recording.terminal(number, width=width or 80, height=height or 24,
                                       term=self.process.get_terminal_type() or "",
                                       env=self.device_env, command=command)
+            self.record = cast
             return Taps(cast.input, cast.output, cast.output,
                         lambda _status, _signal: cast.close(), cast.resize)
-        exec_log = recording.exec_log(number, command)
+        exec_log = self.record = recording.exec_log(number, command)
 
         def finish_exec(status: int | None, signal: str | None) -> None:
             exec_log.exit(status, signal)
@@ -215,9 +292,53 @@ class Channel:
 
         return Taps(exec_log.stdin, exec_log.stdout, exec_log.stderr, finish_exec)
 
-    async def _pump(self, taps: Taps) -> None:
+    def _transfer_relay(self, kind: Kind, taps: Taps, target_is_dir: bool | None
+                        ) -> TransferRelay:
+        """The relay sinks that apply the file rules (see broker/ssh/transfer_relay.py)."""
+        assert self.upstream is not None and self.transfers is not None
+        note = self.transfers.add
+        guard: Guard = (ScpGuard(self.files, kind.scp, note, target_is_dir=target_is_dir,
+                                 scanner=self.scanner)
+                        if kind.scp else SFTPGuard(self.files, note, scanner=self.scanner))
+        upload = kind.scp.upload if kind.scp else True
+        upstream = self.upstream
+
+        def cut(why: str) -> None:
+            note(f"broker: transfer cut: {why}", "protocol-error", "")
+            upstream.close()
+
+        # the recorder hears the source's bytes as sent and the answers as received
+        return TransferRelay(guard, upstream.stdin, self.process.stdout, taps.from_client,
+                             taps.stdout, raw_client=upload, raw_server=not upload,
+                             audit=self.transfers.flush, cut=cut)
+
+    async def refuse_transfer(self, message: str, kind: Kind) -> None:
+        """Refuse a whole legacy scp command on its protocol channel (scp prints it); the
+        recording shows the command and the refusal."""
+        assert kind.scp is not None and self.conn.recording is not None
+        assert self.transfers is not None
+        self.transfers.add(message, "upload" if kind.scp.upload else "download",
+                           kind.scp.path)
+        await self.transfers.flush()
+        line = b"\x01" + message.encode("utf-8", "backslashreplace") + b"\n"
+        taps = self._taps(kind, self.conn.recording, 0, 0)
+        taps.stdout(line)
+        taps.finish(1, None)
+        self.process.stdout.write(line)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.process.stdout.drain(), NOTICE_TIMEOUT)
+        self.process.exit(1)
+
+    async def _pump(self, taps: Taps, sink: SendStream,
+                    relay: TransferRelay | None = None) -> None:
         up = self.upstream
         assert up is not None
+        inbound_sink: SendStream = sink
+        outbound_sink: SendStream = SSHSendNoEOF(self.process.stdout)
+        client_tap, stdout_tap = taps.from_client, taps.stdout
+        if relay is not None:
+            inbound_sink, outbound_sink = relay.inbound, relay.outbound
+            client_tap, stdout_tap = relay.tap_client, relay.tap_server
 
         def control(event: Exception) -> None:
             if isinstance(event, asyncssh.TerminalSizeChanged):
@@ -229,10 +350,10 @@ class Channel:
                 up.send_signal(event.signal)  # only the names RFC 4254 defines
 
         inbound = asyncio.ensure_future(pump(SSHReceive(self.process.stdin, control),
-                                             SSHSend(up.stdin), taps.from_client))
+                                             inbound_sink, client_tap))
         try:
             await asyncio.gather(
-                pump(SSHReceive(up.stdout), SSHSendNoEOF(self.process.stdout), taps.stdout),
+                pump(SSHReceive(up.stdout), outbound_sink, stdout_tap),
                 pump(SSHReceive(up.stderr), SSHSendNoEOF(self.process.stderr), taps.stderr))
             await up.wait_closed()
         finally:

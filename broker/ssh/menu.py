@@ -110,7 +110,7 @@ class Menu:
         return 0
 
     async def weblogin(self, args: list[str]) -> int:
-        from broker.webproxy.signin import SIGNIN_TTL, create_signin
+        from broker.services.web_signin import SIGNIN_TTL, create_signin
 
         if len(args) != 1:
             return self.fail("weblogin: usage: weblogin DEVICE", 2)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +17,20 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from broker.errors import StoreError
+from broker.errors import DuplicateRow, StoreError
 from broker.store.probe import SQLiteChangeProbe
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+BUSY_TIMEOUT = 10.0  # seconds a unit of work waits for SQLite's writer lock
+_IN_UNIT: ContextVar[bool] = ContextVar("broker_store_in_unit", default=False)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -59,7 +64,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
     # Take transactions into our own hands so that each one can begin IMMEDIATE: writers are
@@ -69,6 +74,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_reader_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+    cursor.execute("PRAGMA query_only=1")  # a write in a read unit fails, loudly
+    cursor.close()
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin_deferred(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")  # a snapshot; WAL lets it run beside the writer
 
 
 def alembic_config() -> AlembicConfig:
@@ -84,6 +101,9 @@ class Store:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+        self._probe: AsyncEngine | None = None  # ping()'s own connections, never pooled
+        self._turns: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._reader: AsyncEngine | None = None  # reading()'s, for an SQLite file
         if self.is_sqlite:
             database = sqlite_path(url)
             if database is not None:
@@ -95,17 +115,98 @@ class Store:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work: committed on success, rolled back on error."""
-        async with AsyncSession(self.engine, expire_on_commit=False) as session:
-            try:
+        """A unit of work: committed on success, rolled back on error.
+
+        The one place the ORM's errors become the broker's (:mod:`broker.errors`): a row that
+        breaks a unique or foreign key (two writers at once) is :class:`DuplicateRow`,
+        anything else the database or its driver raises is :class:`StoreError` naming the
+        database, so an unreachable database reads as one clear line, never "internal error".
+        """
+        async with self._turn(), self._unit(self.engine) as session:
+            yield session
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work that only reads (a login's key lookup, an access check): on an
+        SQLite file it runs on connections of its own that cannot write, in a snapshot
+        beside the writer, never queued behind writes. Elsewhere it is :meth:`session`."""
+        reader = self._reader_engine()
+        if reader is None:
+            async with self.session() as session:
                 yield session
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
+            return
+        async with self._unit(reader) as session:
+            yield session
+
+    def _reader_engine(self) -> AsyncEngine | None:
+        if self._reader is None and self.is_sqlite and sqlite_path(self.url) is not None:
+            self._reader = create_async_engine(self.url)
+            event.listen(self._reader.sync_engine, "connect", _sqlite_reader_pragmas)
+            event.listen(self._reader.sync_engine, "begin", _sqlite_begin_deferred)
+        return self._reader
+
+    @asynccontextmanager
+    async def _unit(self, engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as session:
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    with contextlib.suppress(SQLAlchemyError, OSError):  # the link may be gone
+                        await session.rollback()
+                    raise
+        except IntegrityError as exc:
+            raise DuplicateRow(f"database {self.display_url}: {_first_line(exc)}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {self.display_url} failed: {_first_line(exc)}") from exc
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """SQLite: this process's units of work one at a time. Each begins IMMEDIATE (takes
+        the writer lock); a second one on another pooled connection would wait in SQLite's
+        busy handler, which polls in sleeps of up to 100 ms, so that under load (logins in
+        parallel) most of an opening was spent asleep. Queued here, the next one starts the
+        moment the last commits; other processes (a CLI, other workers) still meet the
+        busy handler. A unit opened inside another (same task) does not queue behind it."""
+        if not self.is_sqlite or _IN_UNIT.get():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        if self._turns is None or self._turns[0] is not loop:
+            self._turns = (loop, asyncio.Lock())
+        lock = self._turns[1]
+        try:
+            await asyncio.wait_for(lock.acquire(), BUSY_TIMEOUT)
+        except TimeoutError:
+            raise StoreError(f"database {self.display_url} failed: busy for"
+                             f" {BUSY_TIMEOUT:g} s") from None
+        token = _IN_UNIT.set(True)
+        try:
+            yield
+        finally:
+            _IN_UNIT.reset(token)
+            lock.release()
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._reader is not None:
+            await self._reader.dispose()
+        if self._probe is not None:
+            await self._probe.dispose()
+
+    async def ping(self) -> None:
+        """Whether the database answers, asked on a connection of its own: when every pooled
+        connection is busy with sessions' checks (a thousand technicians logging in), the
+        database is slow to hand out a connection, not away. Raises :class:`StoreError`."""
+        if self._probe is None:
+            self._probe = create_async_engine(self.url, poolclass=NullPool)
+        try:
+            async with self._probe.connect() as connection:
+                await connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot use database {self.display_url}: {_first_line(exc)}"
+                             ) from exc
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision."""

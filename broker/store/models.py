@@ -90,6 +90,13 @@ class Device(SQLModel, table=True):
     rotation_claimed_by: str | None = Field(default=None, max_length=100)  # node working it
     rotation_claimed_until: datetime | None = _utc(default=None)  # type: ignore[assignment]
     rotated_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    # -- firmware drift (broker/services/firmware.py, migration 0015) --
+    probe: str | None = Field(default=None, max_length=500)  # read-only command, admin's
+    # the last probe output that differs from ``firmware`` (the accepted baseline), until an
+    # admin accepts it; None: no drift
+    firmware_observed: str | None = None
+    firmware_observed_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    firmware_observed_session: str | None = Field(default=None, max_length=40)
 
 
 class DeviceCredential(SQLModel, table=True):
@@ -167,6 +174,25 @@ class Session(SQLModel, table=True):
     state: str = Field(default="live", max_length=20)  # live | closed | interrupted
     # Set by any node (CLI, web Kill button, API); the node that holds the session cuts it.
     kill_reason: str | None = Field(default=None, max_length=300)
+    # The device's probe before and after the session: its output, or "probe failed: ..."
+    probe_before: str | None = None
+    probe_after: str | None = None
+
+
+class FirmwareReading(SQLModel, table=True):
+    """The trust record's firmware history: every probe run on a device, and each accepted
+    baseline (``phase`` before | after | accepted)."""
+
+    __tablename__ = "firmware_reading"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", index=True)
+    session_id: str | None = Field(default=None, max_length=40)
+    phase: str = Field(max_length=10)
+    value: str | None = None  # the normalised output (None: the probe failed)
+    error: str | None = Field(default=None, max_length=200)
+    changed: bool = False  # differed from what the trust record expected
+    actor: str | None = Field(default=None, max_length=200)  # who accepted (phase accepted)
+    at: datetime = _utc()  # type: ignore[assignment]
 
 
 class AuditEvent(SQLModel, table=True):
@@ -392,3 +418,41 @@ class SiemCursor(SQLModel, table=True):
     last_sent_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
     last_error: str | None = Field(default=None, max_length=500)
     last_error_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+
+
+# -- vendor self-service (issue 20): invitations and the vendor contact's sign-in (0015) -------
+class Invitation(SQLModel, table=True):
+    """An e-mailed onboarding link for one technician of one vendor. Only the SHA-256 of the
+    link's secret is stored. ``state``: ``open`` (not used yet), ``pending`` (used: the
+    technician exists, disabled, awaiting a hospital admin), ``approved``, ``rejected``."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    vendor_id: int = Field(foreign_key="vendor.id", index=True)
+    email: str = Field(max_length=320)
+    name: str | None = Field(default=None, max_length=63)  # the suggested user name
+    token_hash: str = Field(unique=True, max_length=64)
+    state: str = Field(default="open", max_length=16, index=True)
+    expires_at: datetime = _utc()  # type: ignore[assignment]
+    created_by: str = Field(max_length=200)
+    created_at: datetime = _utc()  # type: ignore[assignment]
+    used_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    technician_id: int | None = Field(default=None, foreign_key="technician.id", index=True)
+    decided_by: str | None = Field(default=None, max_length=200)
+    decided_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+
+
+class VendorLogin(SQLModel, table=True):
+    """A vendor contact's e-mailed sign-in link and, once spent, the browser session it
+    opened. Only SHA-256 hashes of the link's and the cookie's secrets are stored."""
+
+    __tablename__ = "vendor_login"
+    id: int | None = Field(default=None, primary_key=True)
+    vendor_id: int = Field(foreign_key="vendor.id", index=True)
+    email: str = Field(max_length=320)
+    token_hash: str = Field(unique=True, max_length=64)
+    link_expires_at: datetime = _utc()  # type: ignore[assignment]
+    used_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    session_hash: str | None = Field(default=None, unique=True, max_length=64)
+    csrf_binding: str | None = Field(default=None, max_length=64)
+    session_expires_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
+    created_at: datetime = _utc()  # type: ignore[assignment]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from broker.cli._base import actor, common, emit, fields, run
-from broker.webproxy import settings as web_settings
-from broker.webproxy.settings import AUTH_KINDS, WebOptions, read_ca
+from broker.services import device_web as web_settings
+from broker.services.device_web import AUTH_KINDS, WebOptions, read_ca
 
 
 @click.command("web")

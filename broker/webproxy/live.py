@@ -14,30 +14,24 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
-from broker.errors import BrokerError, DeviceError
-from broker.recording import SessionRecording, signer_for
+from broker.errors import BrokerError, DeviceError, SessionRefused
+from broker.recording.files import Kind
 from broker.recording.har import HAR_FILE, HarWriter, WebSocketLog
 from broker.revocation.registry import LiveSessions
+from broker.services.access_session import WINDOW_CLOSED, AccessSession
 from broker.services.context import Context
-from broker.services.grants import check_access
+from broker.services.device_web import WebTarget, load_target
 from broker.services.sessions import (
     audit_event,
-    close_session,
     device_login,
-    kill_reason,
-    new_session_id,
-    open_session,
 )
+from broker.services.web_signin import end_web_session
 from broker.store.models import Device, Grant, Technician, WebSession
 from broker.webproxy import har_entries
-from broker.webproxy.settings import WebTarget, load_target
-from broker.webproxy.signin import end_web_session
 from broker.webproxy.upstream import form_login, open_client
 
 log = structlog.get_logger("broker.webproxy")
-WINDOW_CLOSED = "your access window closed"
 WS_POLICY_VIOLATION = 1008
 RELAY_GRACE = 0.5  # seconds
 SHUTTING_DOWN = "the broker is shutting down"  # what broker.server says at a stop
@@ -47,19 +41,21 @@ KEEP_SIGNIN = frozenset({SHUTTING_DOWN, DRAINED})
 
 
 class ProxiedSession:
-    """Implements :class:`broker.revocation.registry.LiveSession`."""
+    """A browser's proxied session: the web side of an :class:`AccessSession` (its endpoint),
+    bound to the grant the sign-in was for."""
 
     def __init__(self, ctx: Context, registry: LiveSessions, row: WebSession,
                  tech: Technician, device: Device, grant: Grant, target: WebTarget,
                  client: str) -> None:
-        self.ctx, self.registry, self.row = ctx, registry, row
+        self.ctx, self.row = ctx, row
         self.tech, self.device_row, self.grant, self.target = tech, device, grant, target
         self.client_addr = client
         self.prefix = f"/w/{grant.id}/"
-        self.ends_at: datetime = grant.end
-        self.closing: str | None = None
-        self.session_id = new_session_id(ctx.now())
-        self.recording: SessionRecording | None = None
+        self.session = AccessSession(ctx, registry, self, technician=tech.name,
+                                     device=device.name, client=client, protocol="web",
+                                     bound_grant=grant.id)
+        self.session.protocols.add(Protocol.WEB)
+        self.session.ends_at = grant.end
         self.har: HarWriter | None = None
         self.http: aiohttp.ClientSession | None = None
         self.sockets: set[web.WebSocketResponse] = set()
@@ -67,9 +63,7 @@ class ProxiedSession:
         self._logged_in = False
         self._login_lock = asyncio.Lock()
         self.requests = 0
-        self.protocol = "web"  # for /metrics
 
-    # -- the LiveSession protocol ------------------------------------------------------------
     @property
     def technician(self) -> str:
         return self.tech.name
@@ -78,28 +72,32 @@ class ProxiedSession:
     def device(self) -> str:
         return self.device_row.name
 
-    async def still_allowed(self) -> str | None:
-        killed = await kill_reason(self.ctx, self.session_id)
-        if killed is not None:
-            return killed
-        access = await check_access(self.ctx, self.tech.name, self.device_row.name, Protocol.WEB)
-        if not access.allowed:
-            return (WINDOW_CLOSED if access.decision.refusal is Refusal.EXPIRED
-                    else f"access ended: {access.decision.detail}")
-        if access.grant is None or access.grant.id != self.grant.id:
-            return "access ended: this sign-in belongs to a grant that no longer applies"
-        self.ends_at = access.grant.end
-        return None
+    @property
+    def session_id(self) -> str | None:
+        return self.session.session_id
 
-    async def warn(self, text: str) -> None:
+    @property
+    def ends_at(self) -> datetime:
+        return self.session.ends_at
+
+    @property
+    def closing(self) -> str | None:
+        return self.session.closing
+
+    def refusal(self) -> str | None:
+        """Why this session may not serve a request right now (checked per request, so an
+        expiry is honoured even before the scheduler gets to it)."""
+        return self.session.refusal()
+
+    async def terminate(self, reason: str) -> None:
+        await self.session.terminate(reason)
+
+    # -- the session's endpoint (broker.services.access_session.Endpoint) --------------------
+    async def notice(self, text: str) -> None:
         """A browser has no channel for an out-of-band notice; the page's own requests are
         answered with the window-closed page once the window closes."""
 
-    async def terminate(self, reason: str) -> None:
-        if self.closing is not None:
-            return
-        self.closing = reason
-        self.registry.remove(self)
+    async def cut(self, reason: str) -> None:
         await asyncio.gather(*(ws.close(code=WS_POLICY_VIOLATION,
                                         message=_close_message(reason))
                                for ws in list(self.sockets)), return_exceptions=True)
@@ -107,51 +105,36 @@ class ProxiedSession:
             await asyncio.wait(list(self.relays), timeout=RELAY_GRACE)
         if self.http is not None:
             await self.http.close()
-        try:
-            if self.har is not None:
+        if self.har is not None:
+            with contextlib.suppress(OSError):  # reported by the flusher; the seal goes on
                 self.har.close()
-            if self.recording is not None:
-                await self.recording.close(reason)
-            await close_session(self.ctx, self.session_id, reason)
-            if reason not in KEEP_SIGNIN:  # the sign-in outlives a restart; the grant decides
+        await self.session.close(reason)
+        if reason not in KEEP_SIGNIN:  # the sign-in outlives a restart; the grant decides
+            try:
                 await end_web_session(self.ctx, self.row.id, reason)
-        except (BrokerError, OSError) as exc:
-            log.error("closing the web session failed", session=self.session_id,
-                      error=str(exc))
+            except BrokerError as exc:
+                log.error("ending the web sign-in failed", session=self.session_id,
+                          error=str(exc))
 
     # -- life --------------------------------------------------------------------------------
-    def refusal(self) -> str | None:
-        """Why this session may not serve a request right now (checked per request, so an
-        expiry is honoured even before the scheduler gets to it)."""
-        if self.closing is not None:
-            return self.closing
-        if self.ctx.now() >= self.ends_at:
-            return WINDOW_CLOSED
-        return None
-
     async def start(self) -> None:
-        """Open the session row and its recording, and register with the live sessions."""
-        now = self.ctx.now()
-        config = self.ctx.config
-        self.recording = SessionRecording.create(
-            config.recordings_dir, self.session_id, now,
-            {"technician": self.tech.name, "vendor": self.tech.vendor,
-             "device": self.device_row.name, "grant": self.grant.id, "client": self.client_addr,
-             "node": self.ctx.node, "protocol": "web", "web_session": self.row.id,
-             "web_url": self.target.origin.origin + self.target.origin.base_path},
-            signer=signer_for(config))
-        self.har = HarWriter(self.recording.add_file("web", ".har"),
-                             body_limit=config.settings.recording.har_body_limit,
+        """Open the session row and its recording, and register with the live sessions.
+        Raises :class:`SessionRefused` while this node opens no new session."""
+        access = await self.session.check(Protocol.WEB)
+        if not access.allowed or access.grant is None or access.grant.id != self.grant.id:
+            raise SessionRefused(WINDOW_CLOSED, "window-closed")
+        recording = await self.session.open(access, "web", {
+            "protocol": "web", "web_session": self.row.id,
+            "web_url": self.target.origin.origin + self.target.origin.base_path})
+        self.har = HarWriter(recording.file_for(Kind.WEB),
+                             body_limit=self.ctx.config.settings.recording.har_body_limit,
                              comment=f"{self.tech.name}@{self.device_row.name}, grant "
                                      f"{self.grant.id}, web session {self.row.id}")
         assert self.har.path.name == HAR_FILE
-        await open_session(self.ctx, self.grant, self.tech, self.device_row, self.client_addr,
-                           "web", self.recording.path.name, self.session_id)
         await audit_event(self.ctx, "web.session_started", f"technician:{self.tech.name}",
                           f"web:{self.row.id}", session_id=self.session_id,
                           grant=self.grant.id,
                           device=self.device_row.name, client=self.client_addr)
-        self.registry.add(self)
 
     async def client(self) -> aiohttp.ClientSession:
         """The HTTP client towards the device, logged in there (once) if the device wants it."""
@@ -187,14 +170,22 @@ class ProxiedSession:
                                              response, capture.finish()))
 
     def websocket_log(self) -> WebSocketLog:
-        assert self.har is not None and self.recording is not None
-        return self.har.websocket(self.recording.add_file(f"websocket-{self.requests}",
-                                                          ".jsonl"))
+        recording = self.session.recording
+        assert self.har is not None and recording is not None
+        return self.har.websocket(recording.file_for(Kind.WEBSOCKET, self.requests))
 
     async def audit(self, kind: str, **data: Any) -> None:
         await audit_event(self.ctx, kind, f"technician:{self.tech.name}",
                           f"web:{self.row.id}", device=self.device_row.name,
                           grant=self.grant.id, **data)
+
+
+def closed_text(device: str, reason: str) -> str:
+    """What a browser reads once its session is closed."""
+    if reason == WINDOW_CLOSED:
+        return f"Your access window for {device} has closed; this page no longer works."
+    return (f"Your access window for {device} was closed early"
+            f" ({reason.removeprefix('access ended: ')}); this page no longer works.")
 
 
 def _close_message(reason: str) -> bytes:

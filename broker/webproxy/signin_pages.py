@@ -18,13 +18,15 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from broker.config import Settings
-from broker.errors import BrokerError
+from broker.errors import BrokerError, SessionRefused
 from broker.http.errors import BadInput
 from broker.http.keys import CONTEXT, LIVE_SESSIONS, NODE, REFUSALS
 from broker.http.security import csrf_ok, csrf_token, foreign_source, refuse_foreign
 from broker.services.context import Context
+from broker.services.device_web import load_target
 from broker.services.readiness import new_session_refusal
 from broker.services.sessions import audit_event
+from broker.services.web_signin import digest, peek, redeem
 from broker.webproxy.live import ProxiedSession
 from broker.webproxy.origin import (
     device_base_url,
@@ -33,8 +35,6 @@ from broker.webproxy.origin import (
     weblogin_command,
     without_addresses,
 )
-from broker.webproxy.settings import load_target
-from broker.webproxy.signin import digest, peek, redeem
 
 COOKIE = "broker_web"
 PRE_COOKIE = "broker_web_signin"  # binds the sign-in form's CSRF token to this browser
@@ -123,7 +123,7 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
         await device_failure(ctx, view.device.name, view.technician.name, client, exc)
     live = ProxiedSession(ctx, request.app[LIVE_SESSIONS], row, view.technician, view.device,
                           view.grant, target, client)
-    await live.start()
+    await start_session(request, live)
     sessions = request.app[WEB_SESSIONS]
     for key in [k for k, s in sessions.items() if s.closing is not None]:
         del sessions[key]
@@ -133,6 +133,19 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
     response.del_cookie(PRE_COOKIE, path=SIGNIN_PATH, secure=_secure(request), httponly=True,
                         samesite="Strict")
     raise response
+
+
+async def start_session(request: web.Request, live: ProxiedSession) -> None:
+    """Open the session, or answer 503 with its one line (the node began draining, or its
+    recordings stopped taking writes, since the check before the sign-in)."""
+    try:
+        await live.start()
+    except SessionRefused as exc:
+        await request.app[REFUSALS].refused(
+            "session.refused", f"technician:{live.technician}", request.remote or "unknown",
+            live.device, reason=exc.reason)
+        raise web.HTTPServiceUnavailable(text=f"broker: {exc}",
+                                         headers={"Retry-After": "10"}) from None
 
 
 async def refuse_new_session(request: web.Request) -> None:

@@ -20,8 +20,8 @@ import structlog
 from yarl import URL
 
 from broker.errors import DeviceError
+from broker.services.device_web import WebTarget
 from broker.services.sessions import DeviceLogin
-from broker.webproxy.settings import WebTarget
 
 log = structlog.get_logger("broker.webproxy")
 CONNECT_TIMEOUT = 10

@@ -15,14 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.ports import free_port
+
+__all__ = ["free_port"]  # tests import it from here
+
 BROKER = str(Path(sys.executable).with_name("broker"))
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:
@@ -55,6 +53,7 @@ class SshdDevice:
     # sshd's AuthorizedKeysFile, e.g. ".ssh/authorized_keys" for each account's own file;
     # None: ROOT/authorized_keys, holding the broker's login key
     authorized_keys_file: str | None = None
+    extra_config: str = ""  # more sshd_config lines (the benchmarks raise MaxStartups)
 
     def start(self) -> SshdDevice:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,7 @@ class SshdDevice:
             PubkeyAuthentication yes
             Subsystem sftp internal-sftp
             LogLevel ERROR
-            """))
+            """) + self.extra_config)
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
@@ -120,7 +119,10 @@ class BrokerProcess:
         self.devices_port = free_port()  # [webproxy] listen: the device web UIs' origin
         # BROKER_* overrides for serve and cli. Tests look for the audit row of each refusal
         # they cause, all from 127.0.0.1: no rate limit (tests/security tests the limit).
-        self.env: dict[str, str] = {"BROKER_SSH_REFUSAL_BURST": "100000"}
+        # One broker process unless a test asks for workers ([broker] workers defaults to
+        # the number of cores): the tests of single-node behaviour see one process.
+        self.env: dict[str, str] = {"BROKER_SSH_REFUSAL_BURST": "100000",
+                                    "BROKER_BROKER_WORKERS": "1"}
         self.proc: subprocess.Popen | None = None
         self.tech_keys: dict[str, Path] = {}
 

@@ -39,6 +39,10 @@ class Setup:
         self.ports = {"ssh": free_port(), "web": free_port(), "devices": free_port()}
         self.haproxy_log = root / "haproxy.log"
         self.haproxy: subprocess.Popen | None = None
+        self.release = root / "release"  # the live sessions finish once it exists
+
+    def until_released(self) -> str:
+        return f"while [ ! -e {self.release} ]; do sleep 0.2; done; echo finished"
 
     def start(self) -> Setup:
         self.a.serve()
@@ -70,6 +74,13 @@ class Setup:
         args[args.index("-p") + 1] = str(self.ports["ssh"])
         return [*args, command]
 
+    def wait_for_sessions(self, count: int, within: float = 20) -> None:
+        deadline = time.monotonic() + within
+        while len(self.started_on()) < count:
+            assert time.monotonic() < deadline, f"{count} sessions did not start: " \
+                f"{self.started_on()}"
+            time.sleep(0.2)
+
     def started_on(self) -> list[str]:
         out = self.a.cli("audit", "export", "--format", "jsonl").out
         return [e["data"]["node"] for e in map(json.loads, out.splitlines())
@@ -90,11 +101,11 @@ def test_sigterm_moves_new_sessions_to_the_other_node_while_the_live_one_finishe
         setup: Setup) -> None:
     # one live session on each node (leastconn puts the second on the node without one)
     live = []
-    for _ in range(2):
-        live.append(subprocess.Popen(setup.ssh_args("sleep 14; echo finished"),
+    for n in range(1, 3):
+        live.append(subprocess.Popen(setup.ssh_args(setup.until_released()),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True))
-        time.sleep(1)
+        setup.wait_for_sessions(n)  # leastconn only sees a connection once it is open
     assert sorted(setup.started_on()) == ["node-a", "node-b"]
     live_a = [s for s in setup.a.cli_json("session", "list")  # type: ignore[union-attr]
               if s["node"] == "node-a"]
@@ -123,6 +134,7 @@ def test_sigterm_moves_new_sessions_to_the_other_node_while_the_live_one_finishe
     # A's session is still up, and finishes by itself; then A exits 0
     assert setup.a.proc.poll() is None
     assert all(proc.poll() is None for proc in live)
+    setup.release.touch()
     told = 0
     for proc in live:
         out, err = proc.communicate(timeout=30)

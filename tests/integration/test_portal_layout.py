@@ -14,7 +14,8 @@ from tests.integration.harness import BrokerProcess, SshdDevice, wait_for_port
 
 PASSWORD = "layout-staff-password-long"
 PAGES = ("/staff/", "/staff/audit", "/staff/grants", "/staff/sessions", "/staff/devices",
-         "/staff/recordings", "/staff/requests", "/staff/devices/dev")
+         "/staff/recordings", "/staff/requests", "/staff/devices/dev", "/staff/vendors",
+         "/staff/vendors/Acme%20Medical")
 
 # Each cell's box, and every one-word cell whose text was laid out on more than one line.
 MEASURE = """() => {

@@ -242,7 +242,7 @@ async def test_tls_with_a_client_certificate(broker_dir: Path, tmp_path: Path) -
 # -- a cluster on PostgreSQL -------------------------------------------------------------------
 async def test_two_nodes_on_postgres_forward_each_event_once(
         broker_dir: Path, rsyslog: Rsyslog, postgres: PostgresCluster) -> None:
-    from broker.cli.admin import migrate_database
+    from broker.services.setup import migrate_database
 
     url = postgres.create_database()
     await migrate_database(url)

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +29,11 @@ from broker.http.staff import oidc
 from broker.services.context import Context
 from broker.store.models import AuditEvent, StaffSession, StaffUser
 from tests.browser_kit import chromium, screenshot
+from tests.ports import free_port
 from tests.unit.oidc_kit import CLIENT_ID, CLIENT_SECRET, SECRET_ENV, configure
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "oidc" / "provider.mjs"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def private_jwk(kid: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Fail closed on recording storage, on a real, small tmpfs: a session whose recording can no
-longer be written is cut within about a second with one line, new sessions are refused with
+longer be written is cut within about a second with one line, and with it every other session
+(an idle one too: its recording is on the same full disk), new sessions are refused with
 one line while the directory takes no writes, and once space is free sessions work again and
 every recording, the cut one included, verifies."""
 
@@ -58,6 +59,11 @@ def test_a_full_recordings_disk_cuts_and_refuses_until_space_is_free(
         assert broker.ssh("tech+dev", "echo first").out == "first\n"
         first = sorted(p for p in (small_disk / "recordings").iterdir() if p.is_dir())[0]
 
+        idle = subprocess.Popen([*broker.ssh_args("tech+dev", "tech"), "sleep 120"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while len(broker.cli_json("session", "list")) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
         pusher = subprocess.Popen([*broker.ssh_args("tech+dev", "tech"), PUSH],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         full_at = None
@@ -75,6 +81,12 @@ def test_a_full_recordings_disk_cuts_and_refuses_until_space_is_free(
         assert len(lines) == 1, err
         assert "recording cannot be written (No space left on device)" in lines[0]
         assert pusher.returncode == 1
+        # the idle session writes nothing, yet its recording is on the same full disk
+        idle_err = idle.communicate(timeout=2)[1]
+        idle_lines = [line for line in idle_err.splitlines() if line.startswith("broker:")]
+        assert idle_lines == ["broker: the broker cannot write session recordings (No space"
+                              " left on device), and no session goes on unrecorded;"
+                              " the session is closed."], idle_err
 
         status, body = readyz(broker)
         assert status == 503 and any(p.startswith("recordings:") for p in body["problems"])
@@ -98,6 +110,7 @@ def test_a_full_recordings_disk_cuts_and_refuses_until_space_is_free(
             if e["kind"] == "recording.failed"]
         assert events and events[0]["data"]["error"] == "No space left on device"
         assert events[0]["data"]["session_cut"] is True
+        assert events[0]["data"]["others_cut"] == 1
         assert "recording failed; cutting its session" in broker.serve_log()
     finally:
         broker.stop()

@@ -17,10 +17,10 @@ from sqlmodel import select
 
 from broker.approvals import links
 from broker.http.security import csrf_token
+from broker.services.device_web import WebOptions, configure
+from broker.services.web_signin import create_signin
 from broker.store.models import AccessRequest, AuditEvent
 from broker.webproxy.origin import signin_url
-from broker.webproxy.settings import WebOptions, configure
-from broker.webproxy.signin import create_signin
 from tests.browser_kit import chromium, need_chromium, screenshot
 from tests.security.web_origin_kit import RESOLVE, Device, both_listeners
 from tests.unit.staff_kit import PASSWORD, add_staff, world

@@ -10,8 +10,8 @@ from pathlib import Path
 from aiohttp import web
 from sqlmodel import select
 
+from broker.services.web_signin import create_signin
 from broker.store.models import AuditEvent
-from broker.webproxy.signin import create_signin
 from tests.unit.webproxy_kit import add_grant, upstream
 from tests.web_kit import device_origin
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,8 @@ def configure(broker_dir: Path, issuer: str, *, local_login: bool = True,
               extra: str = "") -> None:
     """Add an ``[oidc]`` section for ``issuer`` to the directory's broker.toml."""
     toml = broker_dir / "broker.toml"
-    before, found, after = toml.read_text().partition("\n[oidc]\n")  # broker init's, if any
-    assert not found or "\n[" not in after, "[oidc] is expected last in broker.toml"
+    # drop broker init's [oidc] section (up to the next section), then add this one last
+    before = re.sub(r"\n\[oidc(\.[a-z]+)?\]\n.*?(?=\n\[|\Z)", "", toml.read_text(), flags=re.S)
     toml.write_text(before + f"""
 [oidc]
 issuer = "{issuer}"

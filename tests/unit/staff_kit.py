@@ -11,13 +11,13 @@ import pyotp
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from broker.http.staff.accounts import StaffAccounts
 from broker.recording import SessionRecording
 from broker.recording.manifest import signer_for
 from broker.services.context import Context
 from broker.services.directory import Directory, parse_public_keys
 from broker.services.grants import Grants
 from broker.services.requests import Requests
+from broker.services.staff_accounts import StaffAccounts
 from broker.store.models import Device, Session
 
 PASSWORD = "correct-horse-battery-staple"

@@ -17,7 +17,6 @@ import asyncssh
 import pytest
 from sqlmodel import col, select
 
-from broker.cli.admin import initialise, migrate_database
 from broker.domain.protocols import ALL_PROTOCOLS, Protocol
 from broker.errors import Conflict, NotFound, Refused, UsageError
 from broker.revocation.registry import LiveSessions
@@ -28,9 +27,10 @@ from broker.services.directory import Directory
 from broker.services.grants import Grants, check_access
 from broker.services.lookup import by_name
 from broker.services.requests import Requests
+from broker.services.setup import initialise, migrate_database
 from broker.store.models import Approver, AuditEvent, Device
 from broker.testing import FakeClock
-from tests.unit.test_grant_life import FakeSession, settle
+from tests.unit.test_grant_life import open_live, settle
 
 if TYPE_CHECKING:
     from tests.conftest import Cli
@@ -219,8 +219,7 @@ async def test_a_break_glass_grant_ends_on_time_and_its_review_stays_open(
     grant = await breakglass.open_breakglass(ctx, "alice", "pump-7", timedelta(minutes=10),
                                              REASON, "cli:oncall")
     sessions = LiveSessions()
-    session = FakeSession(ctx, grant.id or 0, grant.end, technician="alice", device="pump-7")
-    sessions.add(session)
+    session = await open_live(ctx, sessions)
     task = asyncio.create_task(Scheduler(ctx, sessions).run())
     try:
         await settle(clock)

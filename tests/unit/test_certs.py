@@ -25,7 +25,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel, select
 
-from broker.cli.admin import initialise, migrate_database
 from broker.domain.protocols import Protocol
 from broker.errors import NotFound, Refused, UsageError
 from broker.services.certs import Certificates, user_ca_authorized_keys_line
@@ -33,6 +32,7 @@ from broker.services.context import Context
 from broker.services.directory import Directory
 from broker.services.grants import Grants
 from broker.services.requests import Requests
+from broker.services.setup import initialise, migrate_database
 from broker.store.engine import Store, alembic_config
 from broker.store.models import AuditEvent, Device, IssuedCertificate
 from broker.testing import FakeClock

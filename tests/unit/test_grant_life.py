@@ -4,50 +4,55 @@ its end, a restart after the end. No sleeping: the scheduler waits on FakeClock 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncssh
 import pytest
 
-from broker.cli.admin import initialise, migrate_database
 from broker.domain.protocols import Protocol
 from broker.revocation.registry import LiveSessions
 from broker.revocation.scheduler import WINDOW_CLOSED, Scheduler
+from broker.services.access_session import AccessSession
 from broker.services.context import Context
 from broker.services.directory import Directory
 from broker.services.grants import Grants, check_access
 from broker.services.requests import Requests
+from broker.services.setup import initialise, migrate_database
 from broker.store.models import Device
-from broker.testing import FakeClock
+from broker.testing import FakeClock, MemoryEndpoint
 
 START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
 
 @dataclass(eq=False)
-class FakeSession:
-    """A live session as the registry sees it, recording what it was told."""
+class Live:
+    """A real access session with an in-memory protocol side."""
 
-    ctx: Context
-    grant_id: int
-    ends_at: datetime
-    session_id: str = "s1"
-    technician: str = "alice"
-    device: str = "pump-7"
-    warnings: list[str] = field(default_factory=list)
-    ended: str | None = None
+    session: AccessSession
+    endpoint: MemoryEndpoint
 
-    async def still_allowed(self) -> str | None:
-        access = await check_access(self.ctx, self.technician, self.device, Protocol.SSH)
-        return None if access.allowed else access.decision.detail
+    @property
+    def warnings(self) -> list[str]:
+        return self.endpoint.notices
 
-    async def warn(self, text: str) -> None:
-        self.warnings.append(text)
+    @property
+    def ended(self) -> str | None:
+        return self.endpoint.cuts[0] if self.endpoint.cuts else None
 
-    async def terminate(self, reason: str) -> None:
-        if self.ended is None:  # like a real connection: the first reason is the one shown
-            self.ended = reason
+
+async def open_live(ctx: Context, sessions: LiveSessions) -> Live:
+    """alice's SSH session on pump-7, opened (row, recording, registry) as a protocol does."""
+    endpoint = MemoryEndpoint()
+    session = AccessSession(ctx, sessions, endpoint, technician="alice", device="pump-7",
+                            client="127.0.0.1:50000", protocol="ssh")
+    endpoint.session = session
+    access = await session.check(Protocol.SSH)
+    assert access.allowed, access.decision.detail
+    await session.open(access, "shell")
+    assert session in list(sessions)
+    return Live(session, endpoint)
 
 
 async def make_context(tmp_path: Path, clock: FakeClock) -> Context:
@@ -83,8 +88,7 @@ async def test_warnings_then_cut_exactly_at_the_end(tmp_path: Path) -> None:
     ctx = await make_context(tmp_path, clock)
     grant = await approved_grant(ctx, minutes=10)
     sessions = LiveSessions()
-    session = FakeSession(ctx, grant, START + timedelta(minutes=10))
-    sessions.add(session)
+    session = await open_live(ctx, sessions)
     scheduler = Scheduler(ctx, sessions)
     task = asyncio.create_task(scheduler.run())
     try:
@@ -114,11 +118,10 @@ async def test_at_the_end_a_session_with_another_open_grant_goes_on(tmp_path: Pa
     """The fast path cuts on one query only where no other grant is open for the pair."""
     clock = FakeClock(START)
     ctx = await make_context(tmp_path, clock)
-    first = await approved_grant(ctx, minutes=10)
+    await approved_grant(ctx, minutes=10)
     await approved_grant(ctx, minutes=20)  # a second, longer grant for alice on pump-7
     sessions = LiveSessions()
-    kept = FakeSession(ctx, first, START + timedelta(minutes=10))
-    sessions.add(kept)
+    kept = await open_live(ctx, sessions)
     scheduler = Scheduler(ctx, sessions)
     task = asyncio.create_task(scheduler.run())
     try:
@@ -139,8 +142,7 @@ async def test_revocation_replans_and_cuts(tmp_path: Path) -> None:
     ctx = await make_context(tmp_path, clock)
     grant = await approved_grant(ctx)
     sessions = LiveSessions()
-    session = FakeSession(ctx, grant, START + timedelta(minutes=10))
-    sessions.add(session)
+    session = await open_live(ctx, sessions)
     await Grants(ctx, "test").revoke(grant, "incident")
     assert await sessions.recheck() == 1
     assert session.ended is not None and "revoked" in session.ended
@@ -150,10 +152,9 @@ async def test_revocation_replans_and_cuts(tmp_path: Path) -> None:
 async def test_a_clock_jump_past_the_end_expires_the_grant(tmp_path: Path) -> None:
     clock = FakeClock(START)
     ctx = await make_context(tmp_path, clock)
-    grant = await approved_grant(ctx, minutes=10)
+    await approved_grant(ctx, minutes=10)
     sessions = LiveSessions()
-    session = FakeSession(ctx, grant, START + timedelta(minutes=10))
-    sessions.add(session)
+    session = await open_live(ctx, sessions)
     task = asyncio.create_task(Scheduler(ctx, sessions).run())
     try:
         await settle(clock)
@@ -182,10 +183,9 @@ async def test_restart_after_the_end_gives_no_access(tmp_path: Path) -> None:
 async def test_short_grants_get_only_the_warnings_that_fit(tmp_path: Path, minutes: int) -> None:
     clock = FakeClock(START)
     ctx = await make_context(tmp_path, clock)
-    grant = await approved_grant(ctx, minutes=minutes)
+    await approved_grant(ctx, minutes=minutes)
     sessions = LiveSessions()
-    session = FakeSession(ctx, grant, START + timedelta(minutes=minutes))
-    sessions.add(session)
+    session = await open_live(ctx, sessions)
     task = asyncio.create_task(Scheduler(ctx, sessions).run())
     try:
         await settle(clock)

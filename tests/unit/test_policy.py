@@ -468,6 +468,10 @@ def test_explain_json() -> None:
         "require_totp": True,
         "breakglass_max": "1h",
         "pending_expiry": "1d",
+        "supervision": "none",
+        "commands": [],
+        "files": {"upload": "allow", "download": "allow", "max_size": None,
+                  "deny_names": [], "paths": []},
     }
     refused = explain_json([siemens_policy()], BAXTER, device(state="retired"))
     assert refused["allowed"] is False and refused["policy"] is None

@@ -299,6 +299,19 @@ BAD_INPUTS = {
         "policies[0].hours.days[1]",
         "unknown day 'funday'",
     ),
+    "empty days": (
+        "policies:\n  - name: x\n    hours:\n      days: []\n"
+        "      from: '07:00'\n      to: '19:00'\n      timezone: UTC\n",
+        4,
+        "policies[0].hours.days",
+        "empty list: name at least one day, or omit days for every day",
+    ),
+    "empty file paths": (
+        "policies:\n  - name: x\n    files:\n      paths: []\n",
+        4,
+        "policies[0].files.paths",
+        "empty list: name at least one path, or omit paths to allow any",
+    ),
     "bad time": (
         "policies:\n  - name: x\n    hours:\n      from: '25:00'\n"
         "      to: '19:00'\n      timezone: UTC\n",

@@ -13,9 +13,9 @@ from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel, select
 
 from broker.audit.chain import verify_rows
-from broker.cli.admin import migrate_database
 from broker.config import load_config
 from broker.services.context import Context
+from broker.services.setup import migrate_database
 from broker.store.engine import Store, alembic_config
 from broker.store.models import AuditEvent
 from tests.conftest import Cli

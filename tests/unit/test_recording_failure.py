@@ -4,9 +4,11 @@ completed is undone so that the chain of sealed sessions stays whole."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import io
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -26,20 +28,10 @@ from broker.recording.manifest import HEAD_FILE
 from tests.unit.test_manifest import T0, record
 
 
-class FullDisk:
-    """Stands in for a buffered file on a full disk."""
-
-    closed = False
-
-    def write(self, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def flush(self) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def close(self) -> None:
-        self.closed = True
-        raise OSError(errno.ENOSPC, "No space left on device")
+def full_disk(buffered: bool) -> io.RawIOBase | io.BufferedWriter:
+    """A real file on which every write fails with ENOSPC (``/dev/full``): unbuffered, a
+    write fails at once (a buffer that was full); buffered, the flush does."""
+    return open("/dev/full", "wb", buffering=64 * 1024 if buffered else 0)
 
 
 async def test_a_failing_write_reaches_the_listeners_once(tmp_path: Path) -> None:
@@ -48,30 +40,57 @@ async def test_a_failing_write_reaches_the_listeners_once(tmp_path: Path) -> Non
     flusher.on_failure(lambda path, exc: failures.append((path, exc.errno)))
     file = FlushedFile(tmp_path / "out.jsonl", flusher)
     file.write("kept\n")
-    fd = file.flush()
-    assert fd is not None
-    os.close(fd)
+    assert await flusher.flush_now() == 1
     file._file.close()
-    file._file = FullDisk()  # type: ignore[assignment]
+    file._file = full_disk(buffered=False)  # type: ignore[assignment]
     file.write("lost\n")
     file.write("lost too\n")  # dropped: the file failed already
     assert failures == [(tmp_path / "out.jsonl", errno.ENOSPC)]
     assert await flusher.flush_now() == 0
-    file.close()  # does not raise
+    file.close()
     assert failures == [(tmp_path / "out.jsonl", errno.ENOSPC)]
+    assert (tmp_path / "out.jsonl").read_text() == "kept\n"
     await flusher.stop()
 
 
-async def test_a_failing_flush_reaches_the_listeners(tmp_path: Path) -> None:
+async def test_a_failing_flush_reaches_the_listeners_from_the_flush_thread(
+        tmp_path: Path) -> None:
     flusher = Flusher(interval=3600)
-    failures: list[Path] = []
-    flusher.on_failure(lambda path, exc: failures.append(path))
+    failures: list[tuple[Path, int | None]] = []
+    flusher.on_failure(lambda path, exc: failures.append((path, exc.errno)))
     file = FlushedFile(tmp_path / "out.jsonl", flusher)
     file.write("x")
     file._file.close()
-    file._file = FullDisk()  # type: ignore[assignment]
+    file._file = full_disk(buffered=True)  # type: ignore[assignment]
+    file.write("y")  # buffered: nothing fails yet
+    assert failures == []
     await flusher.flush_now()
-    assert failures == [tmp_path / "out.jsonl"] and file.failed is not None
+    assert failures == [(tmp_path / "out.jsonl", errno.ENOSPC)] and file.failed is not None
+    with contextlib.suppress(OSError):  # the buffer still holds what /dev/full refused
+        file.close()
+    await flusher.stop()
+
+
+async def test_a_round_pushes_in_its_thread_and_a_close_meanwhile_loses_nothing(
+        tmp_path: Path) -> None:
+    """Writes keep their order while a round pushes in its thread: the writer appends and
+    closes during the round, and the file holds everything in order."""
+    flusher = Flusher(interval=3600)
+    files = [FlushedFile(tmp_path / f"f{i}", flusher) for i in range(200)]
+    for round_ in range(5):
+        for i, file in enumerate(files):
+            file.write(f"{round_}:{i}\n")
+        pushing = asyncio.ensure_future(flusher.flush_now())
+        await asyncio.sleep(0)  # the round has taken its files and is in its thread
+        for i, file in enumerate(files):
+            file.write(f"{round_}:{i}+\n")
+        if round_ == 4:
+            for file in files:
+                file.close()
+        assert await pushing == 200
+    for i in range(200):
+        assert (tmp_path / f"f{i}").read_text() == "".join(
+            f"{r}:{i}\n{r}:{i}+\n" for r in range(5))
     await flusher.stop()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
@@ -17,9 +18,8 @@ import asyncssh
 import pytest
 from sqlmodel import select
 
-from broker.cli.admin import initialise, migrate_database
 from broker.config import load_config
-from broker.credentials.rotation import retire_device, rotate_due, rotate_on_demand
+from broker.credentials.rotation import _rotate, retire_device, rotate_due, rotate_on_demand
 from broker.demo.device import SimulatedDevice, start_simulated_device
 from broker.domain import rotation as domain
 from broker.domain.protocols import Protocol
@@ -34,6 +34,7 @@ from broker.services.directory import Directory
 from broker.services.grants import Grants, check_access
 from broker.services.requests import Requests
 from broker.services.sessions import device_login
+from broker.services.setup import initialise, migrate_database
 from broker.store.models import AuditEvent, Device, DeviceCredential, Session, Technician
 from broker.testing import FakeClock
 from tests.conftest import Cli
@@ -348,6 +349,33 @@ async def test_retire_rotates_then_deletes_the_secrets_and_refuses_access(
         await ctx.close()
 
 
+async def test_retire_reports_the_final_rotation_another_node_ran(
+        tmp_path: Path, pump: SimulatedDevice) -> None:
+    """`broker serve` may claim the final rotation before the CLI that retired the device:
+    the CLI waits for it and reports how it went, not "under way" with nothing settled."""
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock, pump, rotate=True)
+    other = Context.open(ctx.config, clock=clock)
+    other.node = ctx.node + "-2"
+    try:
+        device_id = (await device_row(ctx)).id or 0
+        assert await rotations.claim(other, device_id, on_demand=True)
+        retiring = asyncio.ensure_future(retire_device(ctx, "pump-7", "cli:test"))
+        while (await device_row(ctx)).state != "retired":
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert not retiring.done()  # it waits for the other node
+        assert (await _rotate(other, device_id, "broker")).ok
+        await rotations.release(other, device_id)
+        _, outcome = await asyncio.wait_for(retiring, 10)
+        assert outcome is not None and outcome.ok and outcome.secrets_deleted
+        assert "another node" in outcome.detail
+        assert await credentials(ctx) == [] and pump.password not in (None, OLD)
+    finally:
+        await other.close()
+        await ctx.close()
+
+
 async def test_retiring_a_device_not_marked_rotate_deletes_its_secrets_untouched(
         tmp_path: Path, pump: SimulatedDevice) -> None:
     ctx = await make_context(tmp_path, FakeClock(START), pump, rotate=False)
@@ -500,7 +528,8 @@ async def test_cli_device_rotate_good_and_bad_paths(cli: Cli, pump: SimulatedDev
     assert pump.password != OLD and pump.password not in out
     (code, out, err), missing = await asyncio.gather(
         acli(cli, "device", "show", "pump-7"), acli(cli, "device", "rotate", "nosuch"))
-    assert "rotate method: passwd" in out and "last rotated:  2026-" in out
+    fields = dict(re.findall(r"^([a-z ]+):\s+(.*)$", out, re.M))
+    assert fields["rotate method"] == "passwd" and fields["last rotated"].startswith("2026-")
     assert missing == (1, "", "broker: no device named 'nosuch'\n")
 
     await pump.close()

@@ -16,9 +16,9 @@ from sqlmodel import col, select
 from broker.config import load_config
 from broker.http import create_app
 from broker.http.ratelimit import RateLimit
-from broker.http.staff.accounts import StaffAccounts
 from broker.http.staff.auth import GENERIC_FAILURE, LOGIN_LIMIT
 from broker.services.context import Context
+from broker.services.staff_accounts import StaffAccounts
 from broker.store.models import AuditEvent, StaffSession
 from broker.testing import FakeClock
 from tests.unit.staff_kit import (

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestServer
 from sqlmodel import col, select
 
 from broker.http.staff import oidc
-from broker.http.staff.accounts import check_password
-from broker.http.staff.oidc import NO_PASSWORD
 from broker.services.context import Context
+from broker.services.staff_accounts import check_password
+from broker.services.staff_sso import NO_PASSWORD
 from broker.store.models import AuditEvent, StaffSession, StaffUser
 from tests.unit.oidc_kit import (
     CLIENT_ID,

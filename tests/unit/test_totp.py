@@ -18,13 +18,13 @@ import pyotp
 import pytest
 from sqlmodel import col, select
 
-from broker.cli.admin import initialise, migrate_database
 from broker.config import load_config
 from broker.credentials.vault import Vault
 from broker.errors import NotFound
 from broker.services import totp
 from broker.services.context import Context
 from broker.services.directory import Directory
+from broker.services.setup import initialise, migrate_database
 from broker.store.models import AuditEvent, Technician
 from broker.testing import FakeClock
 

@@ -32,10 +32,10 @@ from broker.revocation.scheduler import Scheduler
 from broker.services.directory import Directory
 from broker.services.grants import check_access
 from broker.services.requests import Requests
-from broker.services.vendors import Vendors, note_login
-from broker.store.models import AuditEvent, Technician
+from broker.services.vendors import Vendors, login_succeeded
+from broker.store.models import AuditEvent, Invitation, Technician
 from broker.testing import FakeClock
-from tests.unit.test_grant_life import FakeSession, approved_grant, make_context, settle
+from tests.unit.test_grant_life import approved_grant, make_context, open_live, settle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,6 +97,9 @@ def test_refusals_name_the_vendor_and_the_date() -> None:
         Refusal.ACCOUNT_EXPIRED, "your technician account expired on 2026-11-24 09:00:00 UTC")
     assert refusal_for(now, ok, True, None) == (
         Refusal.DISABLED, "your technician account is disabled")
+    assert refusal_for(now, ok, True, None, tech_pending=True) == (
+        Refusal.DISABLED, "your technician account is waiting for the hospital's approval")
+    assert refusal_for(now, ok, False, None, tech_pending=True) is None
 
 
 def test_inactivity_counts_from_the_latest_of_creation_login_and_enable() -> None:
@@ -124,10 +127,9 @@ async def test_contract_end_cuts_the_vendors_live_sessions_on_time(tmp_path: Pat
     ctx = await make_context(tmp_path, clock)  # alice of vendor "B. Braun"
     try:
         await Vendors(ctx, "test").set_contract("B. Braun", START + timedelta(minutes=3))
-        grant = await approved_grant(ctx, minutes=10)
+        await approved_grant(ctx, minutes=10)
         sessions = LiveSessions()
-        session = FakeSession(ctx, grant, START + timedelta(minutes=10))
-        sessions.add(session)
+        session = await open_live(ctx, sessions)
         task = await run_scheduler(ctx, sessions)
         await settle(clock)
         assert clock.next_deadline == START + timedelta(minutes=3)
@@ -136,7 +138,7 @@ async def test_contract_end_cuts_the_vendors_live_sessions_on_time(tmp_path: Pat
         assert session.ended is None
         clock.set(START + timedelta(minutes=3))
         await settle(clock)
-        assert session.ended == ("your company's contract (B. Braun) ended on"
+        assert session.ended == ("access ended: your company's contract (B. Braun) ended on"
                                  " 2026-11-24 09:03:00 UTC")
         assert (await kinds(ctx)).count("vendor.contract_ended") == 1
         access = await check_access(ctx, "alice", "pump-7", Protocol.SSH)
@@ -186,7 +188,7 @@ async def test_expiry_and_inactivity_disable_on_time(tmp_path: Path) -> None:
         await settle(clock)
         assert "technician.expired" in await kinds(ctx)
         clock.set(START + timedelta(days=60))
-        await note_login(ctx, "alice")  # a login restarts alice's 90 days
+        await login_succeeded(ctx, "alice", "pump-1")  # a login restarts alice's 90 days
         clock.set(START + timedelta(days=91))
         await settle(clock)
         assert "technician.inactive_disabled" not in await kinds(ctx)
@@ -284,3 +286,33 @@ def test_vendor_cli_bad_input_and_round_trip(cli: Cli, ssh_pubkey: Path) -> None
     assert [v["name"] for v in listed] == ["Acme", "Newco"]
     human = cli("vendor", "show", "Acme")
     assert "alice" in human.out and "vendor-disabled" in human.out and "never" in human.out
+
+
+async def test_a_technician_waiting_for_approval_is_told_so_everywhere(tmp_path: Path) -> None:
+    """Enrolled by invitation and not yet approved: the access check, the listings and the
+    account refusal all say "waiting for approval", not "disabled"."""
+    ctx = await make_context(tmp_path, FakeClock(START))
+    try:
+        await approved_grant(ctx, minutes=10)
+        async with ctx.store.session() as db:
+            alice = (await db.exec(select(Technician).where(Technician.name == "alice"))).one()
+            alice.disabled = True
+            db.add(alice)
+            db.add(Invitation(vendor_id=alice.vendor_id or 0, email="alice@bbraun.example",
+                              token_hash="0" * 64, state="pending", expires_at=START,
+                              created_by="test", created_at=START, technician_id=alice.id))
+        access = await check_access(ctx, "alice", "pump-7", Protocol.SSH)
+        assert access.decision.refusal is Refusal.DISABLED
+        assert access.decision.detail == (
+            "your technician account is waiting for the hospital's approval")
+        assert (await Directory(ctx, "t").technician("alice")).state == "pending"
+        assert [v.state for v in await Directory(ctx, "t").technicians()] == ["pending"]
+        async with ctx.store.session() as db:
+            invitation = (await db.exec(select(Invitation))).one()
+            invitation.state = "rejected"
+            db.add(invitation)
+        access = await check_access(ctx, "alice", "pump-7", Protocol.SSH)
+        assert access.decision.detail == "your technician account is disabled"
+        assert (await Directory(ctx, "t").technician("alice")).state == "disabled"
+    finally:
+        await ctx.close()

@@ -22,16 +22,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlmodel import select
 
-from broker.demo.shell import DeviceIdentity, DeviceState, seed_root
+from broker.demo.device_state import DeviceIdentity, DeviceState, seed_root
 from broker.demo.web import device_web_app
 from broker.errors import Refused
 from broker.recording.har import read_har
 from broker.revocation.registry import LiveSessions
+from broker.services.device_web import WebOptions, configure
 from broker.services.grants import Grants
+from broker.services.web_signin import create_signin
 from broker.store.models import AuditEvent
 from broker.testing import FakeClock
-from broker.webproxy.settings import WebOptions, configure
-from broker.webproxy.signin import create_signin
 from tests.unit.webproxy_kit import PASSWORD, add_grant, recording_app, sign_in, upstream
 from tests.web_kit import device_origin
 

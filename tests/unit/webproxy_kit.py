@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from broker.services.context import Context
+from broker.services.device_web import WebOptions, configure
 from broker.services.directory import Directory
+from broker.services.web_signin import create_signin
 from broker.store.models import Device, Grant
-from broker.webproxy.settings import WebOptions, configure
-from broker.webproxy.signin import create_signin
 
 PASSWORD = "s3cret-device-pw"
 

@@ -43,6 +43,7 @@ from broker.domain.grants import WARN_MINUTES_BEFORE_END
 from broker.domain.requests import RequestState
 from broker.errors import BrokerError
 from broker.services.context import Context
+from broker.services.groups import group_source
 from broker.store.models import AccessRequest, AuditEvent, Grant, Notification, NotificationCursor
 
 log = structlog.get_logger("broker.notify")
@@ -105,7 +106,8 @@ class Notifier:
                                     .order_by(col(AuditEvent.seq)).limit(BATCH))).all()
             now = self.ctx.now()
             for event in events:
-                for delivery in await plan(db, event, self.settings, policies, public_url):
+                for delivery in await plan(db, event, self.settings, policies, public_url,
+                                           group_source(self.ctx)):
                     db.add(Notification(
                         event_seq=event.seq, kind=event.kind, channel=delivery.channel,
                         recipient=delivery.recipient, next_attempt_at=now, created_at=now,

@@ -2,8 +2,11 @@
 
 Every kind in :data:`WEBHOOK_KINDS` goes to the webhook; the e-mail audiences are:
 ``request.created`` each approver who may decide it, with their personal link;
-``grant.breakglass`` every approver; decisions and grant changes the requesting technician
-(when they have an e-mail address).
+``grant.breakglass``, ``command.alert`` and ``session.supervision_wanted`` every approver;
+decisions and grant changes the requesting technician (when they have an e-mail address);
+the vendor lifecycle (a vendor disabled, its contract ending or ended, a technician expired or
+disabled for inactivity) the vendor's contact, the technician(s) and, for vendor-wide events,
+every approver (:mod:`broker.approvals.notify.lifecycle` says why).
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.approvals.notify.lifecycle import LIFECYCLE_MAIL, Concerned, concerned, facts_of
+from broker.approvals.notify.lifecycle import recipients as lifecycle_recipients
 from broker.config import NotifySection
 from broker.domain.policy import Policy
 from broker.errors import BrokerError
+from broker.services.groups import GroupSource, GroupsUnavailable
 from broker.services.requests import eligibility_refusal
 from broker.store.models import AccessRequest, Approver, AuditEvent, Device, Grant, Technician
 
@@ -29,12 +35,19 @@ TECHNICIAN_MAIL = frozenset({
     "request.cancelled", "grant.activated", "grant.ending_soon", "grant.expired",
     "grant.revoked"})
 APPROVER_LINK_MAIL = frozenset({"request.created"})
-EVERY_APPROVER_MAIL = frozenset({"grant.breakglass"})
-WEBHOOK_KINDS = TECHNICIAN_MAIL | APPROVER_LINK_MAIL | EVERY_APPROVER_MAIL | frozenset({
+# a command alert rule matched; a session (or command) waits for a supervisor to join; a
+# device's firmware changed under a session
+EVERY_APPROVER_MAIL = frozenset({"grant.breakglass", "command.alert",
+                                 "session.supervision_wanted", "device.firmware_changed"})
+# events whose subject is a device's name (the device rides along in the facts)
+DEVICE_SUBJECT = frozenset({"device.firmware_changed", "device.firmware_accepted",
+                            "device.probe_failed"})
+MAILED = TECHNICIAN_MAIL | APPROVER_LINK_MAIL | EVERY_APPROVER_MAIL | LIFECYCLE_MAIL
+WEBHOOK_KINDS = MAILED | frozenset({
     "grant.created", "device.rotation_failed", "session.kill_requested",
-    # the vendor lifecycle: webhook only (no e-mail template; the subject is a name)
-    "vendor.disabled", "vendor.contract_ended", "technician.expired",
-    "technician.inactive_disabled"})
+    "device.firmware_accepted", "device.probe_failed",
+    # self-service onboarding: someone waits for an admin's approval, and the outcome
+    "technician.pending", "technician.approved", "technician.rejected"})
 
 
 @dataclass(frozen=True)
@@ -45,12 +58,16 @@ class Delivery:
 
 
 async def plan(db: AsyncSession, event: AuditEvent, settings: NotifySection,
-               policies: list[Policy], public_url: str) -> list[Delivery]:
-    """The deliveries one audit event calls for under the current settings."""
+               policies: list[Policy], public_url: str, groups: GroupSource | None = None
+               ) -> list[Delivery]:
+    """The deliveries one audit event calls for under the current settings. ``groups`` says
+    who is in which approver group (the database's by default); when it cannot tell (the
+    directory is down) GroupsUnavailable goes up, and the round is planned again later."""
     if event.kind not in WEBHOOK_KINDS:
         return []
     facts = await describe(db, event, public_url)
     tech, device = facts.pop("_technician"), facts.pop("_device")
+    found: Concerned = facts.pop("_concerned")
     deliveries: list[Delivery] = []
     if settings.webhook_url:
         deliveries.append(Delivery(WEBHOOK, settings.webhook_url, facts))
@@ -59,7 +76,10 @@ async def plan(db: AsyncSession, event: AuditEvent, settings: NotifySection,
     if event.kind in APPROVER_LINK_MAIL and tech is not None and device is not None:
         for approver in await _approvers(db):
             try:
-                refusal = await eligibility_refusal(db, tech, approver, policies, device)
+                refusal = await eligibility_refusal(db, tech, approver, policies, device,
+                                                    groups)
+            except GroupsUnavailable:
+                raise
             except BrokerError:
                 refusal = "no policy applies"
             if refusal is None:
@@ -67,6 +87,10 @@ async def plan(db: AsyncSession, event: AuditEvent, settings: NotifySection,
                                         link_for=approver.name))
     elif event.kind in EVERY_APPROVER_MAIL:
         deliveries.extend(_mail(event, a.email, a.name, facts) for a in await _approvers(db))
+    elif event.kind in LIFECYCLE_MAIL:
+        for one in lifecycle_recipients(event.kind, found, await _approvers(db)):
+            deliveries.append(_mail(event, one.address, one.name,
+                                    {**facts, "audience": one.role}))
     elif event.kind in TECHNICIAN_MAIL and tech is not None and tech.email:
         completed = event.kind == "request.approval" and facts["request"]["state"] != "pending"
         if not completed:  # the last approval: the request.approved mail says it all
@@ -86,8 +110,10 @@ async def _approvers(db: AsyncSession) -> list[Approver]:
 
 
 async def describe(db: AsyncSession, event: AuditEvent, public_url: str) -> dict[str, Any]:
-    """The event plus the request, grant, technician and device it concerns (JSON-ready;
-    the rows themselves ride along under ``_technician``/``_device`` for the planner)."""
+    """The event plus the request, grant, technician, device and vendor it concerns
+    (JSON-ready; the rows themselves ride along under ``_technician``/``_device``/
+    ``_concerned`` for the planner). A subject that is a name (a device's, a vendor's, a
+    technician's) is only looked up, by exact match, in the table its event kind says."""
     facts: dict[str, Any] = {
         "event": {"seq": event.seq, "kind": event.kind, "ts": event.ts.isoformat(),
                   "actor": event.actor, "subject": event.subject,
@@ -108,6 +134,8 @@ async def describe(db: AsyncSession, event: AuditEvent, public_url: str) -> dict
     owner = request or grant
     tech = await db.get(Technician, owner.technician_id) if owner else None
     device = await db.get(Device, owner.device_id) if owner else None
+    if event.kind in DEVICE_SUBJECT and event.subject:
+        device = (await db.exec(select(Device).where(Device.name == event.subject))).first()
     if request is not None:
         facts["request"] = {"id": request.id, "state": request.state, "reason": request.reason,
                             "duration_s": request.duration_s, "protocols": request.protocols,
@@ -123,5 +151,7 @@ async def describe(db: AsyncSession, event: AuditEvent, public_url: str) -> dict
         facts["device"] = {"name": device.name, "model": device.model,
                            "firmware": device.firmware, "department": device.department,
                            "purpose": device.purpose, "state": device.state}
-    facts["_technician"], facts["_device"] = tech, device
+    found = await concerned(db, event)
+    facts.update(facts_of(found))
+    facts["_technician"], facts["_device"], facts["_concerned"] = tech, device, found
     return facts

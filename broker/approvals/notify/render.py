@@ -13,6 +13,7 @@ import jinja2
 
 from broker.domain.durations import format_duration
 from broker.domain.text import visible
+from broker.domain.vendors import shown_end
 
 SHIPPED = Path(__file__).with_name("templates")
 
@@ -33,6 +34,8 @@ def environment(custom_dir: Path | None) -> jinja2.Environment:
                              finalize=shown)
     env.filters["duration"] = lambda seconds: format_duration(timedelta(seconds=int(seconds)))
     env.filters["when"] = lambda iso: datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
+    # a contract end or expiry as the admin wrote it ("2026-12-31": through that day)
+    env.filters["through"] = lambda iso: shown_end(datetime.fromisoformat(iso))
     return env
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel.ext.asyncio.session import AsyncSession
-
-from broker.cli import _render as render
 from broker.errors import NotFound, Refused
 from broker.http.api.framework import Call, page
 from broker.http.api.schemas import (
@@ -22,6 +19,8 @@ from broker.http.api.schemas import (
     RevokeIn,
 )
 from broker.http.errors import BadInput
+from broker.services import render
+from broker.services.context import Transaction
 from broker.services.directory import Directory
 from broker.services.grants import Grants
 from broker.services.requests import Requests
@@ -62,7 +61,7 @@ async def _decide(call: Call[IdPath, Any, DecisionIn], approve: bool) -> Decisio
                       "tokens decide")
     comment = call.body.comment if call.body is not None else None
 
-    async def token_used(db: AsyncSession) -> None:
+    async def token_used(db: Transaction) -> None:
         # Which token decided, in the decision's own transaction (the service's events name
         # the approver the token is bound to, with via=api).
         await call.ctx.audit(db, "api.decision", call.caller.actor, f"request:{call.path.id}",

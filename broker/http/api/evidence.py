@@ -6,11 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import col, select
-
 from broker.audit import checks
 from broker.audit.export import as_dict
-from broker.cli import _render as render
 from broker.errors import Conflict, NotFound
 from broker.http.api.framework import Call, page
 from broker.http.api.schemas import (
@@ -24,12 +21,14 @@ from broker.http.api.schemas import (
 )
 from broker.http.errors import BadInput
 from broker.recording import SIGNATURE_FILE, RecordingError, SessionInfo, iter_sessions
-from broker.recording.manifest import signer_for, verify_session
+from broker.recording.manifest import signer_for
 from broker.recording.retention import read_holds
+from broker.recording.verify import verify_session
+from broker.services import render
+from broker.services.audit_log import audit_after
 from broker.services.context import Context
 from broker.services.evidence import session_records
 from broker.services.requests import Requests
-from broker.store.models import AuditEvent
 
 
 def _grant(value: object) -> int | None:
@@ -120,14 +119,7 @@ async def verify_recording(call: Call[SessionPath, Any, Any]) -> RecordingVerify
 async def list_audit(call: Call[Any, AuditQuery, Any]) -> AuditList:
     """Audit rows in chain order; ``kind`` ending in '.' is a prefix (``grant.``)."""
     q = call.query
-    query = select(AuditEvent).where(AuditEvent.seq > (q.after or 0))
-    if q.since is not None:
-        query = query.where(AuditEvent.ts >= q.since)
-    if q.kind is not None:
-        query = query.where(col(AuditEvent.kind).startswith(q.kind, autoescape=True)
-                            if q.kind.endswith(".") else AuditEvent.kind == q.kind)
-    async with call.ctx.store.session() as db:
-        rows = (await db.exec(query.order_by(col(AuditEvent.seq)).limit(q.limit + 1))).all()
+    rows = await audit_after(call.ctx, q.after or 0, q.limit + 1, since=q.since, kind=q.kind)
     items, cursor = page([as_dict(r) for r in rows], q.limit, lambda d: d["seq"])
     return AuditList.model_validate({"items": items, "next": cursor})
 

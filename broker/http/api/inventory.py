@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.cli import _render as render
 from broker.http.api.framework import Call, page
 from broker.http.api.schemas import (
     DeviceList,
@@ -16,6 +15,7 @@ from broker.http.api.schemas import (
     SessionPath,
 )
 from broker.http.errors import BadInput
+from broker.services import render
 from broker.services.directory import Directory
 from broker.services.sessions import (
     LiveSessionView,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.http.api import access, evidence, inventory
+from broker.http.api import access, evidence, inventory, vendors
 from broker.http.api import schemas as s
 from broker.http.api.framework import Operation
 from broker.services.api_tokens import Role
@@ -67,6 +67,32 @@ OPERATIONS: tuple[Operation, ...] = (
               "Check a session's signed manifest (ok, or exactly what was altered)",
               "recordings", READERS, evidence.verify_recording, s.RecordingVerify,
               path_params=s.SessionPath, errors=(404, 409)),
+    # -- vendors and technicians' self-service onboarding
+    Operation("GET", "/vendors", "listVendors",
+              "Vendors with contract state, technicians and those waiting for approval",
+              "vendors", READERS, vendors.list_vendors, s.VendorList),
+    Operation("GET", "/vendors/{name}", "getVendor", "One vendor", "vendors", READERS,
+              vendors.show_vendor, s.VendorOut, path_params=s.VendorPath, errors=(404,)),
+    Operation("POST", "/vendors/{name}/invitations", "createInvitation",
+              "E-mail a technician a single-use onboarding link (the link is never returned)",
+              "vendors", ADMIN, vendors.create_invitation, s.InvitationOut, status=201,
+              path_params=s.VendorPath, body=s.InvitationCreate, body_required=True,
+              errors=(404, 409)),
+    Operation("GET", "/invitations", "listInvitations", "Invitations, oldest first", "vendors",
+              READERS, vendors.list_invitations, s.InvitationList, query=s.InvitationQuery,
+              errors=(404,)),
+    Operation("POST", "/invitations/{id}/withdraw", "withdrawInvitation",
+              "Take back an invitation whose link was not used yet (the link stops working)",
+              "vendors", ADMIN, vendors.withdraw_invitation, s.InvitationOut,
+              path_params=s.InvitationPath, errors=(404, 409)),
+    Operation("POST", "/technicians/{name}/approve", "approveTechnician",
+              "Approve a technician who enrolled by invitation (enables it)", "vendors",
+              ADMIN, vendors.approve_technician, s.InvitationOut, path_params=s.NamePath,
+              errors=(404, 409)),
+    Operation("POST", "/technicians/{name}/reject", "rejectTechnician",
+              "Reject a technician who enrolled by invitation (it stays disabled)", "vendors",
+              ADMIN, vendors.reject_technician, s.InvitationOut, path_params=s.NamePath,
+              errors=(404, 409)),
     # -- audit
     Operation("GET", "/audit", "listAudit", "Audit events in chain order", "audit", READERS,
               evidence.list_audit, s.AuditList, query=s.AuditQuery),

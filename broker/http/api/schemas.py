@@ -246,6 +246,14 @@ class DeviceOut(_Out):
     rotate: bool
     host_key_pinned: bool
     created_at: datetime
+    probe: str | None = Field(description="the read-only firmware probe run before and after"
+                                          " each session (null: none)")
+    firmware_observed: str | None = Field(description="what the probe last reported, when it"
+                                                      " differs from the firmware baseline and"
+                                                      " no admin accepted it yet")
+    firmware_observed_at: datetime | None
+    firmware_drift: bool = Field(description="true while firmware_observed waits for"
+                                             " acceptance")
 
 
 class DeviceList(_Out):
@@ -329,3 +337,72 @@ class AuditVerify(_Out):
     ok: bool
     rows: int
     problems: list[ChainProblemOut]
+
+
+# -- vendors and invitations (issue 20) -------------------------------------------------------
+VendorName = Annotated[str, Field(min_length=1, max_length=200)]
+Email = Annotated[str, Field(min_length=3, max_length=320)]
+DurationText = Annotated[str, Field(min_length=2, max_length=10, pattern=r"^[0-9]+[smhd]$")]
+
+
+class VendorPath(_Query):
+    name: VendorName
+
+
+class InvitationQuery(_Query):
+    vendor: VendorName | None = None
+    state: Annotated[str, Field(
+        pattern=r"^(open|expired|pending|approved|rejected|withdrawn)$")] | None = None
+
+
+class InvitationPath(_Query):
+    id: Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class InvitationCreate(_In):
+    email: Email
+    name: Name | None = None
+    expires: DurationText = "7d"
+
+
+class VendorTechnician(_Out):
+    name: str
+    email: str | None
+    state: str  # enabled, disabled, expired, vendor-disabled, contract-ended, pending, rejected
+    last_login_at: datetime | None
+    expires_at: datetime | None
+
+
+class VendorOut(_Out):
+    id: int
+    name: str
+    domains: list[str]
+    contact: str | None
+    contract_end: datetime | None
+    contract_state: str  # active, ending soon, ended, disabled
+    disabled: bool
+    technicians: list[VendorTechnician]
+    pending: list[str]  # technicians waiting for approval
+
+
+class VendorList(_Out):
+    items: list[VendorOut]
+
+
+class InvitationOut(_Out):
+    id: int
+    vendor: str
+    email: str
+    name: str | None
+    state: str  # open, expired, pending, approved, rejected, withdrawn
+    technician: str | None
+    expires_at: datetime
+    created_by: str
+    created_at: datetime
+    used_at: datetime | None
+    decided_by: str | None
+    decided_at: datetime | None
+
+
+class InvitationList(_Out):
+    items: list[InvitationOut]

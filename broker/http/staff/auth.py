@@ -22,10 +22,11 @@ from broker import metrics
 from broker.http.keys import CONTEXT, REFUSALS
 from broker.http.ratelimit import RateLimit
 from broker.http.security import csrf_ok, csrf_token
-from broker.http.staff import logins
-from broker.http.staff.accounts import check_password, check_totp, may
-from broker.http.staff.logins import SignedIn
+from broker.services import staff_logins as logins
 from broker.services.context import Context
+from broker.services.staff_accounts import check_password, check_totp, may
+from broker.services.staff_logins import SignedIn
+from broker.services.staff_roles import RoleRefused, apply_directory_role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -150,9 +151,8 @@ async def _audit(request: web.Request, kind: str, name: str, **data: object) -> 
     if kind == "staff.login_failed":
         metrics.AUTH_FAILURES.labels("staff").inc()
     ctx = _context(request)
-    async with ctx.store.session() as db:
-        await ctx.audit(db, kind, f"staff:{name[:63]}", f"staff:{name[:63]}",
-                        address=_address(request), **data)
+    await ctx.audit_alone(kind, f"staff:{name[:63]}", f"staff:{name[:63]}",
+                          address=_address(request), **data)
 
 
 # -- the password step ------------------------------------------------------------------
@@ -202,7 +202,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if result.user is None:
         await _audit(request, "staff.login_failed", name, reason=result.reason, step="password")
         return _login_form(request, target, GENERIC_FAILURE, 401)
-    user = result.user
+    try:  # [ldap.roles]: the directory says which role the account has now
+        user = await apply_directory_role(ctx, result.user)
+    except RoleRefused as exc:
+        await _audit(request, "staff.login_failed", name, reason=str(exc), step="directory")
+        return _login_form(request, target, GENERIC_FAILURE, 401)
     mfa = user.totp_secret is not None
     await logins.purge_expired(ctx)
     token = await logins.start(ctx, user, _address(request), mfa_pending=mfa)

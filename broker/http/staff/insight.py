@@ -12,6 +12,7 @@ from aiohttp import web
 from broker.http.charts import activity_chart, grant_timeline
 from broker.http.keys import CONTEXT
 from broker.http.staff.auth import requires
+from broker.http.staff.firmware import firmware_card
 from broker.http.staff.render import render
 from broker.services.activity import HISTORY_DAYS, activity, device_history
 
@@ -32,7 +33,8 @@ async def device_page(request: web.Request) -> web.StreamResponse:
     timeline = grant_timeline(history.grants, now - timedelta(days=HISTORY_DAYS),
                               max([now, *(g.ends_at for g in history.grants)]), zone)
     return render(request, "device.html", {"history": history, "current": history.current,
-                                           "timeline": timeline, "days": HISTORY_DAYS})
+                                           "timeline": timeline, "days": HISTORY_DAYS,
+                                           **await firmware_card(request, history.device.name)})
 
 
 def setup(app: web.Application) -> None:

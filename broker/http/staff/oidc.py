@@ -15,7 +15,7 @@ The authorization code flow with PKCE (S256), ``state`` and ``nonce``:
 3. The groups claim (or ``role_claim``) maps to a broker role at **every** sign-in: a group
    removed at the IdP loses its role at the next sign-in, and no mapped group is refused (and
    the account's open sessions end). The staff session afterwards is the same server-side
-   session as a local login (:mod:`broker.http.staff.logins`), marked ``via='oidc'``.
+   session as a local login (:mod:`broker.services.staff_logins`), marked ``via='oidc'``.
 
 Approvers: an OIDC user with the approver role decides as the registered approver whose
 e-mail equals the ID token's verified ``email`` claim (case-insensitive); none → refused.
@@ -35,9 +35,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -49,15 +47,21 @@ import aiohttp
 import aiohttp_jinja2
 import jwt
 from aiohttp import web
-from sqlmodel import col, delete, select
 
 from broker.config import OIDCSection
 from broker.http.keys import CONTEXT, REFUSALS
-from broker.http.staff import auth, logins
+from broker.http.staff import auth
+from broker.services import staff_logins as logins
 from broker.services.context import Context
-from broker.store.models import Approver, OIDCLogin, StaffSession, StaffUser
+from broker.services.staff_sso import (
+    LOGIN_TTL,
+    Refused,
+    account_for,
+    begin_login,
+    signed_in,
+    spend_login,
+)
 
-LOGIN_TTL = timedelta(minutes=10)  # from the redirect to the IdP to the callback
 METADATA_TTL = 3600.0  # seconds the discovery document is kept
 JWKS_REFETCH_EVERY = 30.0  # at most one JWKS refetch (for an unknown kid) this often
 MAX_IAT_AGE = timedelta(minutes=10)
@@ -65,30 +69,11 @@ LEEWAY = 60  # seconds of clock skew accepted on exp / iat
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
                         "ES512", "EdDSA"})
-ROLE_ORDER = ("admin", "auditor", "approver")  # the highest mapped role wins
 OIDC_COOKIE = "broker_oidc"
-NO_PASSWORD = "!oidc: signs in with the identity provider only"  # never a valid Argon2 hash
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class Refused(Exception):
-    """A sign-in the broker will not complete: ``reason`` for the audit log, ``status`` and
-    ``message`` for the visitor."""
-
-    def __init__(self, reason: str, status: int = 403, message: str | None = None,
-                 actor: str = "anonymous", **data: object) -> None:
-        super().__init__(reason)
-        self.reason, self.status, self.actor, self.data = reason, status, actor, data
-        self.message = message or ("The sign-in could not be completed. Please start again "
-                                   "from the sign-in page.")
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _sha(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -268,111 +253,6 @@ def redirect_url(ctx: Context) -> str:
         settings.broker.public_url.rstrip("/") + "/staff/oidc/callback"
 
 
-# -- mapping claims to a role and an account --------------------------------------------
-
-
-def role_for(settings: OIDCSection, claims: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """The broker role the claims give (the highest mapped), and the groups seen."""
-    raw = claims.get(settings.group_claim, [])
-    groups = [raw] if isinstance(raw, str) else [str(g) for g in raw] \
-        if isinstance(raw, list) else []
-    found = {role for role, names in settings.roles.items() if set(names) & set(groups)}
-    if settings.role_claim:
-        named = claims.get(settings.role_claim)
-        for value in [named] if isinstance(named, str) else named or []:
-            if value in ROLE_ORDER:
-                found.add(str(value))
-    return next((role for role in ROLE_ORDER if role in found), None), groups
-
-
-def staff_name(settings: OIDCSection, claims: dict[str, Any]) -> str:
-    raw = str(claims.get(settings.username_claim) or claims.get("email") or claims["sub"])
-    name = _NAME_CHARS.sub("-", raw).strip("-._")[:63]
-    return name or _sha(str(claims["sub"]))[:20]
-
-
-async def _approver_for(ctx: Context, claims: dict[str, Any]) -> str | None:
-    email = claims.get("email")
-    if not isinstance(email, str) or claims.get("email_verified") is False:
-        return None
-    async with ctx.store.session() as db:
-        for approver in (await db.exec(select(Approver).where(
-                col(Approver.disabled).is_(False)))).all():
-            if approver.email.strip().lower() == email.strip().lower():
-                return approver.name
-    return None
-
-
-def _check_role(settings: OIDCSection, claims: dict[str, Any], role: str | None,
-                groups: list[str], actor: str, approver: str | None) -> str | None:
-    """The approver this role decides as; Refused when the claims give no usable role."""
-    if role is None:
-        if settings.group_claim in (claims.get("_claim_names") or {}):
-            # Entra ID's "overage": too many groups for the token, only a link to them
-            raise Refused("groups overage", 403, (
-                "You belong to too many groups for the identity provider to list them in the "
-                "sign-in token. Ask your administrator to limit the groups claim to the "
-                "broker's groups (or to use app roles)."), actor=actor)
-        raise Refused("no mapped group", 403, (
-            "You signed in, but none of your groups gives access to the broker. Ask your "
-            "administrator to add you to one of the broker's groups."),
-            actor=actor, groups=groups[:20])
-    if role == "approver" and approver is None:
-        raise Refused("no approver with this e-mail", 403, (
-            "Your account maps to the approver role, but no registered approver has your "
-            "e-mail address. Ask your administrator to register you as an approver."),
-            actor=actor, email=str(claims.get("email", ""))[:320])
-    return approver
-
-
-async def account_for(ctx: Context, settings: OIDCSection, claims: dict[str, Any]
-                      ) -> StaffUser:
-    """The staff account of these verified claims, made or updated (role, approver) now."""
-    subject = str(claims["sub"])[:255]
-    name = staff_name(settings, claims)
-    role, groups = role_for(settings, claims)
-    actor = f"staff:{name}"
-    try:
-        approver = _check_role(settings, claims, role, groups, actor,
-                               await _approver_for(ctx, claims))
-    except Refused:
-        # The IdP no longer gives this person a usable role: end what is still open.
-        async with ctx.store.session() as db:
-            user = (await db.exec(select(StaffUser).where(
-                StaffUser.oidc_subject == subject))).first()
-            if user is not None:
-                await db.exec(delete(StaffSession).where(col(StaffSession.user_id) == user.id))
-        raise
-    assert role is not None  # _check_role refused otherwise
-    async with ctx.store.session() as db:
-        user = (await db.exec(select(StaffUser).where(
-            StaffUser.oidc_subject == subject))).first()
-        if user is None:
-            taken = (await db.exec(select(StaffUser).where(StaffUser.name == name))).first()
-            if taken is not None:
-                raise Refused("name taken by another account", 403, (
-                    f"A broker account named {name!r} already exists. Ask your administrator "
-                    "to rename or remove it."), actor=actor)
-            user = StaffUser(name=name, role=role, password_hash=NO_PASSWORD,
-                             approver_name=approver, oidc_subject=subject,
-                             created_at=ctx.now())
-            db.add(user)
-            await ctx.audit(db, "staff.added", "oidc", f"staff:{name}", role=role,
-                            approver=approver, via="oidc")
-        else:
-            if user.disabled:
-                raise Refused("account disabled", 403, (
-                    "This account is disabled in the broker."), actor=f"staff:{user.name}")
-            if (user.role, user.approver_name) != (role, approver):
-                await ctx.audit(db, "staff.role_changed", "oidc", f"staff:{user.name}",
-                                old=user.role, new=role, approver=approver, groups=groups[:20])
-                user.role, user.approver_name = role, approver
-                db.add(user)
-        await db.flush()
-        await db.refresh(user)
-    return user
-
-
 # -- the routes -------------------------------------------------------------------------
 
 
@@ -412,13 +292,8 @@ async def start(request: web.Request) -> web.StreamResponse:
     state, nonce, verifier = (secrets.token_urlsafe(32), secrets.token_urlsafe(32),
                               secrets.token_urlsafe(64))
     browser = secrets.token_urlsafe(32)
-    now = ctx.now()
-    async with ctx.store.session() as db:
-        await db.exec(delete(OIDCLogin).where(col(OIDCLogin.created_at) < now - LOGIN_TTL))
-        db.add(OIDCLogin(state_hash=_sha(state), browser_hash=_sha(browser), nonce=nonce,
-                         code_verifier=verifier,
-                         next_path=auth.safe_next(request.query.get("next"))[:300],
-                         created_at=now))
+    await begin_login(ctx, state, browser, nonce, verifier,
+                      auth.safe_next(request.query.get("next")))
     query = urlencode({"response_type": "code", "client_id": found.settings.client_id,
                        "redirect_uri": found.redirect_url, "scope": found.settings.scopes,
                        "state": state, "nonce": nonce,
@@ -441,26 +316,11 @@ async def callback(request: web.Request) -> web.StreamResponse:
         return await _refuse(request, refused)
 
 
-async def _spend(ctx: Context, state: str, browser: str) -> OIDCLogin:
-    """The sign-in this ``state`` started, deleted (one use), checked against the browser."""
-    async with ctx.store.session() as db:
-        login = await db.get(OIDCLogin, _sha(state)) if state and len(state) <= 200 else None
-        if login is None:
-            raise Refused("state unknown or already used" if state else "state missing", 400)
-        await db.delete(login)
-    if not browser or not hmac.compare_digest(_sha(browser), login.browser_hash):
-        raise Refused("state from another browser", 400)
-    if ctx.now() - login.created_at > LOGIN_TTL:
-        raise Refused("sign-in took too long", 400, "The sign-in took too long. Please start "
-                      "again from the sign-in page.")
-    return login
-
-
 async def _callback(request: web.Request, found: Provider) -> web.StreamResponse:
     ctx: Context = request.app[CONTEXT]
     query = request.query
     browser = request.cookies.get(auth.cookie_name(request, OIDC_COOKIE), "")
-    login = await _spend(ctx, query.get("state", ""), browser)
+    login = await spend_login(ctx, query.get("state", ""), browser)
     if "error" in query:
         raise Refused(f"provider error: {query['error'][:100]}", 403,
                       f"{found.name} did not sign you in ({query['error'][:100]}).")
@@ -472,11 +332,7 @@ async def _callback(request: web.Request, found: Provider) -> web.StreamResponse
     user = await account_for(ctx, found.settings, claims)
     await logins.purge_expired(ctx)
     session = await logins.start(ctx, user, request.remote, via="oidc")
-    async with ctx.store.session() as db:
-        await ctx.audit(db, "staff.login_succeeded", f"staff:{user.name}",
-                        f"staff:{user.name}", address=request.remote or "unknown",
-                        role=user.role, via="oidc", mfa=None,
-                        amr=json.dumps(claims.get("amr"))[:100])
+    await signed_in(ctx, user, request.remote, claims)
     # A page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain
     # that began at the IdP is cross-site, so the browser would not send it on the next hop.
     response = aiohttp_jinja2.render_template(

@@ -15,26 +15,28 @@ from broker.domain.durations import DurationError, parse_duration
 from broker.errors import NotFound, Refused
 from broker.http.errors import BadInput
 from broker.http.keys import CONTEXT
-from broker.http.staff.accounts import may
 from broker.http.staff.auth import redirect, refused, requires, signed_in
 from broker.http.staff.insight import chart_for_dashboard
 from broker.http.staff.queries import (
     SESSION_ID,
-    audit_page,
     chain_state,
     recorded_session,
     recorded_sessions,
 )
 from broker.http.staff.render import PAGE_SIZE, number_or_one, page_links, paginate, render
-from broker.recording.manifest import SIGNATURE_FILE, signer_for, verify_session
+from broker.recording.files import TERMINALS, recorded_files
+from broker.recording.manifest import SIGNATURE_FILE, signer_for
 from broker.recording.reader import RecordingError, SessionInfo
 from broker.recording.search import format_offset, search
+from broker.recording.verify import verify_session
 from broker.services import breakglass
+from broker.services.audit_log import audit_page
 from broker.services.context import Context
 from broker.services.directory import Directory
 from broker.services.grants import Grants
 from broker.services.requests import Requests
 from broker.services.sessions import kill_session, live_session_views
+from broker.services.staff_accounts import may
 
 REQUEST_STATES = ("pending", "approved", "denied", "expired", "cancelled")
 GRANT_FILTERS = ("all", "active", "unreviewed")
@@ -290,11 +292,10 @@ async def player_page(request: web.Request) -> web.StreamResponse:
     files = sorted(p.name for p in info.path.iterdir() if p.is_file()
                    and not p.name.startswith("."))
     wanted = request.query.get("file")
-    casts = [name for name in files if name.startswith("term-") and name.endswith(".cast")
-             and (not wanted or name == wanted)]
-    async with ctx.store.session() as db:
-        await ctx.audit(db, "recording.viewed", signed_in(request).actor,
-                        f"session:{info.session_id}")
+    casts = [cast.name for cast in recorded_files(info.path, kinds=TERMINALS)
+             if not wanted or cast.name == wanted]
+    await ctx.audit_alone("recording.viewed", signed_in(request).actor,
+                          f"session:{info.session_id}")
     response = render(request, "player.html", {
         "info": info, "meta": info.metadata, "verdict": verdict, "problems": problems,
         "files": files, "casts": casts, "start_at": start_at})

@@ -1,5 +1,4 @@
-"""What the staff pages read: live sessions with names, the audit log a page at a time and
-the chain's verify state, recorded sessions on disk."""
+"""What the staff pages read: the audit chain's verify state, recorded sessions on disk."""
 
 from __future__ import annotations
 
@@ -7,30 +6,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlmodel import col, func, select
-
 from broker.audit.chain import ChainProblem
 from broker.audit.checks import Finding, check
 from broker.recording.reader import SessionInfo, iter_sessions
 from broker.services.context import Context
-from broker.store.models import AuditEvent
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-async def audit_page(ctx: Context, offset: int, limit: int,
-                     kind: str | None) -> tuple[list[AuditEvent], int]:
-    """Audit rows newest first, optionally only kinds starting with ``kind``."""
-    async with ctx.store.session() as db:
-        query = select(AuditEvent)
-        count = select(func.count()).select_from(AuditEvent)
-        if kind:
-            query = query.where(col(AuditEvent.kind).startswith(kind, autoescape=True))
-            count = count.where(col(AuditEvent.kind).startswith(kind, autoescape=True))
-        total = (await db.exec(count)).one()
-        rows = (await db.exec(query.order_by(col(AuditEvent.seq).desc())
-                              .offset(offset).limit(limit))).all()
-    return list(rows), int(total)
 
 
 @dataclass(frozen=True)

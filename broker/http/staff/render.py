@@ -13,16 +13,17 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from broker.http.errors import BadInput
-from broker.http.staff.accounts import may
 from broker.http.staff.auth import csrf_for, signed_in
+from broker.services.staff_accounts import may
 
 T = TypeVar("T")
 PAGE_SIZE = 50
 MENU = (("dashboard", "/staff/", "Dashboard"), ("requests", "/staff/requests", "Requests"),
         ("grants", "/staff/grants", "Grants"), ("review", "/staff/breakglass", "Break-glass"),
         ("sessions", "/staff/sessions", "Live sessions"),
+        ("supervise", "/staff/supervise", "Supervise"),
         ("recordings", "/staff/recordings", "Recordings"), ("audit", "/staff/audit", "Audit log"),
-        ("devices", "/staff/devices", "Devices"))
+        ("devices", "/staff/devices", "Devices"), ("vendors", "/staff/vendors", "Vendors"))
 
 
 def render(request: web.Request, template: str, data: Mapping[str, Any],

@@ -24,6 +24,7 @@ from broker.http.staff.auth import requires, signed_in
 from broker.http.staff.pages import player_csp
 from broker.http.staff.queries import SESSION_ID
 from broker.http.staff.render import render
+from broker.recording.files import TERMINALS, recorded_files
 from broker.services.context import Context
 from broker.services.sessions import session_view
 from broker.store.models import Session
@@ -45,9 +46,7 @@ class CastTail:
         self._partial = b""
 
     def _newest(self) -> Path | None:
-        if not self.directory.is_dir():
-            return None
-        casts = [p for p in self.directory.glob("term-*.cast") if p.is_file()]
+        casts = [cast.path for cast in recorded_files(self.directory, kinds=TERMINALS)]
         return max(casts, key=lambda p: (p.stat().st_mtime, p.name), default=None)
 
     def poll(self) -> list[dict[str, Any] | list[Any]]:
@@ -149,9 +148,17 @@ async def watch_stream(request: web.Request) -> web.StreamResponse:
     ctx = _ctx(request)
     if not session.recording or not SESSION_ID.fullmatch(session.recording):
         raise NotFound(f"session {session.id} has no recording to watch")
+    await ctx.audit_alone("session.watched", signed_in(request).actor, f"session:{session.id}")
+    return await stream_cast(request, session)
+
+
+async def stream_cast(request: web.Request, session: Session,
+                      keepalive: float = KEEPALIVE_SECONDS) -> web.StreamResponse:
+    """The session's terminal as Server-Sent Events until it ends or the viewer goes away
+    (noticed at the next write: ``keepalive`` bounds how long that takes)."""
+    ctx = _ctx(request)
+    assert session.recording is not None
     tail = CastTail(ctx.config.recordings_dir / session.recording)
-    async with ctx.store.session() as db:
-        await ctx.audit(db, "session.watched", signed_in(request).actor, f"session:{session.id}")
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-store",
         "X-Content-Type-Options": "nosniff", "X-Accel-Buffering": "no"})
@@ -165,7 +172,7 @@ async def watch_stream(request: web.Request) -> web.StreamResponse:
             now = time.monotonic()
             if messages:
                 quiet_since = now
-            elif now - quiet_since >= KEEPALIVE_SECONDS:
+            elif now - quiet_since >= keepalive:
                 await response.write(b": keep-alive\n\n")
                 quiet_since = now
             if not messages and not live:

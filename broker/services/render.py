@@ -1,4 +1,4 @@
-"""Objects as the dictionaries ``--json`` prints (and the human views read from)."""
+"""Objects as the dictionaries ``--json`` and the API print (and the CLI's human views read)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from broker.store.models import Approver, Device
 def technician(view: TechnicianView) -> dict[str, Any]:
     t = view.technician
     return {"id": t.id, "name": t.name, "vendor": t.vendor, "email": t.email,
-            "disabled": t.disabled, "totp": t.totp_secret is not None,
+            "disabled": t.disabled, "state": view.state, "totp": t.totp_secret is not None,
             "created_at": t.created_at, "expires_at": t.expires_at,
             "last_login_at": t.last_login_at,
             "keys": [{"fingerprint": k.fingerprint, "comment": k.comment} for k in view.keys]}
@@ -33,7 +33,11 @@ def device(row: Device) -> dict[str, Any]:
             "tags": row.tags, "state": row.state, "rotate": row.rotate,
             "host_key_pinned": row.host_key is not None, "created_at": row.created_at,
             "rotate_method": row.rotate_method, "rotation_due_at": row.rotation_due_at,
-            "rotation_attempts": row.rotation_attempts, "rotated_at": row.rotated_at}
+            "rotation_attempts": row.rotation_attempts, "rotated_at": row.rotated_at,
+            "probe": row.probe, "firmware_observed": row.firmware_observed,
+            "firmware_observed_at": row.firmware_observed_at,
+            "firmware_observed_session": row.firmware_observed_session,
+            "firmware_drift": row.firmware_observed is not None}
 
 
 def request(view: RequestView) -> dict[str, Any]:

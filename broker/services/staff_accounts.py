@@ -7,7 +7,12 @@ Roles and what each may do (checked on every route, see :data:`PERMISSIONS`):
 * ``auditor``: read everything (requests, grants, devices, the audit log), recordings and
   the player, live sessions with Watch, and Kill (security staff must be able to stop a
   session they are watching).
-* ``admin``: everything, including Revoke and opening break-glass grants.
+* ``admin``: everything, including Revoke, opening break-glass grants and accepting a
+  device's new firmware baseline.
+
+Every role may ``supervise`` a live SSH session (watch it, pause or resume the technician's
+input, end it: :mod:`broker.http.staff.supervise`), which sessions under a policy's
+``supervision: required`` need before they go on.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from broker.store.models import Approver, StaffSession, StaffUser
 
 ROLES = ("approver", "auditor", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "approver": frozenset({"dashboard", "requests", "decide", "grants", "review"}),
+    "approver": frozenset({"dashboard", "requests", "decide", "grants", "review",
+                           "supervise"}),
     "auditor": frozenset({"dashboard", "requests", "grants", "sessions", "watch", "kill",
-                          "recordings", "audit", "devices"}),
+                          "recordings", "audit", "devices", "supervise", "vendors"}),
     "admin": frozenset({"dashboard", "requests", "decide", "grants", "review", "sessions",
                         "watch", "kill", "recordings", "audit", "devices", "revoke",
-                        "breakglass"}),
+                        "breakglass", "supervise", "firmware", "vendors", "onboard"}),
 }
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024

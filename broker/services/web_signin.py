@@ -19,10 +19,10 @@ from sqlmodel import col, select, update
 from broker.domain.protocols import Protocol
 from broker.errors import Refused
 from broker.services.context import Context
+from broker.services.device_web import load_target
 from broker.services.grants import check_access
 from broker.services.vendors import note_login
 from broker.store.models import Device, Grant, Technician, WebSession, WebSignin
-from broker.webproxy.settings import load_target
 
 SIGNIN_TTL = timedelta(minutes=5)
 INVALID_LINK = ("this sign-in link is not valid (already used, expired or mistyped); ask for a"
@@ -80,6 +80,14 @@ async def peek(ctx: Context, token: str) -> SigninView | None:
     return SigninView(row, tech, device, grant)
 
 
+async def session_parties(ctx: Context, row: WebSession
+                          ) -> tuple[Technician | None, Device | None, Grant | None]:
+    """Who and what a web session is for, as the database has them now (None: deleted)."""
+    async with ctx.store.session() as db:
+        return (await db.get(Technician, row.technician_id),
+                await db.get(Device, row.device_id), await db.get(Grant, row.grant_id))
+
+
 async def redeem(ctx: Context, token: str, client: str) -> tuple[WebSession, str, SigninView]:
     """Use the link once: a new web session and its cookie value, or Refused."""
     view = await peek(ctx, token)
@@ -112,7 +120,7 @@ async def redeem(ctx: Context, token: str, client: str) -> tuple[WebSession, str
         db.add(session)
         await ctx.audit(db, "web.signin", actor, view.device.name, grant=view.grant.id,
                         web_session=session.id, client=client)
-    await note_login(ctx, view.technician.name)
+        await note_login(ctx, db, view.technician.name)
     return session, cookie, view
 
 

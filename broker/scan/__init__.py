@@ -1,0 +1,1 @@
+"""Malware scanning of uploaded files (ICAP, RFC 3507)."""

@@ -1,0 +1,123 @@
+"""Units of work on SQLite: writes queue in the process for the writer lock (never polling in
+SQLite's busy handler), reads run beside them on connections that cannot write, and a
+failing or nested unit never leaves the queue stuck (bench/opening.py found the polling)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from broker.errors import StoreError
+from broker.store.engine import Store
+from broker.store.models import Vendor
+from tests.pg_kit import PostgresCluster
+
+NOW = datetime(2026, 12, 4, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'broker.db'}")
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+def vendor(name: str) -> Vendor:
+    return Vendor(name=name, domains=[], created_at=NOW)
+
+
+async def names(store: Store) -> set[str]:
+    async with store.reading() as db:
+        return {v.name for v in (await db.exec(select(Vendor))).all()}
+
+
+async def test_a_read_unit_cannot_write(store: Store) -> None:
+    with pytest.raises(StoreError, match="readonly database"):
+        async with store.reading() as db:
+            db.add(vendor("Sneaky"))
+    assert await names(store) == set()
+
+
+async def test_reads_run_beside_a_write_and_see_only_what_is_committed(store: Store) -> None:
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def writer() -> None:
+        async with store.session() as db:
+            db.add(vendor("Acme"))
+            await db.flush()
+            inside.set()
+            await release.wait()
+
+    task = asyncio.ensure_future(writer())
+    await inside.wait()
+    # the writer holds SQLite's writer lock: a read neither waits for it nor sees its row
+    assert await asyncio.wait_for(names(store), 2) == set()
+    release.set()
+    await task
+    assert await names(store) == {"Acme"}
+
+
+async def test_writes_queue_in_order_and_a_failed_one_frees_the_queue(store: Store) -> None:
+    order: list[str] = []
+
+    async def write(name: str, fail: bool = False) -> None:
+        async with store.session() as db:
+            order.append(f"{name} begins")
+            db.add(vendor(name))
+            await asyncio.sleep(0.05)  # others are waiting meanwhile
+            if fail:
+                raise RuntimeError("the unit fails")
+            order.append(f"{name} commits")
+
+    results = await asyncio.gather(write("A"), write("B", fail=True), write("C"),
+                                   return_exceptions=True)
+    assert isinstance(results[1], RuntimeError) and results[0] is None and results[2] is None
+    assert order == ["A begins", "A commits", "B begins", "C begins", "C commits"]
+    assert await names(store) == {"A", "C"}
+
+
+async def test_a_unit_inside_a_unit_does_not_wait_for_itself(store: Store) -> None:
+    async with store.session() as db:
+        db.add(vendor("Outer"))
+        assert await asyncio.wait_for(names(store), 2) == set()  # a read inside a write
+    async with store.session() as db:  # the queue is free again
+        db.add(vendor("Next"))
+    assert await names(store) == {"Outer", "Next"}
+
+
+async def test_a_write_that_cannot_get_its_turn_is_one_store_error(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("broker.store.engine.BUSY_TIMEOUT", 0.2)
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with store.session():
+            inside.set()
+            await release.wait()
+
+    task = asyncio.ensure_future(holder())
+    await inside.wait()
+    try:
+        with pytest.raises(StoreError, match=r"busy for 0\.2 s"):
+            async with store.session():
+                pass
+    finally:
+        release.set()
+        await task
+
+
+async def test_on_postgresql_reading_is_a_plain_unit(postgres: PostgresCluster) -> None:
+    store = Store(postgres.create_database())
+    await store.migrate()
+    try:
+        async with store.session() as db:
+            db.add(vendor("Acme"))
+        assert await names(store) == {"Acme"}
+    finally:
+        await store.close()
