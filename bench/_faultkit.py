@@ -17,6 +17,7 @@ import asyncssh
 
 from bench._kit import Sources, connect
 from bench._typists import Session, Spec
+from broker.aio import within
 from tests.integration.harness import BrokerProcess
 
 sources = Sources(20_000)  # loopback source addresses of the fault scenarios' clients
@@ -45,7 +46,7 @@ class Typist:
                 return
             self.echoed.append((token, time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(until.wait(), every)
+                await within(every, until.wait())
 
     async def watch(self) -> None:
         """When the channel closes (the broker cut it), to the millisecond."""
@@ -77,10 +78,10 @@ async def try_session(port: int, key: Path, timeout: float = 15) -> tuple[bool, 
     """A new session (connect, `true`, exit status): whether it worked, and what was said."""
     client = Banner()
     try:
-        conn = await asyncio.wait_for(connect(port, "tech+dev", key, sources(),
-                                              client_factory=lambda: client), timeout)
+        conn = await within(timeout, connect(port, "tech+dev", key, sources(),
+                                              client_factory=lambda: client))
         async with conn:
-            done = await asyncio.wait_for(conn.run("true"), timeout)
+            done = await within(timeout, conn.run("true"))
         if done.exit_status == 0:
             return True, ""
         return False, (str(done.stderr).strip() or f"exit status {done.exit_status}")[:200]

@@ -30,6 +30,8 @@ from typing import Any
 
 import asyncssh
 
+from broker.aio import within
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._kit import Sources, connect, raise_fd_limit
 
@@ -68,7 +70,7 @@ class Session:
         start = time.perf_counter()
         self.proc.stdin.write(wanted + b"\n")
         while self.buffer.count(wanted) < 2:
-            chunk = await asyncio.wait_for(self.proc.stdout.read(65536), ECHO_TIMEOUT)
+            chunk = await within(ECHO_TIMEOUT, self.proc.stdout.read(65536))
             if not chunk:
                 raise ConnectionError("the session ended")
             self.buffer += chunk
@@ -84,11 +86,11 @@ class Session:
             except (OSError, asyncssh.Error):
                 pass
             with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-                await asyncio.wait_for(self.proc.wait_closed(), 10)
+                await within(10, self.proc.wait_closed())
         if self.conn is not None:
             self.conn.close()
             with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-                await asyncio.wait_for(self.conn.wait_closed(), 10)
+                await within(10, self.conn.wait_closed())
 
 
 def _kind(exc: BaseException) -> str:

@@ -35,6 +35,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from broker.aio import within
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._faultkit import (
     Typist,
@@ -178,7 +180,7 @@ def postgres(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                     ok, said = await try_session(broker.port, key)
                     probes.append({"start": start, "end": time.time(), "ok": ok, "said": said})
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.25)
+                        await within(0.25, stop.wait())
 
             probing = asyncio.ensure_future(prober())
             loop = asyncio.get_running_loop()

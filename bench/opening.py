@@ -27,6 +27,8 @@ from typing import Any
 
 import asyncssh
 
+from broker.aio import within
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._kit import (
     Sources,
@@ -61,7 +63,7 @@ async def open_many(port: int, user: str, key: str, count: int, concurrency: int
             start = time.perf_counter()
             try:
                 async with await connect(port, user, Path(key), sources()) as conn:
-                    done = await asyncio.wait_for(conn.run("true"), 30)
+                    done = await within(30, conn.run("true"))
                 if done.exit_status != 0:
                     raise ConnectionError(f"exit status {done.exit_status}: {done.stderr!r}")
             except (OSError, asyncssh.Error, TimeoutError, ConnectionError) as exc:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from broker import metrics
+from broker.aio import within
 from broker.approvals.notify import Notifier
 from broker.audit.checkpoints import Checkpointer
 from broker.audit.logging import configure_logging, log_to_file
@@ -184,7 +185,7 @@ class Server:
         interrupted = False
         while len(self.sessions) and (left := deadline - loop.time()) > 0:
             try:
-                await asyncio.wait_for(stop.wait(), min(left, 0.2))
+                await within(min(left, 0.2), stop.wait())
             except TimeoutError:
                 continue
             interrupted = True
@@ -257,7 +258,7 @@ class Server:
         while True:
             await asyncio.sleep(DATABASE_WATCH)
             try:
-                await asyncio.wait_for(self.ctx.store.ping(), DATABASE_WATCH * 2)
+                await within(DATABASE_WATCH * 2, self.ctx.store.ping())
             except (BrokerError, OSError, TimeoutError) as exc:
                 error = str(exc) or "no answer"
                 if lost is None:

@@ -40,6 +40,7 @@ from typing import Any
 
 import structlog
 
+from broker.aio import within
 from broker.audit.logging import configure_logging, log_to_file, tag_process
 from broker.config import Config
 from broker.errors import ConfigError
@@ -318,9 +319,8 @@ class Supervisor:
         async def write() -> None:
             ctx = Context.open(self.config)
             try:
-                await asyncio.wait_for(audit_event(ctx, kind, "broker",
-                                                   f"node:{self.config.node}", **data),
-                                       AUDIT_TIMEOUT)
+                await within(AUDIT_TIMEOUT, audit_event(ctx, kind, "broker",
+                                                        f"node:{self.config.node}", **data))
             finally:
                 await ctx.close()
 

@@ -41,6 +41,7 @@ from ldap3.core.exceptions import (
 )
 from ldap3.utils.conv import escape_filter_chars
 
+from broker.aio import within
 from broker.config import Config, LDAPSection
 from broker.domain.dn import DNError
 from broker.domain.dn import normalize_dn as _normalize
@@ -157,8 +158,7 @@ class Directory:
     # -- talking to the directory (in a worker thread) ---------------------------------------
     async def _run(self, call: Callable[..., _T], *args: Any) -> _T:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(call, *args),
-                                          timeout=self.timeout * 4)
+            return await within(self.timeout * 4, asyncio.to_thread(call, *args))
         except TimeoutError:
             raise DirectoryError(f"{self.where}: no answer within"
                                  f" {self.settings.timeout}") from None

@@ -22,6 +22,7 @@ import structlog
 from sqlmodel import col, func, select
 
 from broker import metrics
+from broker.aio import within
 from broker.audit.chain import NOTIFY_CHANNEL as CHANNEL
 from broker.services.context import Context
 from broker.store.models import AuditEvent
@@ -140,7 +141,7 @@ class PostgresFeed:
                 async with asyncio.timeout(KEEPALIVE):
                     payload = await queue.get()
             except TimeoutError:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE)
+                await within(KEEPALIVE, conn.fetchval("SELECT 1"))
                 continue
             seen_at = datetime.now(UTC)
             batch = [payload]

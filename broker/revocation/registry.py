@@ -10,6 +10,8 @@ from typing import Protocol
 
 import structlog
 
+from broker.aio import within
+
 log = structlog.get_logger("broker.revocation")
 RECHECK_TIMEOUT = 5.0  # seconds: a database that does not answer counts as unreachable
 # Re-checks in flight at once. Fewer than the database pool's connections (SQLAlchemy's
@@ -88,8 +90,8 @@ class LiveSessions:
                              ) -> str | None:
         """Why a session whose grant cannot be checked must end now, or None (it goes on)."""
         unconfirmed = time.monotonic() - self._confirmed.get(session, 0.0)
-        within = self._within(session)
-        if within and unconfirmed < self.fail_closed_after:
+        in_window = self._in_window(session)
+        if in_window and unconfirmed < self.fail_closed_after:
             if not quiet:
                 log.warning("recheck failed; the session is within its grant and goes on"
                             " for now", technician=session.technician,
@@ -99,12 +101,12 @@ class LiveSessions:
         log.error("recheck failed; ending session to fail closed",
                   technician=session.technician, device=session.device, error=error)
         return (f"the broker could not confirm the grant for {unconfirmed:.0f} s"
-                if within else "the broker could not confirm the grant")
+                if in_window else "the broker could not confirm the grant")
 
     async def _recheck_one(self, session: LiveSession, limit: asyncio.Semaphore) -> bool:
         async with limit:
             try:
-                verdict = await asyncio.wait_for(session.still_allowed(), RECHECK_TIMEOUT)
+                verdict = await within(RECHECK_TIMEOUT, session.still_allowed())
             except Exception as exc:  # the database away (refused, or no answer at all)
                 verdict = self._unconfirmed_verdict(session, str(exc))
                 if verdict is None:
@@ -131,7 +133,7 @@ class LiveSessions:
         for session in self._confirmed:
             self._confirmed[session] = moment
 
-    def _within(self, session: LiveSession) -> bool:
+    def _in_window(self, session: LiveSession) -> bool:
         """Whether the session is still inside its grant's window, as last known."""
         ends = session.ends_at
         if ends.tzinfo is None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from broker.aio import within
+
 DEFAULT_PORT = 1344
 CHUNK = 64 * 1024
 _MAX_HEAD = 64 * 1024
@@ -44,7 +46,7 @@ class ICAPClient:
     async def scan(self, path: Path, name: str = "upload") -> Verdict:
         """Scan the file at ``path``; ``name`` is shown to the scanner as the URL's file."""
         try:
-            return await asyncio.wait_for(self._scan(path, name), self.timeout)
+            return await within(self.timeout, self._scan(path, name))
         except TimeoutError:
             raise ScanError(f"the scanner at {self.host}:{self.port} did not answer within"
                             f" {self.timeout:g}s") from None

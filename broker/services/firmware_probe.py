@@ -18,6 +18,7 @@ import time
 import asyncssh
 import structlog
 
+from broker.aio import within
 from broker.domain.firmware import OUTPUT_CAP, PROBE_TIMEOUT, Reading
 from broker.errors import BrokerError, DeviceError
 from broker.recording import SessionRecording
@@ -98,7 +99,7 @@ class SessionProbes:
             if self._before is not None:
                 with contextlib.suppress(Exception):
                     # its login and its run are each bounded by the timeout
-                    await asyncio.wait_for(asyncio.shield(self._before), 2 * self.timeout + 1)
+                    await within(2 * self.timeout + 1, asyncio.shield(self._before))
             await self._run("after")
         finally:
             if self._marker is not None:

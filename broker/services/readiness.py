@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from broker.aio import within
 from broker.credentials.keys import KeyPaths
 from broker.errors import StoreError
 from broker.services.context import Context
@@ -79,7 +80,7 @@ async def readiness(ctx: Context, *, draining: bool = False) -> Readiness:
     if draining:
         problems.append("draining: this node is shutting down and takes no new sessions")
     try:
-        current = await asyncio.wait_for(ctx.store.current_revision(), DATABASE_TIMEOUT)
+        current = await within(DATABASE_TIMEOUT, ctx.store.current_revision())
     except StoreError as exc:
         log.warning("readiness: database not reachable", error=str(exc))
         problems.append("database: not reachable")

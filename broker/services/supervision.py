@@ -19,6 +19,8 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+from broker.aio import within
+
 EventSink = Callable[[str, str], Awaitable[None]]  # (kind, staff name)
 
 JOINED = "supervision.joined"
@@ -70,7 +72,7 @@ class Supervision:
         """Return at the next change, or after ``timeout`` seconds."""
         changed = self._changed
         try:
-            await asyncio.wait_for(changed.wait(), timeout)
+            await within(timeout, changed.wait())
         except TimeoutError:
             return
 

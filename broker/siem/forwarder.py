@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 from sqlmodel import col, func, or_, select, update
 
+from broker.aio import within
 from broker.domain.durations import parse_duration
 from broker.errors import ConfigError, DuplicateRow
 from broker.services.context import Context
@@ -140,7 +141,7 @@ class Forwarder:
                     await asyncio.sleep(delay)  # a new event does not shorten a backoff
                 else:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                        await within(delay, self._wake.wait())
                 self._wake.clear()
         finally:
             await self.connection.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from urllib.parse import urlsplit
 
+from broker.aio import within
 from broker.siem.mapping import SYSLOG_SEVERITY, AuditRow, mapping_for, ocsf_json, to_cef
 
 SD_ID = "audit@32473"
@@ -102,10 +103,10 @@ class Connection:
 
     async def connect(self) -> None:
         try:
-            self._reader, self._writer = await asyncio.wait_for(asyncio.open_connection(
+            self._reader, self._writer = await within(self.timeout, asyncio.open_connection(
                 self.target.host, self.target.port, ssl=self.tls,
                 server_hostname=self.target.host if self.tls else None,
-                ssl_handshake_timeout=self.timeout if self.tls else None), self.timeout)
+                ssl_handshake_timeout=self.timeout if self.tls else None))
         except TimeoutError:
             raise SendError(f"{self.target}: no connection within {self.timeout:g}s") from None
         except ssl.SSLError as exc:
@@ -131,7 +132,7 @@ class Connection:
         assert writer is not None
         try:
             writer.write(b"".join(frames))
-            await asyncio.wait_for(writer.drain(), self.timeout)
+            await within(self.timeout, writer.drain())
         except TimeoutError:
             await self.close()
             raise SendError(f"{self.target}: write not accepted within {self.timeout:g}s"
@@ -148,4 +149,4 @@ class Connection:
         if writer is not None:
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 2)
+                await within(2, writer.wait_closed())

@@ -16,6 +16,7 @@ import asyncssh
 import structlog
 
 from broker import metrics
+from broker.aio import within
 from broker.domain.file_rules import FileRules
 from broker.domain.grants import Refusal
 from broker.domain.protocols import Protocol
@@ -326,7 +327,7 @@ class Channel:
         taps.finish(1, None)
         self.process.stdout.write(line)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.process.stdout.drain(), NOTICE_TIMEOUT)
+            await within(NOTICE_TIMEOUT, self.process.stdout.drain())
         self.process.exit(1)
 
     async def _pump(self, taps: Taps, sink: SendStream,
@@ -396,7 +397,7 @@ class Channel:
         self.process.stderr.write(self._line(f"\r\nbroker: {text}" if self.pty
                                              else f"broker: {text}"))
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.process.stderr.drain(), NOTICE_TIMEOUT)
+            await within(NOTICE_TIMEOUT, self.process.stderr.drain())
 
     async def close_with(self, reason: str) -> None:
         await self.notice(f"{reason}; the session is closed.")
@@ -407,7 +408,7 @@ class Channel:
         # Let the exit status and channel close reach the client before the connection
         # is dropped, so that it exits with 1 and the notice rather than "disconnected".
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.process.channel.wait_closed(), CLOSE_TIMEOUT)
+            await within(CLOSE_TIMEOUT, self.process.channel.wait_closed())
 
     async def refuse_access(self, refusal: Refusal | None, detail: str,
                             kind: Kind | None = None) -> None:
@@ -432,7 +433,7 @@ class Channel:
         await self.conn.audit_refusal("session.refused", reason=reason, detail=message, **extra)
         self.process.stderr.write(self._line(f"broker: {message}"))
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.process.stderr.drain(), NOTICE_TIMEOUT)
+            await within(NOTICE_TIMEOUT, self.process.stderr.drain())
         self.process.exit(1)
 
 

@@ -30,6 +30,7 @@ import asyncssh
 import structlog
 
 from broker import metrics
+from broker.aio import within
 from broker.services.context import Context
 from broker.services.sessions import DeviceLogin, device_login
 from broker.ssh.upstream import connect_login
@@ -157,7 +158,6 @@ async def _channels_closed(connection: asyncssh.SSHClientConnection) -> bool:
         return False  # not the asyncssh we know: never reuse
     if open_channels:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(
-                *(channel.wait_closed() for channel in list(open_channels.values()))),
-                CHANNELS_SETTLE)
+            await within(CHANNELS_SETTLE, asyncio.gather(
+                *(channel.wait_closed() for channel in list(open_channels.values()))))
     return not open_channels

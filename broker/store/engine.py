@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.aio import within
 from broker.errors import DuplicateRow, StoreError
 from broker.store.probe import SQLiteChangeProbe
 
@@ -177,7 +178,7 @@ class Store:
             self._turns = (loop, asyncio.Lock())
         lock = self._turns[1]
         try:
-            await asyncio.wait_for(lock.acquire(), BUSY_TIMEOUT)
+            await within(BUSY_TIMEOUT, lock.acquire())
         except TimeoutError:
             raise StoreError(f"database {self.display_url} failed: busy for"
                              f" {BUSY_TIMEOUT:g} s") from None

@@ -27,6 +27,7 @@ import asyncssh
 import pytest
 from aiohttp import web
 
+from broker.aio import within
 from broker.domain.protocols import Protocol
 from broker.recording.manifest import MANIFEST_FILE
 from broker.revocation.registry import LiveSessions
@@ -147,7 +148,7 @@ async def ssh_session(root: Path, device: SshdDevice) -> AsyncIterator[Opened]:
 
         reader = asyncio.create_task(read_stderr())
         process.stdin.write(b"ping\n")
-        assert await asyncio.wait_for(process.stdout.readexactly(5), 10) == b"ping\n"
+        assert await within(10, process.stdout.readexactly(5)) == b"ping\n"
 
         async def seen() -> str:
             await asyncio.sleep(0.05)

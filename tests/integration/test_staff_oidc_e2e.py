@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlmodel import col, select
 
+from broker.aio import within
 from broker.config import load_config
 from broker.http import create_app
 from broker.http.staff import oidc
@@ -71,7 +72,7 @@ class RealIdP:
                  "OIDC_REDIRECT_URI": self.redirect_uri, "OIDC_ACCOUNTS": str(self.accounts),
                  "OIDC_JWKS": str(self.jwks)})
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        line = await within(30, self.proc.stdout.readline())
         assert line.strip() == b"listening", line
 
     async def stop(self) -> None:

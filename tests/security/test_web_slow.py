@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.aio import within
 from tests.security.web_origin_kit import both_listeners
 
 LIMIT = 1.0  # the test's short limits ("1s"); the default is 10s
@@ -21,7 +22,7 @@ async def closed_after(reader: asyncio.StreamReader) -> float:
     """Seconds until the broker closes the connection (EOF or reset)."""
     started = time.monotonic()
     try:
-        while await asyncio.wait_for(reader.read(1024), LIMIT + SLACK + 5):
+        while await within(LIMIT + SLACK + 5, reader.read(1024)):
             pass
     except (ConnectionError, ssl.SSLError):
         pass

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from broker.aio import within
 from broker.errors import ConfigError
 from broker.ssh import asyncssh_fixes
 from broker.ssh.asyncssh_fixes import window_credit
@@ -278,9 +279,8 @@ async def test_streams_survive_any_split_of_the_input(cipher: str, seed: int) ->
 async def test_input_read_with_the_end_of_a_packet_handled_asynchronously_is_kept() -> None:
     # the server handles KEXINIT in a task and reads nothing more until it is done; the
     # key exchange init that came in the same read must wait for it, not be lost
-    sent, back = await asyncio.wait_for(
-        _echo_through_rechunker("aes128-gcm@openssh.com", 0, 64 * 1024,
-                                proxy_class=_Coalescer), 20)
+    sent, back = await within(20, _echo_through_rechunker("aes128-gcm@openssh.com", 0, 64 * 1024,
+                                proxy_class=_Coalescer))
     assert back == sent
 
 
@@ -305,7 +305,7 @@ async def test_a_packet_length_shorter_than_its_header_ends_the_connection(lengt
             "127.0.0.1", server.sockets[0].getsockname()[1])
         writer.write(b"SSH-2.0-probe\r\n" + length.to_bytes(4, "big") + b"\x04" * 60)
         await writer.drain()
-        received = await asyncio.wait_for(reader.read(), timeout=5)  # read() returns at EOF
+        received = await within(5, reader.read())  # read() returns at EOF
         assert received.startswith(b"SSH-2.0-")
         assert b"Invalid packet length" in received  # the disconnect says why, in the clear
         writer.close()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+from broker.aio import within
 from broker.audit.chain import record
 from broker.revocation.feed import PollingFeed
 from broker.store.engine import Store
@@ -110,7 +111,7 @@ async def test_a_change_whose_first_read_fails_is_still_delivered(tmp_path: Path
         feed.blip = True
         async with store.session() as db:
             await record(db, datetime.now(UTC), "grant.revoked", "test", "grant:1")
-        assert await asyncio.wait_for(seen.get(), timeout=5) == ["grant.revoked"]
+        assert await within(5, seen.get()) == ["grant.revoked"]
         assert not feed.blip  # the first read did fail
     finally:
         task.cancel()

@@ -4,11 +4,11 @@ watchdog behind fail-closed uses it; bench/sessions.py found the mistake)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
+from broker.aio import within
 from broker.errors import StoreError
 from broker.store.engine import Store
 
@@ -21,8 +21,8 @@ async def test_ping_answers_while_every_pooled_connection_is_busy(tmp_path: Path
     held = [await store.engine.connect() for _ in range(POOL_LIMIT)]
     try:
         with pytest.raises(TimeoutError):  # what the watchdog asked before: queued in the pool
-            await asyncio.wait_for(store.current_revision(), 1.0)
-        await asyncio.wait_for(store.ping(), 1.0)
+            await within(1.0, store.current_revision())
+        await within(1.0, store.ping())
     finally:
         for connection in held:
             await connection.close()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from broker.aio import within
 from broker.domain.session_rules import CommandAction, CommandRule, SessionRules
 from broker.services.supervision import Supervision
 from broker.ssh import line_guard
@@ -133,7 +134,7 @@ async def test_a_supervise_line_waits_for_a_supervisor(monkeypatch: pytest.Monke
     assert "needs a hospital supervisor watching" in host.notices[0]
     assert host.audits[0][0] == "session.supervision_wanted"
     await supervision.join("sue")
-    await asyncio.wait_for(sending, 5)
+    await within(5, sending)
     assert device.received.endswith(b"\r")
     assert host.audits[-1][0] == "command.supervised"
     # and without a supervisor within the wait, the line is refused
@@ -216,7 +217,7 @@ async def test_an_exec_supervise_command_waits_or_is_refused() -> None:
     await asyncio.sleep(0.2)
     assert not starting.done()
     await supervision.join("sue")
-    assert await asyncio.wait_for(starting, 5)
+    assert await within(5, starting)
     assert [k for k, _ in host.audits] == ["session.supervision_wanted", "command.supervised"]
     host = StartHost()
     assert not await may_start(host, "exec", "echo needs-eyes", RULES, Supervision(),
@@ -237,7 +238,7 @@ async def test_supervision_required_holds_shells_and_refuses_transfers() -> None
     await asyncio.sleep(0.2)
     assert not starting.done()
     await supervision.join("sue")
-    assert await asyncio.wait_for(starting, 5)
+    assert await within(5, starting)
     host = StartHost()
     assert not await may_start(host, "shell", None, required, Supervision(True), print,
                                Typing(), wait=0.2)
@@ -281,5 +282,5 @@ async def test_a_session_cut_while_waiting_is_not_refused_a_second_time() -> Non
                                                supervision, print, Typing(), wait=30))
     await asyncio.sleep(0.2)
     supervision.close()  # the grant was revoked, or staff killed the session
-    assert not await asyncio.wait_for(starting, 5)
+    assert not await within(5, starting)
     assert host.refusals == []

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator
 
+from broker.aio import within
 from broker.recording import Cast
 from broker.recording.player import RESET, Player, Timeline, play
 
@@ -61,5 +61,5 @@ async def test_play_runs_to_the_end_with_keys_and_a_fake_clock() -> None:
 
     out = io.BytesIO()
     player = Player(Timeline.of(CAST, max_idle=None), out)
-    await asyncio.wait_for(play(player, keys(), lambda: now[0]), 5)
+    await within(5, play(player, keys(), lambda: now[0]))
     assert player.done and shown(out) == "abcd"

@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from broker.aio import within
 from broker.ssh.proxy_protocol import (
     ProxiedAcceptor,
     ProxyHeader,
@@ -362,7 +363,7 @@ async def start(seen: list[dict[str, Any]]) -> AsyncIterator[Start]:
     yield start
     for acceptor in running:
         acceptor.close()
-        await asyncio.wait_for(acceptor.wait_closed(), 5)
+        await within(5, acceptor.wait_closed())
 
 
 def proxy_socket(port: int, header: bytes, *, slow: bool = False) -> socket.socket:
@@ -385,7 +386,7 @@ def client_options() -> dict[str, Any]:
 async def ssh_through(port: int, header: bytes, *, slow: bool = False) -> str:
     sock = proxy_socket(port, header, slow=slow)
     async with asyncssh.connect(sock=sock, **client_options()) as conn:
-        result = await asyncio.wait_for(conn.run("peer", check=True), 10)
+        result = await within(10, conn.run("peer", check=True))
     assert isinstance(result.stdout, str)
     return result.stdout.strip()
 
@@ -485,8 +486,8 @@ async def test_close_stops_listening_and_closes_live_connections(start: Start) -
     await asyncio.sleep(0.05)
     assert len(acceptor.connections) == 1
     acceptor.close()
-    await asyncio.wait_for(acceptor.wait_closed(), 5)
-    await asyncio.wait_for(client.wait_closed(), 5)
+    await within(5, acceptor.wait_closed())
+    await within(5, client.wait_closed())
     pending.settimeout(2)
     assert await asyncio.to_thread(pending.recv, 10) == b""
     pending.close()
@@ -517,7 +518,7 @@ async def test_openssh_client_through_a_proxy_command(start: Start, tmp_path: Pa
         f"ProxyCommand={sys.executable} {helper} 127.0.0.1 {port} {header}",
         "tech@broker.invalid", "peer",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await within(30, proc.communicate())
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "198.51.100.77:50123"
 

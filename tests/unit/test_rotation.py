@@ -18,6 +18,7 @@ import asyncssh
 import pytest
 from sqlmodel import select
 
+from broker.aio import within
 from broker.config import load_config
 from broker.credentials.rotation import _rotate, retire_device, rotate_due, rotate_on_demand
 from broker.demo.device import SimulatedDevice, start_simulated_device
@@ -367,7 +368,7 @@ async def test_retire_reports_the_final_rotation_another_node_ran(
         assert not retiring.done()  # it waits for the other node
         assert (await _rotate(other, device_id, "broker")).ok
         await rotations.release(other, device_id)
-        _, outcome = await asyncio.wait_for(retiring, 10)
+        _, outcome = await within(10, retiring)
         assert outcome is not None and outcome.ok and outcome.secrets_deleted
         assert "another node" in outcome.detail
         assert await credentials(ctx) == [] and pump.password not in (None, OLD)
@@ -513,7 +514,7 @@ async def acli(cli: Cli, *args: str, env: dict[str, str] | None = None
     proc = await asyncio.create_subprocess_exec(
         str(BROKER), "--config", str(cli.config), *args, env=clean_env(env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await within(60, proc.communicate())
     return proc.returncode or 0, out.decode(), err.decode()
 
 

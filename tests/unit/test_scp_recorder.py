@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.aio import within
 from broker.recording import Flusher
 from broker.recording.scp import SCPRecorder, is_scp_command, parse_scp_command
 from tests.unit.recorder_kit import (
@@ -94,7 +95,7 @@ class Relay:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def next_session(self) -> Session:
-        return await asyncio.wait_for(self.sessions.get(), 10)
+        return await within(10, self.sessions.get())
 
     async def _session(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command or ""
@@ -220,7 +221,7 @@ async def scp(relay: Relay, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         "scp", "-O", *SSH_OPTIONS, "-P", str(relay.port), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await within(30, proc.communicate())
     assert proc.returncode is not None
     return proc.returncode, err.decode()
 

@@ -24,6 +24,7 @@ from asyncssh.stream import SSHReader, SSHWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.aio import within
 from broker.recording import Flusher
 from broker.recording.sftp import SFTPRecorder
 from tests.unit.recorder_kit import (
@@ -154,7 +155,7 @@ class Relay:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def next_session(self) -> Session:
-        return await asyncio.wait_for(self.sessions.get(), 10)
+        return await within(10, self.sessions.get())
 
     async def _session(self, process: asyncssh.SSHServerProcess) -> None:
         if process.subsystem != "sftp":
@@ -370,7 +371,7 @@ async def test_openssh_sftp_batch_is_logged(relay: Relay, tmp_path: Path,
         "sftp", *SSH_OPTIONS, "-P", str(relay.port), "-b", str(tmp_path / "batch"),
         "tech+device@127.0.0.1", stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await within(30, proc.communicate())
     assert proc.returncode == 0, err.decode()
     session = await relay.next_session()
     # OpenSSH's client sends absolute paths (its working directory joined with the argument).

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from broker.aio import within
 from broker.demo import DeviceIdentity, SimulatedDevice, deterministic_bytes, start_simulated_device
 
 PASSWORD = "s3rvice-pw"
@@ -66,12 +67,12 @@ class Result:
 
 async def run(dev: SimulatedDevice, command: str, stdin: str | None = None) -> Result:
     async with connect(dev) as conn:
-        done = await asyncio.wait_for(conn.run(command, input=stdin), TIMEOUT)
+        done = await within(TIMEOUT, conn.run(command, input=stdin))
     return Result(str(done.stdout), str(done.stderr), done.exit_status)
 
 
 async def read_until(stream: asyncssh.SSHReader[bytes], marker: bytes) -> bytes:
-    return await asyncio.wait_for(stream.readuntil(marker), TIMEOUT)
+    return await within(TIMEOUT, stream.readuntil(marker))
 
 
 # ---------------------------------------------------------------- start-up and login
@@ -240,7 +241,7 @@ async def test_cat_ls_cd_stay_inside_root(device: SimulatedDevice, tmp_path: Pat
 async def test_seq_bytes_sleep(device: SimulatedDevice) -> None:
     assert (await run(device, "seq 5")).stdout == "1\n2\n3\n4\n5\n"
     async with connect(device) as conn:
-        big = await asyncio.wait_for(conn.run("bytes 300000", encoding=None), TIMEOUT)
+        big = await within(TIMEOUT, conn.run("bytes 300000", encoding=None))
     assert big.stdout == deterministic_bytes(300000)
     assert big.exit_status == 0
     started = time.monotonic()
@@ -287,7 +288,7 @@ async def test_interactive_shell(device: SimulatedDevice) -> None:
         assert output.startswith(b"status\r\n")  # the device echoes what is typed
         assert b"battery:   87 % (on mains, charging)\r\nuptime:" in output
         process.stdin.write(b"exit\r")
-        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        await within(TIMEOUT, process.wait_closed())
         assert process.exit_status == 0
 
 
@@ -304,7 +305,7 @@ async def test_interactive_line_editing(device: SimulatedDevice) -> None:
         output = await read_until(process.stdout, PROMPT)
         assert output.endswith("\r\n\u00e9\r\n".encode() + PROMPT)
         process.stdin.write(b"exit 4\r")
-        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        await within(TIMEOUT, process.wait_closed())
         assert process.exit_status == 4
 
 
@@ -314,7 +315,7 @@ async def test_ctrl_d_logs_out(device: SimulatedDevice) -> None:
         process.stdin.write(b"false\r")
         await read_until(process.stdout, PROMPT)
         process.stdin.write(b"\x04")
-        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        await within(TIMEOUT, process.wait_closed())
         assert process.exit_status == 1
 
 
@@ -341,7 +342,7 @@ async def test_shell_without_pty_reads_lines(device: SimulatedDevice) -> None:
         process = await conn.create_process(encoding=None)
         process.stdin.write(b"echo hi\nwhoami\r\nfalse\n")
         process.stdin.write_eof()
-        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        await within(TIMEOUT, process.wait_closed())
         assert await process.stdout.read() == b"hi\nservice\n"  # no banner, no prompt
         assert process.exit_status == 1
 
@@ -450,7 +451,7 @@ async def test_sftp_session_ends_with_exit_status_0(device: SimulatedDevice) -> 
         (length,) = struct.unpack(">I", await process.stdout.readexactly(4))
         assert (await process.stdout.readexactly(length))[0] == 2  # SSH_FXP_VERSION
         process.stdin.write_eof()
-        await asyncio.wait_for(process.wait_closed(), TIMEOUT)
+        await within(TIMEOUT, process.wait_closed())
         assert process.exit_status == 0
 
 

@@ -3,13 +3,13 @@ held back), and the SSE endpoint end to end in-process until the session ends.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
 
 from aiohttp import ClientResponse
 
+from broker.aio import within
 from broker.http.staff.watch import CastTail
 from broker.services.sessions import close_session
 from tests.unit.staff_kit import add_staff, live_session, recording, sign_in, world
@@ -58,7 +58,7 @@ def test_tail_waits_for_the_header_and_follows_a_newer_terminal(tmp_path: Path) 
 async def read_event(response: ClientResponse) -> tuple[str, object]:
     name, data = "message", None
     while True:
-        line = (await asyncio.wait_for(response.content.readline(), 10)).decode()
+        line = (await within(10, response.content.readline())).decode()
         if line.startswith("event: "):
             name = line[7:].strip()
         elif line.startswith("data: "):

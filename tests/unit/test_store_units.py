@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from broker.aio import within
 from broker.errors import StoreError
 from broker.store.engine import Store
 from broker.store.models import Vendor
@@ -57,7 +58,7 @@ async def test_reads_run_beside_a_write_and_see_only_what_is_committed(store: St
     task = asyncio.ensure_future(writer())
     await inside.wait()
     # the writer holds SQLite's writer lock: a read neither waits for it nor sees its row
-    assert await asyncio.wait_for(names(store), 2) == set()
+    assert await within(2, names(store)) == set()
     release.set()
     await task
     assert await names(store) == {"Acme"}
@@ -85,7 +86,7 @@ async def test_writes_queue_in_order_and_a_failed_one_frees_the_queue(store: Sto
 async def test_a_unit_inside_a_unit_does_not_wait_for_itself(store: Store) -> None:
     async with store.session() as db:
         db.add(vendor("Outer"))
-        assert await asyncio.wait_for(names(store), 2) == set()  # a read inside a write
+        assert await within(2, names(store)) == set()  # a read inside a write
     async with store.session() as db:  # the queue is free again
         db.add(vendor("Next"))
     assert await names(store) == {"Outer", "Next"}

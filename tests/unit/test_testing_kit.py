@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from broker.aio import within
 from broker.ssh.streams import pump
 from broker.testing import FakeClock, MemoryReceiveStream, MemorySendStream
 
@@ -93,7 +94,7 @@ async def test_memory_receive_stream() -> None:
     await settle()
     assert not waiting.done()  # no data and not closed: receive blocks
     stream.feed(b"ef")
-    assert await asyncio.wait_for(waiting, 1) == b"ef"
+    assert await within(1, waiting) == b"ef"
     stream.feed(b"gh")
     stream.close()
     assert await stream.receive() == b"gh"
@@ -107,7 +108,7 @@ async def test_close_wakes_a_blocked_receiver() -> None:
     waiting = asyncio.create_task(stream.receive())
     await settle()
     stream.close()
-    assert await asyncio.wait_for(waiting, 1) == b""
+    assert await within(1, waiting) == b""
 
 
 async def test_memory_send_stream() -> None:

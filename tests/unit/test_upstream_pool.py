@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from broker.aio import within
 from broker.services.sessions import DeviceLogin
 from broker.ssh.upstream_pool import Lease, UpstreamPool, login_key
 from tests.integration.harness import SSHD, SshdDevice
@@ -46,7 +47,7 @@ async def connect(device: SshdDevice) -> AsyncIterator[object]:
 
 
 async def closed_soon(connection: asyncssh.SSHClientConnection) -> bool:
-    await asyncio.wait_for(connection.wait_closed(), 5)
+    await within(5, connection.wait_closed())
     return connection.is_closed()
 
 

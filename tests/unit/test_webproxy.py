@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlmodel import select
 
+from broker.aio import within
 from broker.demo.device_state import DeviceIdentity, DeviceState, seed_root
 from broker.demo.web import device_web_app
 from broker.errors import Refused
@@ -413,7 +414,7 @@ async def test_revoke_closes_websockets_and_refuses_requests(broker_dir: Path) -
         await Grants(ctx, "test").revoke(grant, "done")
         started = asyncio.get_running_loop().time()
         assert await sessions.recheck() == 1  # what the change feed does on grant.revoked
-        closing = await asyncio.wait_for(ws.receive(), 1.0)
+        closing = await within(1.0, ws.receive())
         assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1008
         assert "revoked" in closing.extra
         assert asyncio.get_running_loop().time() - started < 1.0
