@@ -11,7 +11,9 @@ Ctrl-R...) the broker first waits for the device's echo, and also checks every t
 line that starts after a blank or a colon, so that anchored expressions fail closed.
 
 A denied line is never submitted: the technician sees the rule's message on one line and the
-broker sends Ctrl-C (after ending a bracketed paste), which makes the shell drop the line.
+broker sends Ctrl-C (after ending a bracketed paste), which makes the shell drop the line. The
+next input waits until the shell has drawn its new prompt (at most :data:`CANCEL_SETTLE_MAX`):
+the next line starts there, not somewhere in the late echo of the refused one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from broker.ssh.streams import ReceiveStream, SendStream
 
 SUPERVISE_WAIT = 600.0  # seconds a command waits for a supervisor before it is refused
 CANCEL_LINE = b"\x03"  # Ctrl-C: every shell (and the tty's line discipline) drops the line
+CANCEL_SETTLE_MAX = 3.0  # seconds the next input waits for the shell's prompt after a Ctrl-C
 MAX_TAILS = 200
 SHOWN_LIMIT = 1024  # characters of a line kept in audit events and markers
 
@@ -181,13 +184,16 @@ class GuardedInput:
         self._line_done()
         await self.host.notice(f"refused by policy: {rule.message}"
                                + (f" ({why})" if why else ""))
-        await self.sink.send(cancel)
+        cancelled_at = self._clock()
+        await self._forward(cancel)
         label = f"command denied: {shown(line)}"
         self.host.mark(label)
         await self.host.audit("command.denied", channel="shell", command=shown(line),
                               rule=rule.match, action=rule.action.value, message=rule.message,
                               typed_line_known=reliable,
                               **({"why": why} if why else {}))
+        assert self.view is not None
+        await self.view.settled(cancelled_at, CANCEL_SETTLE_MAX)
 
     async def _allowed(self, rule: CommandRule, line: str) -> None:
         kind = "command.alert" if rule.action is CommandAction.ALERT else "command.supervised"

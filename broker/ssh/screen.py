@@ -97,10 +97,10 @@ class TerminalView:
         joined = "".join(rows).rstrip()
         return [joined, *(r.rstrip() for r in rows)] if len(rows) > 1 else [joined]
 
-    async def settled(self, since: float) -> None:
+    async def settled(self, since: float, limit: float = SETTLE_MAX) -> None:
         """Wait until the device has drawn something after ``since`` (monotonic) and then
-        been quiet a moment, so its echo is on the screen; at most :data:`SETTLE_MAX`."""
-        deadline = since + SETTLE_MAX
+        been quiet a moment, so its echo is on the screen; at most ``limit`` seconds."""
+        deadline = since + limit
         while True:
             now = time.monotonic()
             quiet = now - self.last_output

@@ -110,14 +110,17 @@ def audit(proc: BrokerProcess, kind: str) -> list[dict[str, object]]:
     return [e for e in events if e["kind"] == kind]
 
 
-def wait_for(predicate: object, timeout: float = 20.0) -> object:
+def wait_for(predicate: object, timeout: float = 20.0, seen: Terminal | None = None) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()  # type: ignore[operator]
         if value:
             return value
         time.sleep(0.2)
-    raise TimeoutError("condition never held")
+    if seen is not None:
+        seen.settle()
+    raise TimeoutError("condition never held" + (f"; the terminal showed {seen.seen[-1500:]!r}"
+                                                 if seen is not None else ""))
 
 
 def markers(proc: BrokerProcess) -> list[str]:
@@ -203,7 +206,7 @@ def test_a_denied_shell_line_is_not_run(broker: BrokerProcess, tmp_path: Path) -
         term.settle()
         # an allowed line: it runs, and its file exists
         term.type(f"touch {done}\r".encode())
-        wait_for(done.exists, timeout=10)
+        wait_for(done.exists, timeout=30, seen=term)
         # history recall (Up) then more text: the broker reads the line off the screen
         term.type(b"\x1b[A")
         term.settle()

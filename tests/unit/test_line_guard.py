@@ -34,6 +34,8 @@ class Device:
         self.received += data
         if self.view is not None and self.echo:
             self.view.output(data.replace(b"\r", b"\r\n"))
+        elif self.view is not None and b"\x03" in data:  # a new prompt, echo or not
+            self.view.output(b"\r\n$ ")
 
     async def send_eof(self) -> None:
         return None
@@ -284,3 +286,32 @@ async def test_a_session_cut_while_waiting_is_not_refused_a_second_time() -> Non
     supervision.close()  # the grant was revoked, or staff killed the session
     assert not await within(5, starting)
     assert host.refusals == []
+
+
+class LateDevice(Device):
+    """A shell on a loaded device: what it draws (the echo, the new prompt after Ctrl-C)
+    reaches the terminal ``delay`` seconds after the input."""
+
+    def __init__(self, view: TerminalView, delay: float) -> None:
+        super().__init__(view)
+        self.delay = delay
+
+    async def send(self, data: bytes) -> None:
+        self.received += data
+        drawn = data.replace(b"\r", b"\r\n").replace(b"\x03", b"^C\r\n$ ")
+        asyncio.get_running_loop().call_later(self.delay, self.view.output, drawn)
+
+
+async def test_after_a_refusal_the_next_line_starts_at_the_new_prompt() -> None:
+    view = TerminalView(80, 24)
+    view.output(b"$ ")
+    device, host = LateDevice(view, delay=0.3), Host()
+    g = GuardedInput(device, host, RULES, Supervision(), view)
+    await g.send(b"rm -rf /data\r")  # refused on the typed line, before any echo came back
+    assert device.received == b"rm -rf /data\x03"
+    await g.send(b"ls")  # the technician types on at once
+    await asyncio.sleep(0.5)  # meanwhile the old line's echo and the new prompt are drawn
+    await g.send(b"\r")
+    # the line is "ls" on the new prompt, not the old echo followed by it
+    assert device.received.endswith(b"ls\r"), device.received
+    assert host.notices == ["refused by policy: no recursive deletes"]
