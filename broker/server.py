@@ -335,11 +335,17 @@ def drain_notice(seconds: float) -> str:
             f" {format_limit(seconds)}, then closes. Reconnect to continue on another node.")
 
 
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server on asyncio's own loop. (uvloop once showed the memory bug that
-    broker.ssh.asyncssh_fixes mends; with the fixes in, it moved scp no faster than
-    asyncio's loop here, so it is not worth a dependency.)"""
-    asyncio.run(main)
+def run_event_loop(main: Coroutine[Any, Any, None], loop: str = "uvloop") -> None:
+    """Run the server on ``[broker] event_loop``: uvloop (libuv), or asyncio's own loop.
+    uvloop once showed the window bug that broker.ssh.asyncssh_fixes mends; with the fixes
+    in, it serves logins, small web requests and typing with less CPU per event than asyncio's
+    loop (``bench/``)."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def stop_on_signals() -> asyncio.Event:

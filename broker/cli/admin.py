@@ -82,7 +82,8 @@ def serve(config_file: str | None, worker: int | None, ready_fd: int | None,
     if worker is not None:
         from broker.worker import WorkerRole, run_worker
 
-        run_event_loop(run_worker(config, WorkerRole(worker, workers, ready_fd, first)))
+        run_event_loop(run_worker(config, WorkerRole(worker, workers, ready_fd, first)),
+                       config.settings.broker.event_loop)
         return
     if workers > 1:
         from broker.supervisor import Supervisor
@@ -92,7 +93,7 @@ def serve(config_file: str | None, worker: int | None, ready_fd: int | None,
             raise SystemExit(code)
         return
     try:
-        run_event_loop(run_server(config))
+        run_event_loop(run_server(config), config.settings.broker.event_loop)
     except KeyboardInterrupt:
         stderr_line("stopped")
 

@@ -196,6 +196,8 @@ drain_timeout = "5m"
 fail_closed_after = "15s"
 # broker processes sharing the listeners (default: one per CPU core; 1: a single process)
 # workers = 4
+# the event loop: "uvloop" (the default, faster) or "asyncio" (the standard library's)
+event_loop = "uvloop"
 
 [ssh]
 listen = "0.0.0.0:2222"

@@ -53,6 +53,9 @@ class BrokerSection(_Section):
     # broker processes sharing the listeners (SO_REUSEPORT) under one supervisor; 1: one
     # process, as before workers existed
     workers: int = Field(default_factory=lambda: default_workers())
+    # the event loop under the server: "uvloop" (libuv, the default) or "asyncio" (the
+    # standard library's, for comparison or where uvloop is not installed)
+    event_loop: str = "uvloop"
 
     _drain = field_validator("drain_timeout")(
         classmethod(lambda cls, v: _duration_text(v, at_most="1d", at_least="1s")))
@@ -68,6 +71,13 @@ class BrokerSection(_Section):
             raise ValueError(f"expected a whole number of processes from 1 to {MAX_WORKERS}"
                              f" (1: a single process), got {value!r}")
         return int(text)
+
+    @field_validator("event_loop")
+    @classmethod
+    def _loop(cls, value: str) -> str:
+        if value not in ("uvloop", "asyncio"):
+            raise ValueError(f"expected \"uvloop\" or \"asyncio\", got {value!r}")
+        return value
 
     @field_validator("timezone")
     @classmethod

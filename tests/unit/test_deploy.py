@@ -66,3 +66,18 @@ def test_service_managers_wait_longer_than_the_drain() -> None:
     kube = [doc for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / "broker.yaml").read_text())
             if doc and doc.get("kind") == "StatefulSet"]
     assert kube and kube[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain
+
+
+def test_the_lock_pins_every_runtime_dependency() -> None:
+    """A dependency added to pyproject.toml but not to requirements.lock would make the
+    image's hash-checked install fail (google-re2, pyte and uvloop once were missing)."""
+    import tomllib
+
+    root = DEPLOY.parent
+    wanted = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    lock = (root / "requirements.lock").read_text()
+    pinned = {m.lower().replace("_", "-")
+              for m in re.findall(r"^([A-Za-z0-9_.-]+)==\S+ \\$", lock, re.M)}
+    names = {re.split(r"[\[<>=!~; ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+             for spec in wanted}
+    assert names - pinned == set()
