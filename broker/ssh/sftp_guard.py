@@ -10,6 +10,8 @@ directions go through a :class:`~broker.ssh.sftp_frames.Framer` owned by an
   and the refusal as the message, which ``sftp`` and ``scp`` print;
 * a DATA reply that would carry a downloaded file past ``max_size`` is dropped and the read
   answered with the refusal instead, which cuts the download at the limit;
+* an upload cut at ``max_size`` into a file it created or truncated leaves no partial file
+  (``broker/ssh/sftp_partial.py``);
 * request types and extensions the guard does not know are refused (fail closed);
 * with ``[scan]`` on, uploads are held at the broker and scanned before the device sees them
   (``broker/ssh/sftp_hold.py``).
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from broker.domain.file_rules import FileRules, Transfer, link_target
@@ -67,6 +68,7 @@ from broker.ssh.sftp_hold import (
     status_packet,
 )
 from broker.ssh.sftp_hold import read_string as _string
+from broker.ssh.sftp_partial import Opened, PartialUploads
 
 if TYPE_CHECKING:
     from broker.ssh.transfer_relay import TransferRelay
@@ -85,14 +87,12 @@ _EXT_READ_ONLY = frozenset({
 _V3_WRITING = 0x2 | 0x4 | 0x8 | 0x10
 _V5_WRITING = 0x2 | 0x4
 _V5_OPEN_EXISTING = 2
+_V3_FRESH = 0x10 | 0x20  # TRUNC, EXCL: what is in the file afterwards is this upload's
+_V3_CREAT, _V3_APPEND = 0x08, 0x04
+_V5_FRESH = frozenset({0, 1, 4})  # CREATE_NEW, CREATE_TRUNCATE, TRUNCATE_EXISTING
+_V5_OPEN_OR_CREATE = 3
 
 Refused = Callable[[str, str, str, str], None]  # (message, operation, path, audit event)
-
-
-@dataclass
-class _Open:
-    path: str
-    writing: bool
 
 
 def _path(pkt: memoryview, pos: int) -> tuple[str, int]:
@@ -116,15 +116,17 @@ class SFTPGuard:
         self.server = Framer(self._server_need, self._server_decide)
         self.version = 3
         self.home: str | None = None
-        self._handles: dict[bytes, _Open] = {}
-        self._opens: dict[int, _Open] = {}
-        self._reads: dict[int, tuple[_Open, int]] = {}
+        self._handles: dict[bytes, Opened] = {}
+        self._opens: dict[int, Opened] = {}
+        self._reads: dict[int, tuple[Opened, int]] = {}
         self._home_request: int | None = None
         self._asked_home = False
+        self._oversized: set[bytes] = set()  # handles whose upload was cut at max_size
         self._scanning = scanner is not None
         self._holds = None if scanner is None else Holds(
             scanner, client=self.client, server=self.server, on_refused=on_refused,
             check_size=self._check_write_size, check_setstat=self._held_setstat)
+        self._partial = PartialUploads(self.client, self.server, on_refused)
 
     # -- technician -> device ---------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class SFTPGuard:
             return True
         rid = _U32.unpack_from(pkt, 1)[0]
         try:
-            if self._scanning and rid >= OWN_IDS:
+            if rid >= OWN_IDS:
                 raise Denied("broker: request ids from 0xF0000000 on are the broker's",
                              "malformed", "")
             if self._holds:
@@ -192,6 +194,8 @@ class SFTPGuard:
                              "write", "")
             if rules.max_size is not None and offset + length > rules.max_size:
                 problem = rules.size_refusal(opened.path, offset + length)
+                if opened.fresh:
+                    self._oversized.add(handle)
                 raise Denied(f"broker: {problem}", "write", opened.path)
             return
         if kind == READ:
@@ -202,7 +206,12 @@ class SFTPGuard:
             return
         if kind in _READ_ONLY:
             if kind == CLOSE:
-                self._handles.pop(_string(pkt, 5)[0], None)
+                handle = _string(pkt, 5)[0]
+                closed = self._handles.pop(handle, None)
+                if handle in self._oversized:
+                    self._oversized.discard(handle)
+                    if closed is not None:
+                        self._partial.remove_after_close(closed, rid)
             return
         if kind == REALPATH:
             path, _ = _path(pkt, 5)
@@ -247,16 +256,24 @@ class SFTPGuard:
             access, flags = _II.unpack_from(pkt, pos)
             writing = bool(access & _V5_WRITING) or (flags & 0x7) != _V5_OPEN_EXISTING
             reading = bool(access & 0x1)
+            fresh = (flags & 0x7) in _V5_FRESH
+            created_maybe = (flags & 0x7) == _V5_OPEN_OR_CREATE
         else:
             flags = _U32.unpack_from(pkt, pos)[0]
             writing, reading = bool(flags & _V3_WRITING), bool(flags & 0x1)
+            fresh = bool(flags & _V3_FRESH)
+            created_maybe = flags & (_V3_CREAT | _V3_APPEND) == _V3_CREAT
         if writing:
             self._check(Transfer.UPLOAD, "upload", path)
         if reading or not writing:
             self._check(Transfer.DOWNLOAD, "download", path)
         if writing and self._holds is not None:  # held at the broker until scanned
             self._holds.open(rid, path, bytes(pkt[5:]))
-        self._opens[rid] = _Open(path, writing)
+        opened = Opened(path, writing, bytes(_string(pkt, 5)[0]), writing and fresh)
+        self._opens[rid] = opened
+        if (writing and not fresh and created_maybe and self._holds is None
+                and self.rules.max_size is not None):
+            self._partial.probe_then_open(opened, pkt)
 
     # -- held uploads (sftp_hold.py) ------------------------------------------------------
 
@@ -323,6 +340,8 @@ class SFTPGuard:
         rid = _U32.unpack_from(head, 5)[0]
         if kind == DATA and rid in self._reads:
             return 13
+        if (partial := self._partial.need(rid, 4 + int(_U32.unpack_from(head)[0]))) is not None:
+            return partial
         if rid in self._opens or rid == self._home_request or (
                 self._holds is not None and self._holds.waits_for(rid)):
             return 4 + int(_U32.unpack_from(head)[0])
@@ -340,6 +359,8 @@ class SFTPGuard:
             self.version = _U32.unpack_from(pkt, 1)[0]
             return True
         rid = _U32.unpack_from(pkt, 1)[0]
+        if (verdict := self._partial.reply(rid, pkt)) is not None:
+            return verdict  # a reply to the broker's own LSTAT/REMOVE, or a held CLOSE's
         if self._holds is not None and self._holds.reply(rid, pkt):
             return False  # a reply to the broker's own replay of a held upload
         opened = self._opens.pop(rid, None)

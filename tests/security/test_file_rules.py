@@ -318,11 +318,54 @@ def test_max_size_upload_is_refused_or_cut_at_the_limit(broker, place, client):
     result = upload(broker, client, src, target)
     assert result.returncode == 1
     assert_denied_line(result, "exceed the limit of 64K")
-    if client == "scp -O":  # the C header names the size: nothing moves
-        assert not target.exists()
-    else:  # SFTP: the write that would cross the limit is refused
-        assert not target.exists() or target.stat().st_size <= MAX
     assert denied_rows(broker, since)
+    # scp -O: the C header names the size, nothing moves; SFTP: the write that would cross
+    # the limit is refused, and the broker removes what arrived before it
+    if client != "scp -O":
+        removed = partial_rows(broker, since)
+        assert [(r["data"]["path"], r["data"]["operation"]) for r in removed] == [
+            (str(target), "remove-partial")], removed
+    assert not target.exists()
+
+
+def test_a_cut_upload_into_an_existing_file_opened_without_truncating_is_left(broker, place):
+    """An upload that appends (``reput``) did not create what is in the file: the broker
+    refuses the write past the limit but removes nothing."""
+    src = place / "local" / "resume.bin"
+    payload(src, MAX + 1)
+    target = place / "allowed" / "resume.bin"
+    target.write_bytes(b"x" * 1024)  # what a first, interrupted upload left
+    since = last_id(broker)
+    result = sftp(broker, "dev-rules", f"reput {src} {target}")
+    assert result.returncode == 1
+    assert_denied_line(result, "exceed the limit of 64K")
+    assert target.exists() and target.stat().st_size <= MAX
+    assert not partial_rows(broker, since, timeout=1)
+
+
+def test_a_cut_scp_over_an_existing_file_does_not_remove_it(broker, place):
+    """scp writes in place into "create or open": the broker's LSTAT finds the file there
+    already, so the cut upload removes nothing that was on the device before."""
+    src = place / "local" / "over.bin"
+    payload(src, MAX + 1)
+    target = place / "allowed" / "existing.bin"
+    target.write_bytes(b"kept" * 256)
+    since = last_id(broker)
+    result = scp(broker, str(src), remote("dev-rules", target))
+    assert result.returncode == 1
+    assert_denied_line(result, "exceed the limit of 64K")
+    assert target.exists()
+    assert not partial_rows(broker, since, timeout=1)
+
+
+def partial_rows(broker: BrokerProcess, since: int, timeout: float = 5) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in audit_rows(broker) if r["seq"] > since
+                and r["kind"] in ("file.partial_removed", "file.partial_left")]
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
