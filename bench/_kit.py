@@ -47,7 +47,9 @@ def host_info() -> dict[str, object]:
             "mem_total_mib": mem.get("MemTotal"), "mem_available_mib": mem.get("MemAvailable"),
             "python": platform.python_version(), "asyncssh": asyncssh.__version__,
             "openssh": subprocess.run(["ssh", "-V"], capture_output=True,
-                                      text=True).stderr.strip()}
+                                      text=True).stderr.strip(),
+            # the broker's [broker] event_loop in this run (the environment overrides it)
+            "broker_event_loop": os.environ.get("BROKER_BROKER_EVENT_LOOP", "uvloop")}
 
 
 def write_result(name: str, result: dict[str, object]) -> Path:

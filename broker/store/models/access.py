@@ -1,17 +1,14 @@
-"""The broker's tables. Schema changes go through Alembic (``broker/store/migrations``)."""
+"""Who may reach which device: vendors, technicians and their keys, approvers, devices and
+their credentials, requests, approvals, grants, sessions, invitations."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from broker.store.types import UTCDateTime
-
-
-def _utc(**kwargs: object) -> object:
-    return Field(sa_type=UTCDateTime, **kwargs)  # type: ignore[call-overload]
+from broker.store.models._fields import _utc
 
 
 class Vendor(SQLModel, table=True):
@@ -195,204 +192,6 @@ class FirmwareReading(SQLModel, table=True):
     at: datetime = _utc()  # type: ignore[assignment]
 
 
-class AuditEvent(SQLModel, table=True):
-    __tablename__ = "audit_event"
-    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
-    ts: datetime = _utc()  # type: ignore[assignment]
-    kind: str = Field(max_length=60, index=True)
-    actor: str = Field(max_length=200)
-    subject: str | None = Field(default=None, max_length=200)
-    data: str  # canonical JSON
-    prev_hash: str = Field(max_length=64, unique=True)
-    hash: str = Field(max_length=64)
-
-
-class AuditCheckpoint(SQLModel, table=True):
-    """A signed statement "the audit chain's row ``seq`` had hash ``hash`` at ``at``"
-    (``broker.audit.checkpoints``). ``prev`` links each of a node's server checkpoints to the
-    one before it; ``digest`` is the SHA-256 of the signed body. A ``legacy`` row (written by
-    migration 0011, unsigned) marks the history that predates signed checkpoints."""
-
-    __tablename__ = "audit_checkpoint"
-    id: int | None = Field(default=None, primary_key=True)
-    node: str = Field(max_length=100, index=True)
-    kind: str = Field(max_length=20)  # start | periodic | shutdown | cli | legacy
-    seq: int
-    hash: str = Field(max_length=64)
-    at: datetime = _utc()  # type: ignore[assignment]
-    prev: str | None = Field(default=None, max_length=64)
-    digest: str = Field(max_length=64, unique=True)
-    signature: str = Field(max_length=200)
-
-
-class IssuedCertificate(SQLModel, table=True):
-    """A short-lived OpenSSH user certificate the broker signed for one grant."""
-
-    __tablename__ = "issued_certificate"
-    id: int | None = Field(default=None, primary_key=True)
-    serial: int = Field(sa_type=BigInteger, unique=True)
-    grant_id: int = Field(foreign_key="grant.id", index=True)
-    technician_id: int = Field(foreign_key="technician.id")
-    key_fingerprint: str = Field(max_length=100)
-    key_id: str = Field(max_length=200)
-    valid_after: datetime = _utc()  # type: ignore[assignment]
-    valid_before: datetime = _utc()  # type: ignore[assignment]
-    issued_at: datetime = _utc()  # type: ignore[assignment]
-    issued_by: str = Field(max_length=200)
-
-
-# -- REST API tokens (issue 7, part 3) ---------------------------------------------------------
-class ApiToken(SQLModel, table=True):
-    """A bearer token for automation. Only the SHA-256 of the token is stored."""
-
-    __tablename__ = "api_token"
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(unique=True, index=True, max_length=63)
-    role: str = Field(max_length=20)  # admin | approver | auditor
-    approver_id: int | None = Field(default=None, foreign_key="approver.id")
-    token_hash: str = Field(max_length=64, unique=True)
-    created_at: datetime = _utc()  # type: ignore[assignment]
-    created_by: str = Field(max_length=200)
-    expires_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
-    last_used_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
-    revoked_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
-
-
-# -- staff web UI (accounts and their server-side sessions) -------------------------------
-
-
-class StaffUser(SQLModel, table=True):
-    """A hospital staff account for the web UI: approver, auditor or admin."""
-
-    __tablename__ = "staff_user"
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(unique=True, index=True, max_length=63)
-    role: str = Field(max_length=20)  # approver | auditor | admin
-    password_hash: str = Field(max_length=200)  # Argon2id (PHC string)
-    totp_secret: bytes | None = Field(default=None, sa_type=LargeBinary)  # vault-encrypted
-    totp_last_step: int | None = None  # newest TOTP time step accepted (single use)
-    approver_name: str | None = Field(default=None, max_length=63)  # decides as this approver
-    disabled: bool = False
-    created_at: datetime = _utc()  # type: ignore[assignment]
-    # set for an account made by OpenID Connect sign-in: the IdP's "sub" (no usable password)
-    oidc_subject: str | None = Field(default=None, unique=True, max_length=255)
-
-
-class StaffSession(SQLModel, table=True):
-    """A signed-in browser. Only the SHA-256 of the cookie's random id is stored."""
-
-    __tablename__ = "staff_session"
-    id: int | None = Field(default=None, primary_key=True)
-    token_hash: str = Field(unique=True, index=True, max_length=64)
-    user_id: int = Field(foreign_key="staff_user.id", index=True)
-    mfa_pending: bool = False  # password accepted, TOTP code still owed
-    csrf_binding: str = Field(max_length=64)
-    address: str | None = Field(default=None, max_length=100)
-    via: str = Field(default="password", max_length=10)  # password | oidc
-    created_at: datetime = _utc()  # type: ignore[assignment]
-    last_seen: datetime = _utc()  # type: ignore[assignment]
-    expires_at: datetime = _utc()  # type: ignore[assignment]
-
-
-class OIDCLogin(SQLModel, table=True):
-    """An OpenID Connect sign-in under way (migration 0014): keyed by the SHA-256 of its
-    ``state``, bound to the browser by the SHA-256 of a cookie, spent by the callback."""
-
-    __tablename__ = "oidc_login"
-    state_hash: str = Field(primary_key=True, max_length=64)
-    browser_hash: str = Field(max_length=64)
-    nonce: str = Field(max_length=100)
-    code_verifier: str = Field(max_length=128)
-    next_path: str = Field(max_length=300)
-    created_at: datetime = _utc()  # type: ignore[assignment]
-
-
-# -- approval links and notifications (issue 7, part 1; migration 0006) -----------------------
-class UsedApprovalToken(SQLModel, table=True):
-    """An approval link's token id, spent by the decision it carried; kept until it expires."""
-
-    __tablename__ = "used_approval_token"
-    jti: str = Field(primary_key=True, max_length=64)
-    request_id: int = Field(index=True)
-    approver: str = Field(max_length=63)
-    used_at: datetime = _utc()  # type: ignore[assignment]
-    expires_at: datetime = _utc(index=True)  # type: ignore[assignment]
-
-
-class NotificationCursor(SQLModel, table=True):
-    """How far along the audit chain notifications have been planned (one row per feed)."""
-
-    __tablename__ = "notification_cursor"
-    name: str = Field(primary_key=True, max_length=40)
-    seq: int = 0
-
-
-class Notification(SQLModel, table=True):
-    """One delivery (a webhook POST or an e-mail) owed for one audit event."""
-
-    __table_args__ = (UniqueConstraint("event_seq", "channel", "recipient"),
-                      Index("ix_notification_due", "state", "next_attempt_at"))
-    id: int | None = Field(default=None, primary_key=True)
-    event_seq: int
-    kind: str = Field(max_length=60)  # the audit event's kind
-    channel: str = Field(max_length=10)  # webhook | email
-    recipient: str = Field(max_length=320)  # an e-mail address, or the webhook URL
-    payload: str  # JSON: the webhook body, or the e-mail's template and its values
-    state: str = Field(default="pending", max_length=10)  # pending | sent | failed
-    attempts: int = 0
-    next_attempt_at: datetime = _utc()  # type: ignore[assignment]
-    lease_until: datetime | None = _utc(default=None)  # type: ignore[assignment]
-    leased_by: str | None = Field(default=None, max_length=100)
-    last_error: str | None = Field(default=None, max_length=500)
-    created_at: datetime = _utc()  # type: ignore[assignment]
-    sent_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
-
-
-# -- device web proxy (issue 8): TLS trust and login per device, sign-in links, web sessions --
-class DeviceWeb(SQLModel, table=True):
-    """How the broker reaches a device's web UI (``broker device web NAME ...``)."""
-
-    __tablename__ = "device_web"
-    device_id: int = Field(foreign_key="device.id", primary_key=True)
-    ca_pem: str | None = None  # trust only this CA (PEM) for the device's HTTPS
-    pin_sha256: str | None = Field(default=None, max_length=64)  # or exactly this certificate
-    allow_http: bool = False  # an http:// web_url is refused unless this was set on purpose
-    auth: str = Field(default="none", max_length=10)  # none | basic | digest | form
-    form_path: str | None = Field(default=None, max_length=500)
-    form_user_field: str = Field(default="username", max_length=100)
-    form_password_field: str = Field(default="password", max_length=100)
-    updated_at: datetime = _utc()  # type: ignore[assignment]
-
-
-class WebSignin(SQLModel, table=True):
-    """A one-time sign-in link (``ssh TECH@broker weblogin DEVICE``); only its hash is kept."""
-
-    __tablename__ = "web_signin"
-    id: int | None = Field(default=None, primary_key=True)
-    token_hash: str = Field(max_length=64, unique=True)
-    technician_id: int = Field(foreign_key="technician.id")
-    grant_id: int = Field(foreign_key="grant.id", index=True)
-    device_id: int = Field(foreign_key="device.id")
-    created_at: datetime = _utc()  # type: ignore[assignment]
-    expires_at: datetime = _utc()  # type: ignore[assignment]
-    used_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
-
-
-class WebSession(SQLModel, table=True):
-    """A browser signed in to one grant's device web UI; its cookie's hash is kept."""
-
-    __tablename__ = "web_session"
-    id: str = Field(primary_key=True, max_length=40)
-    cookie_hash: str = Field(max_length=64, unique=True)
-    grant_id: int = Field(foreign_key="grant.id", index=True)
-    technician_id: int = Field(foreign_key="technician.id")
-    device_id: int = Field(foreign_key="device.id")
-    client_addr: str | None = Field(default=None, max_length=200)
-    created_at: datetime = _utc()  # type: ignore[assignment]
-    ended_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
-    end_reason: str | None = Field(default=None, max_length=300)
-
-
 # -- who is who (issue 16): an approver who is also a technician (migration 0010) -----------
 class SamePerson(SQLModel, table=True):
     """An approver account and a technician account held by one person: that approver may
@@ -403,21 +202,6 @@ class SamePerson(SQLModel, table=True):
     technician_id: int = Field(foreign_key="technician.id", primary_key=True)
     created_at: datetime = _utc()  # type: ignore[assignment]
     created_by: str = Field(max_length=200)
-
-
-# -- SIEM stream (issue 18): how far along the audit chain the SIEM has been sent ---------------
-class SiemCursor(SQLModel, table=True):
-    """The forwarder's cursor (one row, ``name = 'siem'``): every audit event with
-    ``seq <= seq`` was sent; the node in ``claimed_by`` forwards until ``claimed_until``."""
-
-    __tablename__ = "siem_cursor"
-    name: str = Field(primary_key=True, max_length=40)
-    seq: int = 0
-    claimed_by: str | None = Field(default=None, max_length=100)
-    claimed_until: datetime | None = _utc(default=None)  # type: ignore[assignment]
-    last_sent_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
-    last_error: str | None = Field(default=None, max_length=500)
-    last_error_at: datetime | None = _utc(default=None)  # type: ignore[assignment]
 
 
 # -- vendor self-service (issue 20): invitations and the vendor contact's sign-in (0015) -------
