@@ -23,7 +23,7 @@ COMMANDS = {
     "request": "approvals:request",  # the access module's group, plus 'request link'
     "grant": "access:grant", "breakglass": "breakglass:breakglass_command",
     "cert": "certs:cert", "session": "sessions:session",
-    "recordings": "recordings:recordings", "replay": "recordings:replay_command",
+    "recordings": "recordings:recordings", "replay": "replay:replay_command",
     "audit": "auditing:audit", "policy": "auditing:policy", "api-token": "apitokens:api_token",
     "siem": "siem:siem", "ldap": "directory:ldap",
 }

@@ -1,33 +1,26 @@
-"""``broker recordings list|search|show|verify|export|pubkey|hold|prune`` and ``broker replay``."""
+"""``broker recordings list|search|show|verify|pubkey`` (``export|hold|prune``: recordings_keep)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from broker.cli._base import actor, common, config_of, emit, fields, run, since, table
+from broker.cli._base import common, config_of, emit, fields, run, since, table
 from broker.cli.progress import progress
-from broker.domain.ids import IdError, by_prefix
-from broker.errors import NotFound, Refused, UsageError
+from broker.cli.recording_lookup import find_session, recorded_sessions, session_fields
+from broker.cli.recordings_keep import recordings_export, recordings_hold, recordings_prune
+from broker.errors import Refused, UsageError
 from broker.recording import (
     RecordingError,
-    SessionInfo,
     Signer,
-    iter_sessions,
-    read_cast,
-    replay,
     verify_all,
     verify_session,
 )
-from broker.recording.files import REPLAYED, recorded_files
-from broker.recording.logtext import har_lines, log_lines
 from broker.recording.manifest import SIGNATURE_FILE, signer_for
-from broker.recording.player import play_in_terminal
 from broker.services.context import Context
 from broker.services.progress import SILENT, Progress
 
@@ -36,32 +29,6 @@ from broker.services.progress import SILENT, Progress
 def recordings() -> None:
     """Recorded sessions."""
 
-
-def _info(info: SessionInfo) -> dict[str, Any]:
-    meta = info.metadata
-    return {"id": info.session_id, "directory": str(info.path),
-            "technician": meta.get("technician"), "vendor": meta.get("vendor"),
-            "device": meta.get("device"), "grant": meta.get("grant"),
-            "client": meta.get("client"), "started_at": info.started_at,
-            "ended_at": info.ended_at, "end_reason": info.end_reason,
-            "files": sorted(p.name for p in info.path.iterdir() if p.is_file())}
-
-
-def _sessions(config_file: str | None) -> list[SessionInfo]:
-    try:
-        return list(iter_sessions(config_of(config_file).recordings_dir))
-    except RecordingError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def find_session(config_file: str | None, ident: str) -> SessionInfo:
-    """A recorded session by its ID, its directory name, or a unique prefix of either."""
-    sessions = _sessions(config_file)
-    named = [(s.session_id, s) for s in sessions] + [(s.path.name, s) for s in sessions]
-    try:
-        return by_prefix(ident, named, "recorded session")
-    except IdError as exc:
-        raise NotFound(f"{exc} (see 'broker recordings list')") from None
 
 
 @recordings.command("list")
@@ -83,7 +50,7 @@ def recordings_list(tech: str | None, device_name: str | None, vendor: str | Non
     config = config_of(config_file)
     holds = _holds(config.recordings_dir)
     data = []
-    for s in _sessions(config_file):
+    for s in recorded_sessions(config_file):
         meta = s.metadata
         if ((tech is not None and meta.get("technician") != tech)
                 or (device_name is not None and meta.get("device") != device_name)
@@ -92,7 +59,7 @@ def recordings_list(tech: str | None, device_name: str | None, vendor: str | Non
                 or (start is not None and s.started_at < start)
                 or (end is not None and s.started_at >= end)):
             continue
-        data.append({**_info(s), "sealed": (s.path / SIGNATURE_FILE).is_file(),
+        data.append({**session_fields(s), "sealed": (s.path / SIGNATURE_FILE).is_file(),
                      "hold": s.session_id in holds})
     emit(as_json, data, lambda: table(
         [(d["id"], d["started_at"], d["technician"], d["vendor"], d["device"], d["grant"],
@@ -152,7 +119,7 @@ def recordings_show(ident: str, config_file: str | None, as_json: bool) -> None:
 
     records = run(config_file, body)
     request = records["request"]
-    d = {**_info(session), "verified": not problems, "problems": problems,
+    d = {**session_fields(session), "verified": not problems, "problems": problems,
          "hold": session.session_id in _holds(config.recordings_dir),
          "request": request, "approvals": records["approvals"],
          "in_database": records["session"] is not None}
@@ -265,154 +232,5 @@ def recordings_pubkey(config_file: str | None) -> None:
                nl=False)
 
 
-@recordings.command("export")
-@click.argument("ident", metavar="ID")
-@click.option("--out", "out", metavar="FILE.tar", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="the bundle to write")
-@common()
-def recordings_export(ident: str, out: Path, config_file: str | None, as_json: bool) -> None:
-    """Write a self-contained evidence bundle (tar) with a standalone verify.py."""
-    import hashlib
-
-    from broker.recording.evidence import write_bundle
-    from broker.services.evidence import session_records
-
-    session = find_session(config_file, ident)
-    if out.exists() or out.is_symlink():
-        raise Refused(f"--out {out}: already exists, not overwriting it")
-    config = config_of(config_file)
-    signer = signer_for(config)
-
-    async def body(ctx: Context) -> dict[str, Any]:
-        evidence = await session_records(ctx, session.session_id,
-                                         session.metadata.get("grant"))
-        evidence = {"recording": session.path.name, "exported_at": ctx.now().isoformat(),
-                    "exported_by": actor(), **evidence}
-        try:
-            with progress("exporting", as_json=as_json) as bar:
-                await asyncio.to_thread(write_bundle, out, session.path, signer.public_pem(),
-                                        evidence, bar)
-        except FileExistsError:
-            raise Refused(f"--out {out}: already exists, not overwriting it") from None
-        except OSError as exc:
-            raise Refused(f"--out {out}: cannot write: {exc.strerror or exc}") from None
-        with out.open("rb") as bundle:
-            digest = hashlib.file_digest(bundle, "sha256").hexdigest()
-        await ctx.audit_alone("recording.exported", actor(), f"session:{session.session_id}",
-                              out=str(out.resolve()), sha256=digest)
-        return {"session": session.session_id, "out": str(out), "sha256": digest}
-
-    result = run(config_file, body)
-    emit(as_json, result, f"exported session {result['session']} to {result['out']} "
-                          f"(sha256 {result['sha256']})")
-
-
-@recordings.command("hold")
-@click.argument("ident", metavar="ID")
-@click.argument("state", type=click.Choice(["on", "off"]))
-@common()
-def recordings_hold(ident: str, state: str, config_file: str | None, as_json: bool) -> None:
-    """Put a session on legal hold (prune keeps it) or release it."""
-    from broker.recording.retention import set_hold
-
-    session = find_session(config_file, ident)
-    root = config_of(config_file).recordings_dir
-    on = state == "on"
-
-    async def body(ctx: Context) -> bool:
-        try:
-            changed = set_hold(root, session.session_id, on, actor(), ctx.now())
-        except ValueError as exc:
-            raise Refused(str(exc)) from None
-        if changed:
-            await ctx.audit_alone("recording.hold", actor(), f"session:{session.session_id}",
-                                  hold=on)
-        return changed
-
-    changed = run(config_file, body)
-    emit(as_json, {"session": session.session_id, "hold": on, "changed": changed},
-         f"session {session.session_id}: legal hold {state}"
-         + ("" if changed else " (already)"))
-
-
-@recordings.command("prune")
-@click.option("--dry-run", is_flag=True, help="only say what would be deleted")
-@common()
-def recordings_prune(dry_run: bool, config_file: str | None, as_json: bool) -> None:
-    """Delete sealed sessions older than [recording] retain_days, except those on hold."""
-    from broker.recording.retention import prune
-
-    config = config_of(config_file)
-    days = config.settings.recording.retain_days
-    signer = signer_for(config)
-
-    async def body(ctx: Context) -> Any:
-        try:
-            result = prune(config.recordings_dir, signer, days, ctx.now(), dry_run=dry_run)
-        except ValueError as exc:
-            raise Refused(str(exc)) from None
-        if not dry_run and (result.deleted or result.held):
-            await ctx.audit_alone("recording.pruned", actor(), None, retain_days=days,
-                                  deleted=result.deleted, held=result.held)
-        return result
-
-    result = run(config_file, body)
-    verb = "would delete" if dry_run else "deleted"
-    lines = [f"{verb} {s}" for s in result.deleted]
-    lines += [f"kept {s} (legal hold)" for s in result.held]
-    emit(as_json, {"retain_days": days, "dry_run": dry_run, "deleted": result.deleted,
-                   "held": result.held},
-         "\n".join(lines) or f"nothing older than {days} days")
-
-
-@click.command("replay")
-@click.argument("ident", metavar="ID", required=False)
-@click.option("--last", is_flag=True, help="the most recent session (instead of an ID)")
-@click.option("--speed", type=click.FloatRange(min=0.01, max=1000), default=1.0,
-              show_default=True, help="2 plays twice as fast")
-@click.option("--channel", type=int, default=None, help="only this channel (default: all)")
-@click.option("--config", "config_file", metavar="PATH", default=None,
-              help="broker.toml to use (default ./broker.toml or $BROKER_CONFIG)")
-def replay_command(ident: str | None, last: bool, speed: float, channel: int | None,
-                   config_file: str | None) -> None:
-    """Play a session back: terminals with their timing, exec, SFTP, scp and forward
-    channels as their logs. ID may be a unique prefix."""
-    if (ident is None) == (not last):
-        raise UsageError("replay: give a session ID (or a unique prefix of one), or --last")
-    if last:
-        sessions = _sessions(config_file)
-        if not sessions:
-            raise NotFound("no recorded session yet")
-        session = max(sessions, key=lambda s: s.started_at)
-    else:
-        session = find_session(config_file, str(ident))
-    files = channel_files(session.path, channel)
-    if not files:
-        raise NotFound(f"session {session.session_id} has no recorded channel"
-                       + (f" {channel}" if channel is not None else ""))
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    out = sys.stdout.buffer
-    for path in files:
-        out.write(f"== {session.session_id} {path.name} ==\r\n".encode())
-        out.flush()
-        try:
-            if path.suffix == ".cast":
-                cast = read_cast(path)
-                if interactive:
-                    click.echo("space: pause/resume, left/right: -/+5 s, q: quit", err=True)
-                    play_in_terminal(cast, speed, out, sys.stdin.fileno())
-                else:
-                    asyncio.run(replay(cast, out, speed=speed))
-                out.write(b"\r\n")
-            else:
-                for line in (har_lines(path) if path.suffix == ".har" else log_lines(path)):
-                    out.write(line.replace("\n", "\r\n").encode() + b"\r\n")
-        except RecordingError as exc:
-            raise UsageError(str(exc)) from None
-    out.flush()
-
-
-def channel_files(directory: Path, channel: int | None) -> list[Path]:
-    """The session's channel recordings in channel order (``term-0.cast``, ``exec-1.jsonl``,
-    ``sftp-2-2.jsonl`` ...; a web session's ``web.har``), optionally only one channel's."""
-    return [f.path for f in recorded_files(directory, kinds=REPLAYED, channel=channel)]
+for _command in (recordings_export, recordings_hold, recordings_prune):
+    recordings.add_command(_command)

@@ -8,19 +8,15 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncssh
 import structlog
 
-from broker import metrics
 from broker.aio import within
 from broker.domain.file_rules import FileRules
 from broker.domain.grants import Refusal
-from broker.domain.protocols import Protocol
-from broker.domain.scp_command import ScpCommand, build, parse_or_none
+from broker.domain.scp_command import build
 from broker.errors import BrokerError, StoreError
 from broker.recording import SessionRecording
 from broker.recording.asciicast import AsciicastWriter, ExecLog
@@ -31,12 +27,14 @@ from broker.scan.hold import Scanner, scanner_from
 from broker.services.breakglass import BANNER as BREAKGLASS_BANNER
 from broker.services.policies import applicable_rules
 from broker.services.readiness import DATABASE_REFUSAL
+from broker.ssh.channel_kind import Kind, classify
 from broker.ssh.connection import BrokerConnection
 from broker.ssh.menu import run_menu
 from broker.ssh.scp_guard import ScpGuard, direction_refusal, scp_target_is_dir
 from broker.ssh.session_guard import guard_input, may_start, resized_to, shown_to
 from broker.ssh.sftp_guard import SFTPGuard
 from broker.ssh.streams import SendStream, SSHReceive, SSHSend, SSHSendNoEOF, pump
+from broker.ssh.taps import Taps, counted, ignore
 from broker.ssh.transfer_audit import TransferAudit
 from broker.ssh.transfer_relay import Guard, TransferRelay
 
@@ -59,69 +57,8 @@ async def handle_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
     await Channel(owner, process).run()
 
 
-def _ignore(_data: bytes) -> None:
-    return None
-
-
-def _ignore_resize(_width: int, _height: int) -> None:
-    return None
-
-
 def _ignore_control(_event: Exception) -> None:
     return None  # a resize meanwhile: the process starts with the terminal's current size
-
-
-@dataclass
-class Taps:
-    """Where a channel's bytes go besides the other side."""
-
-    from_client: Callable[[bytes], None]
-    stdout: Callable[[bytes], None]
-    stderr: Callable[[bytes], None]
-    finish: Callable[[int | None, str | None], None]
-    resize: Callable[[int, int], None] = _ignore_resize
-
-
-def counted(taps: Taps) -> Taps:
-    """The same taps, each also counting the chunk's bytes for ``/metrics`` (per chunk)."""
-    to_device, from_device = metrics.SSH_TO_DEVICE.inc, metrics.SSH_FROM_DEVICE.inc
-    from_client, stdout, stderr = taps.from_client, taps.stdout, taps.stderr
-
-    def client_chunk(data: bytes) -> None:
-        to_device(len(data))
-        from_client(data)
-
-    def stdout_chunk(data: bytes) -> None:
-        from_device(len(data))
-        stdout(data)
-
-    def stderr_chunk(data: bytes) -> None:
-        from_device(len(data))
-        stderr(data)
-
-    return Taps(client_chunk, stdout_chunk, stderr_chunk, taps.finish, taps.resize)
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str  # shell | exec | sftp | scp
-    protocols: tuple[Protocol, ...]  # any one of them lets the channel in
-    scp: ScpCommand | None = None  # the parsed scp command of an scp channel
-
-
-def classify(process: asyncssh.SSHServerProcess[bytes]) -> Kind | None:
-    if process.subsystem is not None:
-        # OpenSSH >= 9 scp speaks SFTP: the subsystem serves grants for either protocol.
-        return Kind("sftp", (Protocol.SFTP, Protocol.SCP)) if process.subsystem == "sftp" \
-            else None
-    command = process.command
-    if command is None:
-        return Kind("shell", (Protocol.SSH,))
-    # scp never asks for a terminal: with one, even a plain scp command is an exec.
-    scp = parse_or_none(command) if process.get_terminal_type() is None else None
-    if scp is not None:
-        return Kind("scp", (Protocol.SCP,), scp)
-    return Kind("exec", (Protocol.SSH,))
 
 
 class Channel:
@@ -270,12 +207,12 @@ class Channel:
         command = self.process.command
         if kind.name == "sftp":
             sftp = SFTPRecorder(recording.file_for(Recorded.SFTP, number))
-            return Taps(sftp.from_client, sftp.from_server, _ignore,
+            return Taps(sftp.from_client, sftp.from_server, ignore,
                         lambda _status, _signal: sftp.close())
         if kind.scp is not None:
             scp = SCPRecorder(recording.file_for(Recorded.SCP, number), kind.scp,
                               requested=command)
-            return Taps(scp.from_client, scp.from_server, _ignore,
+            return Taps(scp.from_client, scp.from_server, ignore,
                         lambda status, _signal: scp.close(status))
         if command is None or self.pty:
             # A PTY request may carry 0x0 (no real terminal); players need a size.
