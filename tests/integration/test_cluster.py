@@ -18,7 +18,7 @@ import pytest
 from tests.integration.harness import BrokerProcess, SshdDevice
 from tests.pg_kit import PostgresCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # loaded hosts are slow
 
 
 class Cluster:

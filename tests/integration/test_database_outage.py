@@ -16,7 +16,7 @@ from tests.integration.harness import BrokerProcess, SshdDevice
 from tests.integration.test_drain import LiveShell
 from tests.pg_kit import PostgresCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # loaded hosts are slow
 REFUSED = "broker: this broker node cannot reach its database right now"
 
 

@@ -34,7 +34,7 @@ from tests.integration.harness import BrokerProcess, SshdDevice
 from tests.unit.webproxy_kit import recording_app, sign_in, upstream
 from tests.web_kit import device_origin
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # loaded hosts are slow
 
 PROBE_WAIT = 60  # seconds: two probes of up to 10 s each, on a loaded CI host
 

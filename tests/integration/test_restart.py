@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.harness import BrokerProcess, SshdDevice
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # loaded hosts are slow
 
 
 def test_a_grant_that_ends_while_the_broker_is_down_gives_no_session(

@@ -18,7 +18,7 @@ import pytest
 from tests.integration.harness import BrokerProcess, SshdDevice
 from tests.integration.test_drain import readyz
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # loaded hosts are slow
 PUSH = "while :; do head -c 15000 /dev/urandom | base64; sleep 0.05; done"
 
 

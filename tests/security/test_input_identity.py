@@ -78,6 +78,7 @@ async def _state(ctx: Context, ident: int) -> str:
         return row.state
 
 
+@pytest.mark.timeout(300)  # some dozens of CLI start-ups on a loaded host
 async def test_cli_refuses_aliases_and_linked_accounts(broker_dir: Path, cli: Cli,
                                                        ssh_pubkey: Path) -> None:
     ctx = Context.open(load_config(broker_dir / "broker.toml"))

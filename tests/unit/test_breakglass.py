@@ -316,6 +316,7 @@ def one_error_line(result: Any, code: int, *needles: str) -> str:
     return str(line)
 
 
+@pytest.mark.timeout(300)  # some dozens of CLI start-ups on a loaded host
 def test_cli_breakglass_review_and_unreviewed_listing(cli: Cli, tmp_path: Path) -> None:
     setup_cli(cli, tmp_path)
     opened = cli("breakglass", "--tech", "alice", "--device", "pump-7", "--for", "30m",
@@ -353,6 +354,7 @@ def test_cli_breakglass_review_and_unreviewed_listing(cli: Cli, tmp_path: Path) 
     assert kinds.count("breakglass.review_refused") == 1
 
 
+@pytest.mark.timeout(300)  # some dozens of CLI start-ups on a loaded host
 def test_cli_bad_paths_are_one_line_with_the_contract_exit_status(cli: Cli,
                                                                   tmp_path: Path) -> None:
     setup_cli(cli, tmp_path)

@@ -112,6 +112,7 @@ async def test_search_finds_printed_typed_exec_and_transferred_text(cli: Cli, br
 
 # -- list -----------------------------------------------------------------------------------
 
+@pytest.mark.timeout(300)  # some dozens of CLI start-ups on a loaded host
 async def test_list_filters_and_sealed_column(cli: Cli, broker_dir):
     await record(broker_dir, "old1", start=NOW - timedelta(days=30), grant=3)
     await record(broker_dir, "new1", start=NOW - timedelta(hours=2), tech="bob", vendor="GE",
@@ -300,6 +301,7 @@ async def test_export_bundle_is_self_contained_and_verifies(cli: Cli, broker_dir
 
 # -- hold and prune -------------------------------------------------------------------------
 
+@pytest.mark.timeout(300)  # some dozens of CLI start-ups on a loaded host
 async def test_prune_respects_retain_days_and_hold_and_keeps_the_chain(cli: Cli, broker_dir):
     old_a = await record(broker_dir, "olda", start=OLD)
     old_b = await record(broker_dir, "oldb", start=OLD + timedelta(hours=1))

@@ -246,6 +246,7 @@ async def test_upgrade_makes_a_vendor_of_each_existing_vendor_text(tmp_path: Pat
 
 
 # -- the real CLI ----------------------------------------------------------------------------
+@pytest.mark.timeout(300)  # some dozens of CLI start-ups on a loaded host
 def test_vendor_cli_bad_input_and_round_trip(cli: Cli, ssh_pubkey: Path) -> None:
     add = cli("vendor", "add", "Acme", "--domain", "acme.example", "--contract-until",
               "2099-06-30", "--contact", "ops@acme.example", "--json")
