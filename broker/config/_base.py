@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -12,6 +13,15 @@ from pydantic import (
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _url_parts(value: str) -> tuple[SplitResult, int | None]:
+    """``value`` split, and its port (None: none given, -1: not a valid port)."""
+    parts = urlsplit(value)
+    try:
+        return parts, parts.port
+    except ValueError:
+        return parts, -1
 
 
 def _check_listen(value: str) -> str:

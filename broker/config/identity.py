@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.config._base import _ENV_NAME, _duration_text, _Section
+from broker.config._base import _ENV_NAME, _duration_text, _Section, _url_parts
 
 
 class OIDCSection(_Section):
@@ -123,11 +123,7 @@ class LDAPSection(_Section):
     def _url(cls, value: str) -> str:
         if not value:
             return value
-        parts = urlsplit(value)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
+        parts, port = _url_parts(value)
         if (parts.scheme not in ("ldap", "ldaps") or not parts.hostname or port == -1
                 or parts.path not in ("", "/") or parts.query or parts.fragment
                 or parts.username or parts.password):

@@ -10,7 +10,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.config._base import _ENV_NAME, _check_listen, _duration_text, _Section
+from broker.config._base import _ENV_NAME, _check_listen, _duration_text, _Section, _url_parts
 
 
 class ApprovalsSection(_Section):
@@ -87,11 +87,7 @@ class SiemSection(_Section):
     def _url(cls, value: str) -> str:
         if not value:
             return value
-        parts = urlsplit(value)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
+        parts, port = _url_parts(value)
         if (parts.scheme not in ("tcp", "tls") or not parts.hostname or port == -1
                 or parts.path not in ("", "/") or parts.query):
             hint = (" (UDP is not offered: it drops audit events silently)"

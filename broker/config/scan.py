@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import (
     field_validator,
 )
 
-from broker.config._base import _duration_text, _Section
+from broker.config._base import _duration_text, _Section, _url_parts
 from broker.domain.file_rules import parse_size
 
 
@@ -28,11 +26,7 @@ class ScanSection(_Section):
     def _url(cls, value: str) -> str:
         if not value:
             return value
-        parts = urlsplit(value)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
+        parts, port = _url_parts(value)
         if (parts.scheme != "icap" or not parts.hostname or port == -1
                 or parts.path.strip("/") == "" or parts.query or parts.fragment):
             raise ValueError(f"expected icap://HOST[:PORT]/SERVICE, got {value!r}")

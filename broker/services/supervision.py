@@ -78,21 +78,16 @@ class Supervision:
 
     async def wait_open(self, timeout: float) -> bool:
         """Wait until input is open; False when ``timeout`` seconds pass first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.input_open:
-            if self.closed:
-                return False
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            await self.wait_change(left)
-        return True
+        return await self._wait_until(lambda: self.input_open, timeout)
 
     async def wait_present(self, timeout: float) -> bool:
+        """Wait until a supervisor is present; False when ``timeout`` seconds pass first."""
+        return await self._wait_until(lambda: self.present, timeout)
+
+    async def _wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self.present:
+        while not condition():
             if self.closed:
                 return False
             left = deadline - loop.time()
