@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,9 +21,10 @@ from typing import Any
 import structlog
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session as OrmSession
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from broker.store.engine import run_sync
 from broker.store.models import AuditEvent
 
 GENESIS = "0" * 64
@@ -49,18 +51,29 @@ async def lock_chain(session: AsyncSession) -> None:
     reading what a transaction is about to change and audit (a grant falling due, say), it
     makes two nodes or workers doing the same bookkeeping run one after the other: the
     second reads what the first committed, and nothing is done or audited twice."""
+    await run_sync(session, _lock_chain)
+
+
+def _lock_chain(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        await session.exec(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})"))  # type: ignore[call-overload]
+        session.exec(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})"))  # type: ignore[call-overload]
 
 
 async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
                  subject: str | None = None, **data: Any) -> AuditEvent:
     """Append one event to the chain inside ``session``'s transaction."""
+    return await run_sync(session, append, now, kind, actor, subject, **data)
+
+
+def append(session: Session, /, now: datetime, kind: str, actor: str,
+           subject: str | None = None, **data: Any) -> AuditEvent:
+    """:func:`record` for a unit of work written as a plain function
+    (:meth:`broker.store.engine.Store.run_write`): the one implementation of both."""
     bind = session.get_bind()
-    await lock_chain(session)
-    head = (await session.exec(
+    _lock_chain(session)
+    head = session.exec(
         select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)
-    )).first()
+    ).first()
     seq = head.seq + 1 if head else 1
     prev = head.hash if head else GENESIS
     payload = json.loads(json.dumps(data, default=str))
@@ -69,12 +82,12 @@ async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
                      data=json.dumps(payload, sort_keys=True), prev_hash=prev,
                      hash=link_hash(prev, body))
     session.add(row)
-    await session.flush()
+    session.flush()
     if bind.dialect.name == "postgresql":
         # Delivered at commit, to every node LISTENing (broker.revocation.feed).
-        await session.exec(text("SELECT pg_notify(:channel, :payload)").bindparams(  # type: ignore[call-overload]
+        session.exec(text("SELECT pg_notify(:channel, :payload)").bindparams(  # type: ignore[call-overload]
             channel=NOTIFY_CHANNEL, payload=f"{seq} {kind}"))
-    session.sync_session.info.setdefault(_PENDING, []).append(
+    session.info.setdefault(_PENDING, []).append(
         {"seq": seq, "kind": kind, "actor": actor, "subject": subject, "hash": row.hash,
          **payload}
     )
@@ -82,6 +95,7 @@ async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
 
 
 _committed = [0]  # audit events this process has committed
+_counting = threading.Lock()  # units also commit in the store's threads
 
 
 def committed_count() -> int:
@@ -92,7 +106,8 @@ def committed_count() -> int:
 @event.listens_for(OrmSession, "after_commit")
 def _log_committed(session: OrmSession) -> None:
     for line in session.info.pop(_PENDING, []):
-        _committed[0] += 1
+        with _counting:
+            _committed[0] += 1
         _log.info("audit", **line)
 
 

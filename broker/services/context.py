@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker import audit
@@ -66,6 +67,11 @@ class Context:
     async def audit(self, db: AsyncSession, kind: str, actor: str,
                     subject: str | None = None, **data: Any) -> None:
         await audit.record(db, self.now(), kind, actor, subject, **{**self.audit_tags, **data})
+
+    def append_audit(self, db: Session, kind: str, actor: str, subject: str | None = None,
+                     **data: Any) -> None:
+        """:meth:`audit` inside a unit written as a plain function (``Store.run_write``)."""
+        audit.append(db, self.now(), kind, actor, subject, **{**self.audit_tags, **data})
 
     async def audit_alone(self, kind: str, actor: str, subject: str | None = None,
                           **data: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import and_, col, func, or_, select
+from sqlmodel import Session, and_, col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit.chain import lock_chain
@@ -27,10 +27,10 @@ from broker.domain.text import REVOKE_REASON
 from broker.domain.vendors import refusal_for
 from broker.errors import Conflict
 from broker.services.context import Context
-from broker.services.lookup import by_id, maybe_by_name
+from broker.services.lookup import by_id
 from broker.services.rotations import grant_ended as rotation_after_grant
 from broker.services.text import free_text
-from broker.services.vendors import awaiting_approval, state_of
+from broker.services.vendors import is_awaiting_approval, state_of
 from broker.store.models import Device, Grant, Technician, Vendor
 
 LIVE_STATES = (GrantState.SCHEDULED.value, GrantState.ACTIVE.value)
@@ -168,30 +168,45 @@ async def check_access(ctx: Context, tech_name: str, device_name: str,
                        protocol: Protocol) -> Access:
     """May ``tech_name`` reach ``device_name`` over ``protocol`` now?"""
     now = ctx.now()
-    async with ctx.store.reading() as db:
-        tech, vendor = (await db.exec(
-            select(Technician, Vendor).outerjoin(Vendor, col(Vendor.id) == Technician.vendor_id)
-            .where(Technician.name == tech_name))).first() or (None, None)
-        device = await maybe_by_name(db, Device, device_name)
-        if tech is None:
-            return Access(AccessDecision(None, Refusal.NO_GRANT, "unknown technician"),
-                          None, device, None)
-        if device is None:
-            return Access(AccessDecision(None, Refusal.UNKNOWN_DEVICE,
-                                         f"there is no device named {device_name!r}"),
-                          tech, None, None)
-        refused = refusal_for(now, state_of(vendor), tech.disabled, tech.expires_at,
-                              tech_pending=tech.disabled and await awaiting_approval(db, tech))
-        if refused is not None:
-            return Access(AccessDecision(None, *refused), tech, device, None)
-        recent = now - timedelta(days=30)
-        grants = (await db.exec(select(Grant).where(
-            Grant.technician_id == tech.id, Grant.device_id == device.id,
-            or_(col(Grant.state).in_(LIVE_STATES), Grant.end >= recent)))).all()
+    facts = await ctx.store.run(_access_facts, tech_name, device_name, now)
+    tech, vendor, device, pending, grants = facts
+    if tech is None:
+        return Access(AccessDecision(None, Refusal.NO_GRANT, "unknown technician"),
+                      None, device, None)
+    if device is None:
+        return Access(AccessDecision(None, Refusal.UNKNOWN_DEVICE,
+                                     f"there is no device named {device_name!r}"),
+                      tech, None, None)
+    refused = refusal_for(now, state_of(vendor), tech.disabled, tech.expires_at,
+                          tech_pending=pending)
+    if refused is not None:
+        return Access(AccessDecision(None, *refused), tech, device, None)
     decision = decide_access([view(g) for g in grants], now, protocol, device.state,
                              technician_enabled=not tech.disabled)
     chosen = next((g for g in grants if decision.grant and g.id == decision.grant.id), None)
     return Access(decision, tech, device, chosen)
+
+
+_AccessFacts = tuple[Technician | None, Vendor | None, Device | None, bool, list[Grant]]
+
+
+def _access_facts(db: Session, tech_name: str, device_name: str, now: datetime
+                  ) -> _AccessFacts:
+    """The one read :func:`check_access` decides on: the technician and their vendor, the
+    device, whether an invitation still waits for approval, and their grants on it that are
+    live or ended within 30 days (the refusal then says why)."""
+    tech, vendor = db.exec(
+        select(Technician, Vendor).outerjoin(Vendor, col(Vendor.id) == Technician.vendor_id)
+        .where(Technician.name == tech_name)).first() or (None, None)
+    device = db.exec(select(Device).where(Device.name == device_name)).first()
+    if tech is None or device is None:
+        return tech, vendor, device, False, []
+    pending = tech.disabled and is_awaiting_approval(db, tech)
+    recent = now - timedelta(days=30)
+    grants = list(db.exec(select(Grant).where(
+        Grant.technician_id == tech.id, Grant.device_id == device.id,
+        or_(col(Grant.state).in_(LIVE_STATES), Grant.end >= recent))).all())
+    return tech, vendor, device, pending, grants
 
 
 async def pairs_with_an_open_grant(ctx: Context, pairs: set[tuple[str, str]]

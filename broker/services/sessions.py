@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlmodel import Session as DbSession
 from sqlmodel import col, or_, select
 
 from broker import metrics
@@ -42,15 +43,20 @@ class DeviceLogin:
 
 
 async def device_login(ctx: Context, device_id: int) -> DeviceLogin:
-    async with ctx.store.reading() as db:
-        device = await db.get(Device, device_id)
-        credential = (await db.exec(select(DeviceCredential).where(
-            DeviceCredential.device_id == device_id, DeviceCredential.current)
-            .order_by(col(DeviceCredential.id).desc()))).first()
+    device, credential = await ctx.store.run(_device_and_credential, device_id)
     if device is None or credential is None:
         raise DeviceError(f"device {device_id} has no credential in the vault")
     return DeviceLogin(device_id, device.name, device.host, device.port, device.login_user,
                        credential.kind, ctx.vault.open(credential.secret), device.host_key)
+
+
+def _device_and_credential(db: DbSession, device_id: int
+                           ) -> tuple[Device | None, DeviceCredential | None]:
+    device = db.get(Device, device_id)
+    credential = db.exec(select(DeviceCredential).where(
+        DeviceCredential.device_id == device_id, DeviceCredential.current)
+        .order_by(col(DeviceCredential.id).desc())).first()
+    return device, credential
 
 
 async def pin_host_key(ctx: Context, device_id: int, host_key: str) -> None:
@@ -71,33 +77,41 @@ async def audit_event(ctx: Context, kind: str, actor: str, subject: str | None =
 async def open_session(ctx: Context, grant: Grant, tech: Technician, device: Device,
                        client: str, channel: str, recording: str | None,
                        session_id: str) -> Session:
-    async with ctx.store.session() as db:
-        row = Session(id=session_id, grant_id=grant.id or 0, technician_id=tech.id or 0,
-                      device_id=device.id or 0, node=ctx.node, client_addr=client,
-                      recording=recording, started_at=ctx.now())
+    row = Session(id=session_id, grant_id=grant.id or 0, technician_id=tech.id or 0,
+                  device_id=device.id or 0, node=ctx.node, client_addr=client,
+                  recording=recording, started_at=ctx.now())
+
+    def write(db: DbSession) -> None:
         db.add(row)
-        await ctx.audit(db, "session.started", f"technician:{tech.name}", f"session:{row.id}",
-                        grant=grant.id, device=device.name, client=client, channel=channel,
-                        node=ctx.node, recording=recording)
+        ctx.append_audit(db, "session.started", f"technician:{tech.name}", f"session:{row.id}",
+                         grant=grant.id, device=device.name, client=client, channel=channel,
+                         node=ctx.node, recording=recording)
+
+    await ctx.store.run_write(write)
     return row
 
 
 async def close_session(ctx: Context, session_id: str, reason: str,
                         exit_status: int | None = None) -> None:
-    async with ctx.store.session() as db:
-        row = await db.get(Session, session_id)
+    def write(db: DbSession) -> tuple[Session, str, Grant | None] | None:
+        row = db.get(Session, session_id)
         if row is None or row.ended_at is not None:
-            return
+            return None
         row.ended_at, row.end_reason = ctx.now(), reason
         if row.state == "live":
             row.state = "closed"
         db.add(row)
-        await ctx.audit(db, "session.ended", "broker", f"session:{session_id}", reason=reason,
-                        exit_status=exit_status)
+        ctx.append_audit(db, "session.ended", "broker", f"session:{session_id}", reason=reason,
+                         exit_status=exit_status)
         outcome = metrics.session_outcome(
             reason, None if row.kill_reason is None else visible(row.kill_reason))
-        grant = await db.get(Grant, row.grant_id) if outcome in ("expired", "revoked") \
-            else None
+        grant = db.get(Grant, row.grant_id) if outcome in ("expired", "revoked") else None
+        return row, outcome, grant
+
+    closed = await ctx.store.run_write(write)
+    if closed is None:
+        return
+    row, outcome, grant = closed
     metrics.session_ended(outcome, closed_at=row.ended_at,
                           grant_end=grant.end if grant else None,
                           revoked_at=grant.revoked_at if grant else None)

@@ -5,13 +5,13 @@ TOTP code. One read of the store, because every session's login waits for it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from broker.credentials.certs import grant_principal
 from broker.domain.grants import GrantState
 from broker.services.context import Context
-from broker.services.lookup import maybe_by_name
 from broker.services.policies import decide
 from broker.store.models import Device, Grant, Technician, TechnicianKey
 
@@ -30,20 +30,10 @@ async def login_facts(ctx: Context, tech_name: str, device_name: str | None
                       ) -> LoginFacts | None:
     """The facts for ``tech_name`` logging in to ``device_name`` (None: the menu), or None
     when there is no such technician."""
-    now = ctx.now()
-    async with ctx.store.reading() as db:
-        tech = await maybe_by_name(db, Technician, tech_name)
-        if tech is None:
-            return None
-        keys = list((await db.exec(select(TechnicianKey.public_key)
-                                   .where(TechnicianKey.technician_id == tech.id))).all())
-        device = (await maybe_by_name(db, Device, device_name)
-                  if device_name is not None else None)
-        grant_ids = [] if device is None else (await db.exec(
-            select(Grant.id).where(
-                Grant.technician_id == tech.id, Grant.device_id == device.id,
-                Grant.end > now, col(Grant.revoked_at).is_(None),
-                Grant.state != GrantState.REVOKED.value))).all()
+    found = await ctx.store.run(_read, tech_name, device_name, ctx.now())
+    if found is None:
+        return None
+    tech, keys, device, grant_ids = found
     required = False
     if device is not None:
         decision = decide(ctx.policies(), tech, device)
@@ -51,3 +41,20 @@ async def login_facts(ctx: Context, tech_name: str, device_name: str | None
                         and decision.policy.rules.require_totp)
     return LoginFacts(keys, [grant_principal(g) for g in grant_ids if g is not None], required,
                       tech.totp_secret is not None)
+
+
+def _read(db: Session, tech_name: str, device_name: str | None, now: datetime
+          ) -> tuple[Technician, list[str], Device | None, list[int | None]] | None:
+    tech = db.exec(select(Technician).where(Technician.name == tech_name)).first()
+    if tech is None:
+        return None
+    keys = list(db.exec(select(TechnicianKey.public_key)
+                        .where(TechnicianKey.technician_id == tech.id)).all())
+    device = (db.exec(select(Device).where(Device.name == device_name)).first()
+              if device_name is not None else None)
+    grant_ids = [] if device is None else list(db.exec(
+        select(Grant.id).where(
+            Grant.technician_id == tech.id, Grant.device_id == device.id,
+            Grant.end > now, col(Grant.revoked_at).is_(None),
+            Grant.state != GrantState.REVOKED.value)).all())
+    return tech, keys, device, grant_ids

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select, update
+from sqlmodel import Session, col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from broker.audit.chain import lock_chain
@@ -34,6 +34,7 @@ from broker.errors import Conflict, Refused, UsageError
 from broker.services.context import Context
 from broker.services.lookup import by_name, maybe_by_name
 from broker.services.text import address, free_text
+from broker.store.engine import run_sync
 from broker.store.models import AuditEvent, Invitation, Technician, Vendor
 
 
@@ -140,8 +141,13 @@ async def vendor_for_technician(ctx: Context, db: AsyncSession, actor: str, name
 
 async def awaiting_approval(db: AsyncSession, tech: Technician) -> bool:
     """Whether ``tech`` enrolled by invitation and no admin has decided yet."""
-    return (await db.exec(select(Invitation.id).where(
-        Invitation.technician_id == tech.id, Invitation.state == PENDING))).first() is not None
+    return await run_sync(db, is_awaiting_approval, tech)
+
+
+def is_awaiting_approval(db: Session, tech: Technician) -> bool:
+    """:func:`awaiting_approval` inside a unit written as a plain function."""
+    return db.exec(select(Invitation.id).where(
+        Invitation.technician_id == tech.id, Invitation.state == PENDING)).first() is not None
 
 
 async def account_refusal(ctx: Context, tech_name: str) -> str | None:
@@ -160,17 +166,23 @@ async def account_refusal(ctx: Context, tech_name: str) -> str | None:
 async def note_login(ctx: Context, db: AsyncSession, tech_name: str) -> None:
     """A successful SSH login or web sign-in restarts the inactivity clock (in the unit of
     work that audits the login)."""
-    await db.exec(update(Technician).where(col(Technician.name) == tech_name)
-                  .values(last_login_at=ctx.now()))
+    await run_sync(db, _note_login, ctx.now(), tech_name)
+
+
+def _note_login(db: Session, now: datetime, tech_name: str) -> None:
+    db.exec(update(Technician).where(col(Technician.name) == tech_name)
+            .values(last_login_at=now))
 
 
 async def login_succeeded(ctx: Context, tech_name: str, subject: str | None,
                           **data: object) -> None:
     """``login.succeeded`` audited and the inactivity clock restarted, in one unit of work
     (a login is on every session's path: one write, not two)."""
-    async with ctx.store.session() as db:
-        await ctx.audit(db, "login.succeeded", f"technician:{tech_name}", subject, **data)
-        await note_login(ctx, db, tech_name)
+    def write(db: Session) -> None:
+        ctx.append_audit(db, "login.succeeded", f"technician:{tech_name}", subject, **data)
+        _note_login(db, ctx.now(), tech_name)
+
+    await ctx.store.run_write(write)
 
 
 async def lifecycle_round(ctx: Context) -> int:
