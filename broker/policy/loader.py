@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,8 +268,37 @@ def load_policies(directory: Path) -> list[Policy]:
 
     No files means no policies, so the built-in default applies. Raises :class:`PolicyError`
     listing every problem when any file is wrong.
+
+    Every login asks, several times, and parsing costs milliseconds a file: the files are
+    read again only when one of them is added, removed or changed (its inode, size, change
+    or modification time), so an edit applies to the next login as before.
     """
-    policies, problems = _load(directory)
+    signature = _signature(directory)
+    cached = _loaded.get(directory)
+    if signature is not None and cached is not None and cached[0] == signature:
+        policies, problems = cached[1], cached[2]
+    else:
+        policies, problems = _load(directory)
+        if signature is not None:
+            _loaded[directory] = (signature, policies, problems)
     if problems:
         raise PolicyError(problems)
-    return policies
+    return list(policies)
+
+
+_Signature = tuple[tuple[str, int, int, int, int], ...]
+_loaded: dict[Path, tuple[_Signature, list[Policy], list[PolicyProblem]]] = {}
+
+
+def _signature(directory: Path) -> _Signature | None:
+    """What :func:`load_policies` would read, as stat() sees it; None when it cannot tell
+    (the load then says why)."""
+    try:
+        with os.scandir(directory) as entries:
+            return tuple(sorted(
+                (entry.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                for entry in entries
+                if entry.name.endswith((".yaml", ".yml")) and not entry.name.startswith(".")
+                for st in (entry.stat(),)))
+    except OSError:
+        return None

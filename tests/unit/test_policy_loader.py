@@ -92,6 +92,30 @@ def test_every_field_of_the_format(tmp_path: Path) -> None:
     assert r.pending_expiry == timedelta(hours=12)
 
 
+def test_files_are_parsed_again_only_when_they_change(tmp_path: Path) -> None:
+    path = Path(write(tmp_path, "a.yaml", "policies:\n  - name: first\n"))
+    [first] = load_policies(tmp_path)
+    [again] = load_policies(tmp_path)
+    assert again is first  # unchanged files: the policies parsed last time
+    path.write_text("policies:\n  - name: secnd\n", encoding="utf-8")  # same size
+    assert [p.name for p in load_policies(tmp_path)] == ["secnd"]
+    write(tmp_path, "b.yaml", "policies:\n  - name: added\n")
+    assert [p.name for p in load_policies(tmp_path)] == ["secnd", "added"]
+    path.unlink()
+    assert [p.name for p in load_policies(tmp_path)] == ["added"]
+
+
+def test_a_file_broken_after_loading_is_refused_on_the_next_load(tmp_path: Path) -> None:
+    path = Path(write(tmp_path, "a.yaml", "policies:\n  - name: fine\n"))
+    assert load_policies(tmp_path)
+    path.write_text("policies:\n  - name: fine\n    bogus: 1\n", encoding="utf-8")
+    with pytest.raises(PolicyError) as raised:
+        load_policies(tmp_path)
+    assert "bogus" in str(raised.value.problems[0])
+    with pytest.raises(PolicyError):  # and stays refused, from the cache too
+        load_policies(tmp_path)
+
+
 def test_defaults_of_a_minimal_policy(tmp_path: Path) -> None:
     write(tmp_path, "any.yml", "policies:\n  - name: anyone\n")
     [p] = load_policies(tmp_path)
