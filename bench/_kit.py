@@ -30,7 +30,8 @@ import asyncssh
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.integration.harness import BrokerProcess, SshdDevice
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS = REPOSITORY / "bench" / "results"
 BENCH_USER = "benchuser"
 # the device accepts as many logins at once as the benchmarks open (default 10:30:100)
 DEVICE_TUNING = "MaxStartups 20000\nMaxSessions 100\n"
@@ -161,9 +162,21 @@ def broker_with_grant(root: Path, device: SshdDevice, duration: str = "8h",
     technician's key also logs in to the device directly, so both sides use one client."""
     broker = BrokerProcess(root).init()
     broker.env.update(env or {})
+    with_hospital_policies(broker.root / "policies")
     key = broker.one_grant(device, duration)
     authorize(device, Path(f"{key}.pub"))
     return broker, key
+
+
+def with_hospital_policies(directory: Path) -> None:
+    """A hospital's policy files, as a broker in service has them (every login reads them):
+    the shipped examples, then one that lets the benchmark's technician on its device."""
+    directory.mkdir(exist_ok=True)
+    for shipped in sorted(REPOSITORY.joinpath("policies").glob("*.yaml")):
+        shutil.copy(shipped, directory / shipped.name)
+    (directory / "zz-bench.yaml").write_text(
+        "policies:\n  - name: bench\n    description: the benchmark's technician and device\n"
+        "    max_duration: 8h\n")
 
 
 class Sources:

@@ -5,15 +5,16 @@ failing or nested unit never leaves the queue stuck (bench/opening.py found the 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from broker.aio import within
-from broker.errors import StoreError
+from broker.errors import DuplicateRow, StoreError
 from broker.store.engine import Store
 from broker.store.models import Vendor
 from tests.pg_kit import PostgresCluster
@@ -120,5 +121,93 @@ async def test_on_postgresql_reading_is_a_plain_unit(postgres: PostgresCluster) 
         async with store.session() as db:
             db.add(vendor("Acme"))
         assert await names(store) == {"Acme"}
+    finally:
+        await store.close()
+
+
+# -- units written as plain functions (Store.run / run_write) -------------------------------
+
+def add_vendor(db: Session, name: str, fail: bool = False) -> str:
+    db.add(vendor(name))
+    db.flush()
+    if fail:
+        raise RuntimeError("the unit fails")
+    return threading.current_thread().name
+
+
+def vendor_names(db: Session) -> set[str]:
+    return {v.name for v in db.exec(select(Vendor)).all()}
+
+
+async def test_a_function_unit_commits_when_it_returns_and_rolls_back_when_it_raises(
+        store: Store) -> None:
+    thread = await store.run_write(add_vendor, "Acme")
+    assert thread.startswith("store")  # SQLite: run whole in one of the store's threads
+    with pytest.raises(RuntimeError):
+        await store.run_write(add_vendor, "Gone", fail=True)
+    assert await store.run(vendor_names) == {"Acme"} == await names(store)
+
+
+async def test_a_function_unit_maps_database_errors_as_other_units_do(store: Store) -> None:
+    await store.run_write(add_vendor, "Acme")
+    with pytest.raises(DuplicateRow, match=r"UNIQUE constraint failed: vendor\.name"):
+        await store.run_write(add_vendor, "Acme")
+    with pytest.raises(StoreError, match="readonly database"):
+        await store.run(add_vendor, "Sneaky")  # a read unit cannot write
+    assert await names(store) == {"Acme"}
+
+
+async def test_function_writes_queue_with_the_other_writes(store: Store) -> None:
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with store.session() as db:
+            db.add(vendor("First"))
+            inside.set()
+            await release.wait()
+
+    task = asyncio.ensure_future(holder())
+    await inside.wait()
+    write = asyncio.ensure_future(store.run_write(add_vendor, "Second"))
+    assert await within(2, store.run(vendor_names)) == set()  # reads do not queue
+    await asyncio.sleep(0.1)
+    assert not write.done()  # the write waits its turn in the process, not in SQLite
+    release.set()
+    await task
+    await within(5, write)
+    assert await names(store) == {"First", "Second"}
+
+
+async def test_a_cancelled_function_write_ends_before_the_queue_moves_on(store: Store) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(db: Session) -> None:
+        db.add(vendor("Slow"))
+        db.flush()  # SQLite's writer lock is held from here
+        started.set()
+        release.wait(5)
+
+    write = asyncio.ensure_future(store.run_write(slow))
+    await asyncio.to_thread(started.wait, 5)
+    write.cancel()
+    nxt = asyncio.ensure_future(store.run_write(add_vendor, "Next"))
+    await asyncio.sleep(0.1)
+    assert not write.done() and not nxt.done()  # the started unit runs to its end first
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    await within(5, nxt)
+    assert await names(store) == {"Slow", "Next"}
+
+
+async def test_on_postgresql_a_function_unit_runs_in_an_async_unit(
+        postgres: PostgresCluster) -> None:
+    store = Store(postgres.create_database())
+    await store.migrate()
+    try:
+        assert await store.run_write(add_vendor, "Acme") == threading.current_thread().name
+        with pytest.raises(DuplicateRow):
+            await store.run_write(add_vendor, "Acme")
+        assert await store.run(vendor_names) == {"Acme"}
     finally:
         await store.close()
