@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import statistics
 import sys
 import time
@@ -48,6 +49,7 @@ from bench._kit import (
 )
 
 RATE_TARGET = 1.0
+PROFILE_KEPT = Path("/tmp/bench-opening-broker.prof")
 
 
 async def open_many(port: int, user: str, key: str, count: int, concurrency: int,
@@ -161,6 +163,8 @@ def main() -> None:
             broker.stop()
             device.stop()
         top = profile_top(stats) if args.profile else None
+        if args.profile and stats.exists():  # for pstats: callers, callees
+            shutil.copy(stats, PROFILE_KEPT)
     side: dict[str, dict[str, Any]] = {}
     for name, bursts in runs.items():
         times = [t for b in bursts for t in b["times"]]
