@@ -200,7 +200,7 @@ class Checkpointer:
     async def tick(self) -> AuditCheckpoint | None:
         """One second's work: a checkpoint if the head moved or the heartbeat is due."""
         assert self.last is not None, "start() first"
-        async with self.ctx.store.session() as db:
+        async with self.ctx.store.reading() as db:  # a write only when the head moved
             seq, head = await _head(db)
         due = self.ctx.now() - self.last.at >= self.heartbeat
         if (seq, head) == (self.last.seq, self.last.hash) and not due:

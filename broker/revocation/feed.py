@@ -74,7 +74,7 @@ class PollingFeed:
                 if head == last:
                     unread = False
                     continue
-                async with self.ctx.store.session() as db:
+                async with self.ctx.store.reading() as db:
                     rows = (await db.exec(select(AuditEvent.kind, AuditEvent.ts).where(
                         AuditEvent.seq > last, AuditEvent.seq <= head))).all()
                 last, unread = head, False
@@ -85,7 +85,8 @@ class PollingFeed:
                 log.error("change feed failed", error=str(exc))
 
     async def _head(self) -> int:
-        async with self.ctx.store.session() as db:
+        # reads, never queued behind (or holding up) the logins' writes
+        async with self.ctx.store.reading() as db:
             return (await db.exec(select(func.max(col(AuditEvent.seq))))).one() or 0
 
 
@@ -165,7 +166,7 @@ class PostgresFeed:
         """The newest notified event's timestamp, read back (one primary-key lookup per
         batch), against when this node heard of it."""
         try:
-            async with self.ctx.store.session() as db:
+            async with self.ctx.store.reading() as db:
                 ts = (await db.exec(select(AuditEvent.ts).where(AuditEvent.seq == seq))).first()
         except Exception as exc:
             log.warning("change feed lag not measured", error=str(exc))
