@@ -8,7 +8,9 @@ Starts, on loopback: a device (real sshd, MaxStartups raised, a plain /bin/sh ac
 a key, run `true` in an exec channel, read its exit status, disconnect. The asyncssh client
 runs in --workers processes, --concurrency sessions in flight in all, from many loopback
 source addresses. Rounds alternate direct and broker so both see the same host load.
-Target (issue #18): the broker opens sessions at >= 1x the direct rate.
+Target (issue #18): the broker opens sessions at >= 1x the direct rate. With --floor a third
+side runs bench/floor_ssh.py, an asyncssh server that only does SSH (it answers `true`
+itself): the most any broker on asyncssh could open on this machine.
 Writes bench/results/opening-<UTC time>.json and prints the rates and their ratio.
 """
 
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +50,7 @@ from bench._kit import (
     started,
     write_result,
 )
+from tests.ports import free_port
 
 RATE_TARGET = 1.0
 PROFILE_KEPT = Path("/tmp/bench-opening-broker.prof")
@@ -76,6 +80,22 @@ async def open_many(port: int, user: str, key: str, count: int, concurrency: int
 
     await asyncio.gather(*(one() for _ in range(count)))
     return times, errors
+
+
+def start_floor(work: Path, key: Path) -> tuple[subprocess.Popen[str], int]:
+    """bench/floor_ssh.py on a free port, authorizing the technician's key."""
+    host_key = work / "floor_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+                   check=True)
+    port = free_port()
+    floor = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("floor_ssh.py")), str(port),
+         str(host_key), f"{key}.pub"], stdout=subprocess.PIPE, text=True)
+    assert floor.stdout is not None
+    if floor.stdout.readline().strip() != "ready":
+        floor.kill()
+        raise SystemExit("bench/floor_ssh.py did not start")
+    return floor, port
 
 
 def worker(args: tuple[int, str, str, int, int, int]) -> tuple[list[float], dict[str, int]]:
@@ -115,6 +135,8 @@ def main() -> None:
     parser.add_argument("--device-keepalive", type=int, default=10,
                         help="[ssh] device_keepalive of the broker, seconds (default 10, the"
                         " broker's default; 0: it logs in to the device for every session)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time bench/floor_ssh.py, asyncssh doing SSH and nothing else")
     parser.add_argument("--profile", action="store_true",
                         help="run the broker under cProfile; its top functions go in the JSON")
     args = parser.parse_args()
@@ -130,6 +152,8 @@ def main() -> None:
     raise_fd_limit()
     head = started()
     runs: dict[str, list[dict[str, Any]]] = {"direct": [], "broker": []}
+    if args.floor:
+        runs["floor"] = []
     with TemporaryDirectory(prefix="bench-opening-") as tmp:
         work = Path(tmp)
         device = bench_device(work / "device")
@@ -138,11 +162,15 @@ def main() -> None:
                                           "BROKER_SSH_DEVICE_KEEPALIVE":
                                               str(args.device_keepalive)})
         stats = work / "broker.prof"
+        floor: subprocess.Popen[str] | None = None
         try:
             with profiled(broker, stats) if args.profile else contextlib.nullcontext():
                 broker.serve()
             time.sleep(2)
             sides = {"direct": (device.port, device.user), "broker": (broker.port, "tech+dev")}
+            if args.floor:
+                floor, floor_port = start_floor(work, key)
+                sides["floor"] = (floor_port, "tech")
             with ProcessPoolExecutor(args.workers) as pool:
                 for port, user in sides.values():  # warm: imports, caches, the pool
                     burst(pool, args.workers, port, user, str(key), args.workers * 2,
@@ -151,7 +179,9 @@ def main() -> None:
                 for r in range(args.rounds):
                     for name, (port, user) in sides.items():
                         assert broker.proc is not None
-                        pids = process_tree(broker.proc.pid)
+                        measured = floor if name == "floor" else broker.proc
+                        assert measured is not None
+                        pids = process_tree(measured.pid)
                         cpu = cpu_seconds_of(pids)
                         with stage(f"round {r + 1}: {args.sessions} sessions {name}"):
                             runs[name].append(burst(pool, args.workers, port, user, str(key),
@@ -160,6 +190,9 @@ def main() -> None:
                         source += 1000
             recordings = len(broker.recordings())
         finally:
+            if floor is not None:
+                floor.terminate()
+                floor.wait(10)
             broker.stop()
             device.stop()
         top = profile_top(stats) if args.profile else None
@@ -175,7 +208,8 @@ def main() -> None:
             "opened": sum(b["opened"] for b in bursts),
             "errors": sum(sum(b["errors"].values()) for b in bursts),
             "error_kinds": {k: v for b in bursts for k, v in b["errors"].items()},
-            # the broker's own CPU (every worker) per session opened in this side's rounds
+            # the broker's own CPU (every worker; the floor server's on the floor side) per
+            # session opened in this side's rounds
             "broker_cpu_ms_per_session": round(1000 * sum(b["broker_cpu_s"] for b in bursts)
                                                / max(1, sum(b["opened"] for b in bursts)), 2)}
     ratio = round(side["broker"]["rate_median_per_s"] / side["direct"]["rate_median_per_s"], 2)
@@ -183,6 +217,9 @@ def main() -> None:
                "rounds": args.rounds,
                "rate_per_s": {n: s["rate_median_per_s"] for n, s in side.items()},
                "rate_ratio_broker_vs_direct": ratio,
+               **({"rate_ratio_floor_vs_direct": round(
+                   side["floor"]["rate_median_per_s"] / side["direct"]["rate_median_per_s"], 2)}
+                  if "floor" in side else {}),
                "open_p50_ms": {n: s["open_ms"]["p50"] for n, s in side.items()},
                "broker_cpu_ms_per_opening": side["broker"]["broker_cpu_ms_per_session"],
                "errors": {n: s["errors"] for n, s in side.items()},
@@ -200,6 +237,8 @@ def main() -> None:
               f"  errors {s['errors']}  broker CPU {s['broker_cpu_ms_per_session']} ms/session")
     print(f"  broker/direct rate x{ratio} (target >= {RATE_TARGET}x): "
           f"{'PASS' if ratio >= RATE_TARGET else 'FAIL'}")
+    if "floor" in side:
+        print(f"  floor/direct rate x{summary['rate_ratio_floor_vs_direct']}: asyncssh alone")
     if top:
         print("\n".join(["  broker profile (own time):", *top[:20]]))
     print(f"  -> {out}")
