@@ -49,6 +49,9 @@ def host_info() -> dict[str, object]:
             "python": platform.python_version(), "asyncssh": asyncssh.__version__,
             "openssh": subprocess.run(["ssh", "-V"], capture_output=True,
                                       text=True).stderr.strip(),
+            "broker_commit": subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "--short",
+                                             "HEAD"], capture_output=True,
+                                            text=True).stdout.strip() or None,
             # the broker's [broker] event_loop in this run (the environment overrides it)
             "broker_event_loop": os.environ.get("BROKER_BROKER_EVENT_LOOP", "uvloop")}
 
