@@ -9,7 +9,9 @@ a TLS reverse proxy in front of the same device web server with the broker's cer
 one worker process (the broker is one event loop), keep-alive to the device and an access
 log. A page load is what a browser does: the page, then its assets over 6 connections.
 Rounds alternate direct (plain HTTP), nginx and the broker, on warm connections.
-Target (issue #18): broker page load <= 1.3x nginx's.
+Target (issue #18): broker page load <= 1.3x nginx's. With --floor a fourth side runs
+bench/floor_web.py, an aiohttp reverse proxy that only proxies (no sign-in, recording or
+rewriting): the fastest any web proxy on aiohttp could serve the page on this machine.
 Writes bench/results/webload-<UTC time>.json and prints the medians and ratios.
 """
 
@@ -84,7 +86,7 @@ def start_nginx(root: Path, port: int, device_port: int, cert: Path,
 
 
 async def measure(broker: BrokerProcess, device_port: int, nginx_port: int, grant: int,
-                  rounds: int) -> dict[str, list[float]]:
+                  rounds: int, floor_port: int | None) -> dict[str, list[float]]:
     connector = aiohttp.TCPConnector(ssl=False, limit_per_host=PARALLEL)
     async with aiohttp.ClientSession(connector=connector,
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
@@ -93,6 +95,8 @@ async def measure(broker: BrokerProcess, device_port: int, nginx_port: int, gran
             "direct": (f"http://127.0.0.1:{device_port}", "/page", {}),
             "nginx": (f"https://127.0.0.1:{nginx_port}", "/page", {}),
             "broker": (f"https://127.0.0.1:{broker.devices_port}", f"/w/{grant}/page", cookie)}
+        if floor_port is not None:
+            sides["floor"] = (f"https://127.0.0.1:{floor_port}", "/page", {})
         runs: dict[str, list[float]] = {name: [] for name in sides}
         for round_ in range(rounds + 3):  # three warm rounds: connections, TLS, caches
             for name, (base, path, headers) in sides.items():
@@ -107,6 +111,8 @@ def main() -> None:
     parser.add_argument("--assets", type=int, default=30, help="assets on the page (30)")
     parser.add_argument("--asset-kib", type=int, default=20, help="KiB per asset (20)")
     parser.add_argument("--rounds", type=int, default=30, help="page loads per side (30)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time bench/floor_web.py, aiohttp proxying and nothing else")
     parser.add_argument("--profile", action="store_true",
                         help="run the broker under cProfile; its top functions go in the JSON")
     args = parser.parse_args()
@@ -120,6 +126,8 @@ def main() -> None:
                                str(device_port), "--assets", str(args.assets),
                                "--asset-kib", str(args.asset_kib)])
     nginx: subprocess.Popen[bytes] | None = None
+    floor: subprocess.Popen[bytes] | None = None
+    floor_port = free_port() if args.floor else None
     with TemporaryDirectory(prefix="bench-webload-") as tmp:
         work = Path(tmp)
         broker = BrokerProcess(work / "broker").init()
@@ -139,13 +147,21 @@ def main() -> None:
             data = broker.root / "data"
             nginx = start_nginx(work / "nginx", nginx_port, device_port, data / "tls.crt",
                                 data / "tls.key")
-            runs = asyncio.run(measure(broker, device_port, nginx_port, grant, args.rounds))
+            if floor_port is not None:
+                floor = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("floor_web.py")),
+                     str(floor_port), str(data / "tls.crt"), str(data / "tls.key"),
+                     f"http://127.0.0.1:{device_port}"], stdout=subprocess.DEVNULL)
+                wait_for_port(floor_port, floor)
+            runs = asyncio.run(measure(broker, device_port, nginx_port, grant, args.rounds,
+                                       floor_port))
             har_bytes = sum(p.stat().st_size for p in broker.root.glob("recordings/*/web.har"))
             nginx_log_lines = len((work / "nginx" / "access.log").read_text().splitlines())
         finally:
-            if nginx is not None:
-                nginx.terminate()
-                nginx.wait(10)
+            for proc in (nginx, floor):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
             broker.stop()
             device.terminate()
             device.wait(10)
@@ -164,6 +180,9 @@ def main() -> None:
                                             / sides["direct"]["median_ms"], 2),
             "ratio_nginx_vs_direct": round(sides["nginx"]["median_ms"]
                                            / sides["direct"]["median_ms"], 2),
+            **({"ratio_floor_vs_nginx": round(sides["floor"]["median_ms"]
+                                              / sides["nginx"]["median_ms"], 2)}
+               if "floor" in sides else {}),
             "broker_har_bytes": har_bytes, "nginx_access_log_lines": nginx_log_lines,
             "targets": {"at_most_1_3x_nginx": ratio <= RATIO_TARGET}},
         "raw_ms": {n: [round(v * 1000, 2) for v in vals] for n, vals in runs.items()},
@@ -175,6 +194,8 @@ def main() -> None:
         print(f"  {name:6}  median {s['median_ms']} ms  p90 {s['p90_ms']} ms")
     print(f"  broker/nginx x{ratio} (target <= {RATIO_TARGET}x):"
           f" {'PASS' if ratio <= RATIO_TARGET else 'FAIL'}")
+    if "floor" in sides:
+        print(f"  floor/nginx x{result['summary']['ratio_floor_vs_nginx']}: aiohttp alone")
     if top:
         print("\n".join(["  broker profile (own time):", *top[:20]]))
     print(f"  -> {out}")
