@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
-from sqlmodel import col, func, select
+from sqlmodel import Session, col, func, select
 
 from broker import metrics
 from broker.aio import within
@@ -62,7 +62,7 @@ class PollingFeed:
     async def _poll(self, probe: SQLiteChangeProbe | None, on_change: OnChange) -> None:
         if probe is not None:
             probe.changed()  # the baseline, before the head: a commit in between is a change
-        last = await self._head()
+        last, _ = await self._read(None)
         unread = False  # the probe saw a commit that a failed read has not caught up with
         while True:
             await asyncio.sleep(self.interval)
@@ -70,13 +70,10 @@ class PollingFeed:
                 continue
             unread = True
             try:
-                head = await self._head()
+                head, rows = await self._read(last)
                 if head == last:
                     unread = False
                     continue
-                async with self.ctx.store.reading() as db:
-                    rows = (await db.exec(select(AuditEvent.kind, AuditEvent.ts).where(
-                        AuditEvent.seq > last, AuditEvent.seq <= head))).all()
                 last, unread = head, False
                 if rows:
                     seen_lag(max(ts for _kind, ts in rows))
@@ -84,10 +81,19 @@ class PollingFeed:
             except Exception as exc:
                 log.error("change feed failed", error=str(exc))
 
-    async def _head(self) -> int:
-        # reads, never queued behind (or holding up) the logins' writes
-        async with self.ctx.store.reading() as db:
-            return (await db.exec(select(func.max(col(AuditEvent.seq))))).one() or 0
+    async def _read(self, last: int | None) -> tuple[int, list[tuple[str, datetime]]]:
+        return await self.ctx.store.run(_events_after, last)
+
+
+def _events_after(db: Session, last: int | None) -> tuple[int, list[tuple[str, datetime]]]:
+    """The chain's head, and the kind and time of each event after ``last`` up to it (none
+    when ``last`` is None): one read, beside the logins' writes, never queued behind them."""
+    head = db.exec(select(func.max(col(AuditEvent.seq)))).one() or 0
+    if last is None or head == last:
+        return head, []
+    return head, [(kind, ts) for kind, ts in db.exec(
+        select(AuditEvent.kind, AuditEvent.ts).where(AuditEvent.seq > last,
+                                                     AuditEvent.seq <= head))]
 
 
 class PostgresFeed:

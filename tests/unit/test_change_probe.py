@@ -80,15 +80,15 @@ async def test_only_sqlite_files_get_a_probe(tmp_path: Path) -> None:
 
 
 class _BlipOnce(PollingFeed):
-    """The real feed, whose next read of the audit head fails once (a database blip)."""
+    """The real feed, whose next read of the audit chain fails once (a database blip)."""
 
     blip = False
 
-    async def _head(self) -> int:
+    async def _read(self, last: int | None) -> tuple[int, list[tuple[str, datetime]]]:
         if self.blip:
             self.blip = False
             raise OSError("database is locked")
-        return await super()._head()
+        return await super()._read(last)
 
 
 async def test_a_change_whose_first_read_fails_is_still_delivered(tmp_path: Path) -> None:
