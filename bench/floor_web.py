@@ -15,13 +15,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
+from pathlib import Path
 
 import aiohttp
 import uvloop
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from broker.webproxy.upstream_headers import HOP_BY_HOP
+
 CHUNK = 64 * 1024
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
+DROPPED = HOP_BY_HOP | {"content-length"}  # set again from the device's answer
 
 
 async def serve(port: int, cert: str, key: str, device: str) -> None:
@@ -35,7 +39,7 @@ async def serve(port: int, cert: str, key: str, device: str) -> None:
                                   allow_redirects=False) as upstream:
             response = web.StreamResponse(status=upstream.status)
             for name, value in upstream.headers.items():
-                if name.lower() not in HOP_BY_HOP:
+                if name.lower() not in DROPPED:
                     response.headers.add(name, value)
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length

@@ -27,7 +27,7 @@ from broker.domain.text import REVOKE_REASON
 from broker.domain.vendors import refusal_for
 from broker.errors import Conflict
 from broker.services.context import Context
-from broker.services.lookup import by_id
+from broker.services.lookup import by_id, maybe_named
 from broker.services.rotations import grant_ended as rotation_after_grant
 from broker.services.text import free_text
 from broker.services.vendors import is_awaiting_approval, state_of
@@ -198,7 +198,7 @@ def _access_facts(db: Session, tech_name: str, device_name: str, now: datetime
     tech, vendor = db.exec(
         select(Technician, Vendor).outerjoin(Vendor, col(Vendor.id) == Technician.vendor_id)
         .where(Technician.name == tech_name)).first() or (None, None)
-    device = db.exec(select(Device).where(Device.name == device_name)).first()
+    device = maybe_named(db, Device, device_name)
     if tech is None or device is None:
         return tech, vendor, device, False, []
     pending = tech.disabled and is_awaiting_approval(db, tech)

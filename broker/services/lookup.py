@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlmodel import SQLModel, select
+from sqlmodel import Session, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from broker.errors import NotFound
 from broker.store.models import AccessRequest, Approver, Device, Grant, Technician, Vendor
@@ -17,15 +18,24 @@ _KIND = {Technician: "technician", Approver: "approver", Device: "device",
          AccessRequest: "request", Grant: "grant", Vendor: "vendor"}
 
 
+def _named(model: type[_Named], name: str) -> SelectOfScalar[_Named]:
+    return select(model).where(model.name == name)
+
+
 async def by_name(db: AsyncSession, model: type[_Named], name: str) -> _Named:
-    row = (await db.exec(select(model).where(model.name == name))).first()
+    row = (await db.exec(_named(model, name))).first()
     if row is None:
         raise NotFound(f"no {_KIND[model]} named {name!r}")
     return row
 
 
 async def maybe_by_name(db: AsyncSession, model: type[_Named], name: str) -> _Named | None:
-    return (await db.exec(select(model).where(model.name == name))).first()
+    return (await db.exec(_named(model, name))).first()
+
+
+def maybe_named(db: Session, model: type[_Named], name: str) -> _Named | None:
+    """:func:`maybe_by_name` inside a unit written as a plain function (``Store.run``)."""
+    return db.exec(_named(model, name)).first()
 
 
 async def by_id(db: AsyncSession, model: type[_Numbered], ident: int) -> _Numbered:

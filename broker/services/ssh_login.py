@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 from broker.credentials.certs import grant_principal
 from broker.domain.grants import GrantState
 from broker.services.context import Context
+from broker.services.lookup import maybe_named
 from broker.services.policies import decide
 from broker.store.models import Device, Grant, Technician, TechnicianKey
 
@@ -45,13 +46,12 @@ async def login_facts(ctx: Context, tech_name: str, device_name: str | None
 
 def _read(db: Session, tech_name: str, device_name: str | None, now: datetime
           ) -> tuple[Technician, list[str], Device | None, list[int | None]] | None:
-    tech = db.exec(select(Technician).where(Technician.name == tech_name)).first()
+    tech = maybe_named(db, Technician, tech_name)
     if tech is None:
         return None
     keys = list(db.exec(select(TechnicianKey.public_key)
                         .where(TechnicianKey.technician_id == tech.id)).all())
-    device = (db.exec(select(Device).where(Device.name == device_name)).first()
-              if device_name is not None else None)
+    device = maybe_named(db, Device, device_name) if device_name is not None else None
     grant_ids = [] if device is None else list(db.exec(
         select(Grant.id).where(
             Grant.technician_id == tech.id, Grant.device_id == device.id,

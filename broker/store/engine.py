@@ -234,7 +234,7 @@ class Store:
         return engine
 
     def _reader_engine(self) -> AsyncEngine | None:
-        if self._reader is None and self.is_sqlite and sqlite_path(self.url) is not None:
+        if self._reader is None and self._database is not None:
             self._reader = create_async_engine(self.url)
             event.listen(self._reader.sync_engine, "connect", _sqlite_reader_pragmas)
             event.listen(self._reader.sync_engine, "begin", _sqlite_begin_deferred)
@@ -346,12 +346,7 @@ class Store:
 
     def change_probe(self) -> SQLiteChangeProbe | None:
         """A cheap commit detector, for an SQLite database in a file; None otherwise."""
-        if not self.is_sqlite:
-            return None
-        database = make_url(self.url).database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return SQLiteChangeProbe(database)
+        return None if self._database is None else SQLiteChangeProbe(self._database)
 
     @property
     def dialect(self) -> str:
