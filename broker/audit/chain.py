@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import event, text
+from sqlalchemy import event, insert, text
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -54,44 +54,51 @@ async def lock_chain(session: AsyncSession) -> None:
     await run_sync(session, _lock_chain)
 
 
+_LOCK = text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})")
+
+
 def _lock_chain(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        session.exec(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})"))  # type: ignore[call-overload]
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_LOCK)
 
 
 async def record(session: AsyncSession, now: datetime, kind: str, actor: str,
-                 subject: str | None = None, **data: Any) -> AuditEvent:
+                 subject: str | None = None, **data: Any) -> None:
     """Append one event to the chain inside ``session``'s transaction."""
-    return await run_sync(session, append, now, kind, actor, subject, **data)
+    await run_sync(session, append, now, kind, actor, subject, **data)
+
+
+# Built once: an append is on every login and every session's start and end, and building
+# and keying the statements cost more than running them.
+_HEAD = select(AuditEvent.seq, AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
+_INSERT = insert(AuditEvent)
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
 def append(session: Session, /, now: datetime, kind: str, actor: str,
-           subject: str | None = None, **data: Any) -> AuditEvent:
+           subject: str | None = None, **data: Any) -> None:
     """:func:`record` for a unit of work written as a plain function
-    (:meth:`broker.store.engine.Store.run_write`): the one implementation of both."""
-    bind = session.get_bind()
-    _lock_chain(session)
-    head = session.exec(
-        select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)
-    ).first()
-    seq = head.seq + 1 if head else 1
-    prev = head.hash if head else GENESIS
+    (:meth:`broker.store.engine.Store.run_write`): the one implementation of both. The row
+    is written on the session's connection as it is (one statement to read the head, one to
+    insert), not as an ORM object: nothing of the unit reads it back as one."""
+    connection = session.connection()
+    postgresql = connection.dialect.name == "postgresql"
+    if postgresql:
+        connection.execute(_LOCK)
+    head = connection.execute(_HEAD).first()
+    seq, prev = (head[0] + 1, head[1]) if head is not None else (1, GENESIS)
     payload = json.loads(json.dumps(data, default=str))
-    body = canonical(seq, now, kind, actor, subject, payload)
-    row = AuditEvent(seq=seq, ts=now, kind=kind, actor=actor, subject=subject,
-                     data=json.dumps(payload, sort_keys=True), prev_hash=prev,
-                     hash=link_hash(prev, body))
-    session.add(row)
-    session.flush()
-    if bind.dialect.name == "postgresql":
-        # Delivered at commit, to every node LISTENing (broker.revocation.feed).
-        session.exec(text("SELECT pg_notify(:channel, :payload)").bindparams(  # type: ignore[call-overload]
-            channel=NOTIFY_CHANNEL, payload=f"{seq} {kind}"))
+    row_hash = link_hash(prev, canonical(seq, now, kind, actor, subject, payload))
+    connection.execute(_INSERT, {"seq": seq, "ts": now, "kind": kind, "actor": actor,
+                                 "subject": subject, "data": json.dumps(payload, sort_keys=True),
+                                 "prev_hash": prev, "hash": row_hash})
+    if postgresql:  # delivered at commit, to every node LISTENing (broker.revocation.feed)
+        connection.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "payload": f"{seq} {kind}"})
     session.info.setdefault(_PENDING, []).append(
-        {"seq": seq, "kind": kind, "actor": actor, "subject": subject, "hash": row.hash,
+        {"seq": seq, "kind": kind, "actor": actor, "subject": subject, "hash": row_hash,
          **payload}
     )
-    return row
 
 
 _committed = [0]  # audit events this process has committed
