@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, and_, col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -190,22 +191,27 @@ async def check_access(ctx: Context, tech_name: str, device_name: str,
 _AccessFacts = tuple[Technician | None, Vendor | None, Device | None, bool, list[Grant]]
 
 
+# built once (building and keying a statement costs more than running it)
+_TECH_AND_VENDOR = (select(Technician, Vendor)
+                    .outerjoin(Vendor, col(Vendor.id) == Technician.vendor_id)
+                    .where(Technician.name == bindparam("tech")))
+_RECENT_GRANTS = select(Grant).where(
+    Grant.technician_id == bindparam("tech"), Grant.device_id == bindparam("device"),
+    or_(col(Grant.state).in_(LIVE_STATES), Grant.end >= bindparam("recent")))
+
+
 def _access_facts(db: Session, tech_name: str, device_name: str, now: datetime
                   ) -> _AccessFacts:
     """The one read :func:`check_access` decides on: the technician and their vendor, the
     device, whether an invitation still waits for approval, and their grants on it that are
     live or ended within 30 days (the refusal then says why)."""
-    tech, vendor = db.exec(
-        select(Technician, Vendor).outerjoin(Vendor, col(Vendor.id) == Technician.vendor_id)
-        .where(Technician.name == tech_name)).first() or (None, None)
+    tech, vendor = db.exec(_TECH_AND_VENDOR, params={"tech": tech_name}).first() or (None, None)
     device = maybe_named(db, Device, device_name)
     if tech is None or device is None:
         return tech, vendor, device, False, []
     pending = tech.disabled and is_awaiting_approval(db, tech)
-    recent = now - timedelta(days=30)
-    grants = list(db.exec(select(Grant).where(
-        Grant.technician_id == tech.id, Grant.device_id == device.id,
-        or_(col(Grant.state).in_(LIVE_STATES), Grant.end >= recent))).all())
+    grants = list(db.exec(_RECENT_GRANTS, params={
+        "tech": tech.id, "device": device.id, "recent": now - timedelta(days=30)}).all())
     return tech, vendor, device, pending, grants
 
 

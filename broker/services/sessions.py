@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlmodel import Session as DbSession
 from sqlmodel import col, or_, select
 
@@ -50,12 +51,16 @@ async def device_login(ctx: Context, device_id: int) -> DeviceLogin:
                        credential.kind, ctx.vault.open(credential.secret), device.host_key)
 
 
+# built once (building and keying a statement costs more than running it)
+_CURRENT_CREDENTIAL = select(DeviceCredential).where(
+    DeviceCredential.device_id == bindparam("device"), DeviceCredential.current
+).order_by(col(DeviceCredential.id).desc()).limit(1)
+
+
 def _device_and_credential(db: DbSession, device_id: int
                            ) -> tuple[Device | None, DeviceCredential | None]:
     device = db.get(Device, device_id)
-    credential = db.exec(select(DeviceCredential).where(
-        DeviceCredential.device_id == device_id, DeviceCredential.current)
-        .order_by(col(DeviceCredential.id).desc())).first()
+    credential = db.exec(_CURRENT_CREDENTIAL, params={"device": device_id}).first()
     return device, credential
 
 

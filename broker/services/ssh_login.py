@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from broker.credentials.certs import grant_principal
@@ -44,17 +45,21 @@ async def login_facts(ctx: Context, tech_name: str, device_name: str | None
                       tech.totp_secret is not None)
 
 
+# built once (building and keying a statement costs more than running it)
+_KEYS = select(TechnicianKey.public_key).where(TechnicianKey.technician_id == bindparam("tech"))
+_GRANT_IDS = select(Grant.id).where(
+    Grant.technician_id == bindparam("tech"), Grant.device_id == bindparam("device"),
+    Grant.end > bindparam("now"), col(Grant.revoked_at).is_(None),
+    Grant.state != GrantState.REVOKED.value)
+
+
 def _read(db: Session, tech_name: str, device_name: str | None, now: datetime
           ) -> tuple[Technician, list[str], Device | None, list[int | None]] | None:
     tech = maybe_named(db, Technician, tech_name)
     if tech is None:
         return None
-    keys = list(db.exec(select(TechnicianKey.public_key)
-                        .where(TechnicianKey.technician_id == tech.id)).all())
+    keys = list(db.exec(_KEYS, params={"tech": tech.id}).all())
     device = maybe_named(db, Device, device_name) if device_name is not None else None
     grant_ids = [] if device is None else list(db.exec(
-        select(Grant.id).where(
-            Grant.technician_id == tech.id, Grant.device_id == device.id,
-            Grant.end > now, col(Grant.revoked_at).is_(None),
-            Grant.state != GrantState.REVOKED.value)).all())
+        _GRANT_IDS, params={"tech": tech.id, "device": device.id, "now": now}).all())
     return tech, keys, device, grant_ids

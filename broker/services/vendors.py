@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -144,10 +145,13 @@ async def awaiting_approval(db: AsyncSession, tech: Technician) -> bool:
     return await run_sync(db, is_awaiting_approval, tech)
 
 
+_PENDING_INVITATION = select(Invitation.id).where(
+    Invitation.technician_id == bindparam("tech"), Invitation.state == PENDING).limit(1)
+
+
 def is_awaiting_approval(db: Session, tech: Technician) -> bool:
     """:func:`awaiting_approval` inside a unit written as a plain function."""
-    return db.exec(select(Invitation.id).where(
-        Invitation.technician_id == tech.id, Invitation.state == PENDING)).first() is not None
+    return db.exec(_PENDING_INVITATION, params={"tech": tech.id}).first() is not None
 
 
 async def account_refusal(ctx: Context, tech_name: str) -> str | None:
@@ -169,9 +173,12 @@ async def note_login(ctx: Context, db: AsyncSession, tech_name: str) -> None:
     await run_sync(db, _note_login, ctx.now(), tech_name)
 
 
+_NOTE_LOGIN = (update(Technician).where(col(Technician.name) == bindparam("tech"))
+               .values(last_login_at=bindparam("now")))  # built once: on every login
+
+
 def _note_login(db: Session, now: datetime, tech_name: str) -> None:
-    db.exec(update(Technician).where(col(Technician.name) == tech_name)
-            .values(last_login_at=now))
+    db.connection().execute(_NOTE_LOGIN, {"tech": tech_name, "now": now})
 
 
 async def login_succeeded(ctx: Context, tech_name: str, subject: str | None,
