@@ -101,7 +101,8 @@ class Server:
             self.ctx, self.sessions, public, split_listen(settings.ssh.listen)[1],
             handle_process,
             user_ca_public=ca_public.read_text().strip() if ca_public.exists() else None,
-            max_auth_tries=settings.ssh.max_auth_tries, on_session_change=self.scheduler.replan,
+            max_auth_tries=settings.ssh.max_auth_tries,
+            on_session_open=self.scheduler.session_opened,
             refusal_burst=settings.ssh.refusal_burst, node=self.node,
             upstream_pool=UpstreamPool(keepalive=settings.ssh.device_keepalive))
         self.services = services

@@ -22,10 +22,17 @@ class DeadlineLoop(ABC):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._wake = asyncio.Event()
+        self._planned: datetime | None = None  # the next round, while waiting for it
 
     def replan(self) -> None:
         """Something changed: run a round now instead of at the planned deadline."""
         self._wake.set()
+
+    def replan_by(self, moment: datetime) -> None:
+        """Something falls due at ``moment``: run a round now, unless one is planned by
+        then anyway (or is running, and will see it)."""
+        if self._planned is None or moment < self._planned:
+            self.replan()
 
     @abstractmethod
     async def tick(self) -> datetime:
@@ -33,12 +40,15 @@ class DeadlineLoop(ABC):
 
     async def run(self) -> None:
         while True:
+            # cleared before the round: a change made while it runs wakes the next one
+            self._wake.clear()
+            self._planned = None
             try:
                 deadline = await self.tick()
             except Exception as exc:  # a broken round must not stop the later ones
                 log.error("round failed", loop=type(self).__name__, error=str(exc))
                 deadline = self.ctx.now() + self.retry_after
-            self._wake.clear()
+            self._planned = deadline
             sleeper = asyncio.ensure_future(self.ctx.clock.sleep_until(deadline))
             waker = asyncio.ensure_future(self._wake.wait())
             try:

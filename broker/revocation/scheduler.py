@@ -27,6 +27,12 @@ class Scheduler(DeadlineLoop):
         super().__init__(ctx)
         self.sessions = sessions
 
+    def session_opened(self, ends_at: datetime) -> None:
+        """A session opened that ends at ``ends_at``: a round now if its first warning falls
+        before the round planned (a round for every opening would cost every login a pass
+        over the grants)."""
+        self.replan_by(ends_at - timedelta(minutes=max(WARN_MINUTES)))
+
     async def _cut_ended_windows(self) -> None:
         """Sessions whose window has ended go first, before the bookkeeping below (an audit
         row per grant, slow when many grants end at once): those with no other grant open

@@ -83,12 +83,12 @@ class AccessSession:
     def __init__(self, ctx: Context, registry: LiveSessions, endpoint: Endpoint, *,
                  technician: str, device: str, client: str, protocol: str,
                  node: NodeState | None = None, bound_grant: int | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_open: Callable[[datetime], None] | None = None) -> None:
         self.ctx, self.registry, self.endpoint = ctx, registry, endpoint
         self.technician, self.device, self.client = technician, device, client
         self.protocol = protocol  # the /metrics label: ssh, sftp, scp, forward, web
         self.node, self.bound_grant = node, bound_grant
-        self.on_change = on_change  # called when the session opens (the scheduler replans)
+        self.on_open = on_open  # told the session's end when it opens (the scheduler)
         self.ends_at: datetime = datetime.max
         self.session_id: str | None = None
         self.recording: SessionRecording | None = None
@@ -143,8 +143,8 @@ class AccessSession:
             await open_session(self.ctx, access.grant, access.technician, access.device,
                                self.client, channel, recording.path.name, session_id)
             self.registry.add(self)
-            if self.on_change is not None:
-                self.on_change()
+            if self.on_open is not None:
+                self.on_open(self.ends_at)
             if access.device.probe and access.device.id is not None:
                 # before the technician's first byte reaches the device, but not waited for
                 self.probes = SessionProbes(self.ctx, access.device.id, session_id,

@@ -69,7 +69,7 @@ class ConnectionServices:
 
     def __init__(self, ctx: Context, sessions: LiveSessions, public_host: str,
                  public_port: int, process_handler: Handler, user_ca_public: str | None = None,
-                 max_auth_tries: int = 6, on_session_change: Any = None,
+                 max_auth_tries: int = 6, on_session_open: Any = None,
                  refusal_burst: int = 5, node: NodeState | None = None,
                  upstream_pool: UpstreamPool | None = None) -> None:
         self.ctx, self.sessions = ctx, sessions
@@ -82,7 +82,7 @@ class ConnectionServices:
         self.max_auth_tries = max_auth_tries
         self.process_handler = process_handler
         self.public_host, self.public_port = public_host, public_port
-        self.on_session_change = on_session_change
+        self.on_session_open = on_session_open
         # unauthenticated connections per source address (pre-auth flood limit)
         self.unauthenticated: Counter[str] = Counter()
         self.max_unauthenticated = MAX_UNAUTHENTICATED_PER_SOURCE
@@ -159,7 +159,7 @@ class BrokerConnection(asyncssh.SSHServer):
             self.session = AccessSession(
                 self.ctx, self.services.sessions, self, technician=tech,
                 device=self.target.device, client=self.peer, protocol="ssh",
-                node=self.services.node, on_change=self.services.on_session_change)
+                node=self.services.node, on_open=self.services.on_session_open)
         try:
             facts = await login_facts(self.ctx, tech, self.target.device)
         except (StoreError, OSError) as exc:  # nothing can be checked: no

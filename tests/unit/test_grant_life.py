@@ -42,11 +42,14 @@ class Live:
         return self.endpoint.cuts[0] if self.endpoint.cuts else None
 
 
-async def open_live(ctx: Context, sessions: LiveSessions) -> Live:
-    """alice's SSH session on pump-7, opened (row, recording, registry) as a protocol does."""
+async def open_live(ctx: Context, sessions: LiveSessions,
+                    scheduler: Scheduler | None = None) -> Live:
+    """alice's SSH session on pump-7, opened (row, recording, registry) as a protocol does
+    (telling ``scheduler`` of it, as the SSH server does)."""
     endpoint = MemoryEndpoint()
     session = AccessSession(ctx, sessions, endpoint, technician="alice", device="pump-7",
-                            client="127.0.0.1:50000", protocol="ssh")
+                            client="127.0.0.1:50000", protocol="ssh",
+                            on_open=scheduler.session_opened if scheduler else None)
     endpoint.session = session
     access = await session.check(Protocol.SSH)
     assert access.allowed, access.decision.detail
@@ -132,6 +135,67 @@ async def test_at_the_end_a_session_with_another_open_grant_goes_on(tmp_path: Pa
         clock.set(START + timedelta(minutes=20))
         await settle(clock)
         assert kept.ended == WINDOW_CLOSED
+    finally:
+        task.cancel()
+        await ctx.close()
+
+
+class CountingScheduler(Scheduler):
+    rounds = 0
+    replan_in_round = False  # the first round is told of a change while it runs
+
+    async def tick(self) -> datetime:
+        self.rounds += 1
+        if self.replan_in_round and self.rounds == 1:
+            self.replan()
+        return await super().tick()
+
+
+async def rounds_reach(scheduler: CountingScheduler, count: int, clock: FakeClock) -> None:
+    async with asyncio.timeout(5):
+        while scheduler.rounds < count:
+            await asyncio.sleep(0.01)
+    await settle(clock)
+
+
+async def test_a_session_opened_later_gets_its_warning_and_openings_cost_no_round(
+        tmp_path: Path) -> None:
+    """The scheduler sleeps until the grant's end; a session that opens then needs a round
+    (its first warning comes sooner), a second one on the same grant does not."""
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    await approved_grant(ctx, minutes=10)
+    sessions = LiveSessions()
+    scheduler = CountingScheduler(ctx, sessions)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await settle(clock)
+        assert clock.next_deadline == START + timedelta(minutes=10)
+        first = await open_live(ctx, sessions, scheduler)
+        await rounds_reach(scheduler, 2, clock)
+        assert clock.next_deadline == START + timedelta(minutes=5)
+        second = await open_live(ctx, sessions, scheduler)
+        await asyncio.sleep(0.2)
+        assert scheduler.rounds == 2  # nothing falls due before the round already planned
+        clock.set(START + timedelta(minutes=5))
+        await settle(clock)
+        assert first.warnings == second.warnings == [
+            "your access window closes in 5 minutes (at 09:10:00 UTC)"]
+    finally:
+        task.cancel()
+        await ctx.close()
+
+
+async def test_a_change_while_a_round_runs_is_not_lost(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    ctx = await make_context(tmp_path, clock)
+    scheduler = CountingScheduler(ctx, LiveSessions())
+    scheduler.replan_in_round = True
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await rounds_reach(scheduler, 2, clock)
+        await asyncio.sleep(0.2)
+        assert scheduler.rounds == 2
     finally:
         task.cancel()
         await ctx.close()
