@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, case, insert, update
 from sqlmodel import Session as DbSession
 from sqlmodel import col, or_, select
 
@@ -79,45 +79,55 @@ async def audit_event(ctx: Context, kind: str, actor: str, subject: str | None =
     await ctx.audit_alone(kind, actor, subject, **data)
 
 
+# built once (building and keying a statement costs more than running it): a session's row
+# is written at its start and at its end, on every session's path
+_INSERT_SESSION = insert(Session)
+_END_SESSION = (
+    update(Session)
+    .where(col(Session.id) == bindparam("session"), col(Session.ended_at).is_(None))
+    .values(ended_at=bindparam("now"), end_reason=bindparam("reason"),
+            state=case((col(Session.state) == "live", "closed"), else_=col(Session.state)))
+    .returning(col(Session.grant_id), col(Session.kill_reason)))
+
+
 async def open_session(ctx: Context, grant: Grant, tech: Technician, device: Device,
                        client: str, channel: str, recording: str | None,
-                       session_id: str) -> Session:
+                       session_id: str) -> None:
     row = Session(id=session_id, grant_id=grant.id or 0, technician_id=tech.id or 0,
                   device_id=device.id or 0, node=ctx.node, client_addr=client,
                   recording=recording, started_at=ctx.now())
 
     def write(db: DbSession) -> None:
-        db.add(row)
+        db.connection().execute(_INSERT_SESSION, row.model_dump())
         ctx.append_audit(db, "session.started", f"technician:{tech.name}", f"session:{row.id}",
                          grant=grant.id, device=device.name, client=client, channel=channel,
                          node=ctx.node, recording=recording)
 
     await ctx.store.run_write(write)
-    return row
 
 
 async def close_session(ctx: Context, session_id: str, reason: str,
                         exit_status: int | None = None) -> None:
-    def write(db: DbSession) -> tuple[Session, str, Grant | None] | None:
-        row = db.get(Session, session_id)
-        if row is None or row.ended_at is not None:
+    now = ctx.now()
+
+    def write(db: DbSession) -> tuple[str, Grant | None] | None:
+        ended = db.connection().execute(
+            _END_SESSION, {"session": session_id, "now": now, "reason": reason}).first()
+        if ended is None:  # no such session, or it had ended already
             return None
-        row.ended_at, row.end_reason = ctx.now(), reason
-        if row.state == "live":
-            row.state = "closed"
-        db.add(row)
+        grant_id, kill_reason = ended
         ctx.append_audit(db, "session.ended", "broker", f"session:{session_id}", reason=reason,
                          exit_status=exit_status)
         outcome = metrics.session_outcome(
-            reason, None if row.kill_reason is None else visible(row.kill_reason))
-        grant = db.get(Grant, row.grant_id) if outcome in ("expired", "revoked") else None
-        return row, outcome, grant
+            reason, None if kill_reason is None else visible(kill_reason))
+        grant = db.get(Grant, grant_id) if outcome in ("expired", "revoked") else None
+        return outcome, grant
 
     closed = await ctx.store.run_write(write)
     if closed is None:
         return
-    row, outcome, grant = closed
-    metrics.session_ended(outcome, closed_at=row.ended_at,
+    outcome, grant = closed
+    metrics.session_ended(outcome, closed_at=now,
                           grant_end=grant.end if grant else None,
                           revoked_at=grant.revoked_at if grant else None)
 
