@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -56,9 +58,24 @@ def test_device_password_never_reaches_the_technician_or_the_logs(pump_broker):
     assert PASSWORD not in pump_broker.serve_log()
     database = (pump_broker.root / "data" / "broker.db").read_bytes()
     assert PASSWORD.encode() not in database
-    for path in (pump_broker.root / "recordings").rglob("*"):
-        if path.is_file():
-            assert PASSWORD.encode() not in path.read_bytes()
+    for path in _settled_recordings(pump_broker.root / "recordings"):
+        assert PASSWORD.encode() not in path.read_bytes()
+
+
+def _settled_recordings(root: Path, timeout: float = 10.0) -> list[Path]:
+    """Every file under ``root`` once the broker has sealed each session (manifest and chain
+    head written, no temporary file of theirs left): the broker seals after the technician's
+    client has gone, so a scan any sooner races the seal's files coming and going."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = [p for p in root.rglob("*") if p.is_file()]
+        sessions = [d for d in root.iterdir() if d.is_dir()]
+        settled = (sessions and all((d / "manifest.json").is_file() for d in sessions)
+                   and not any(p.name.endswith(".tmp") for p in files))
+        if settled:
+            return files
+        assert time.monotonic() < deadline, f"recordings not sealed within {timeout:g} s"
+        time.sleep(0.05)
 
 
 def test_device_host_key_is_pinned_on_first_use(pump_broker):
