@@ -82,10 +82,8 @@ def append(session: Session, /, now: datetime, kind: str, actor: str,
     (:meth:`broker.store.engine.Store.run_write`): the one implementation of both. The row
     is written on the session's connection as it is (one statement to read the head, one to
     insert), not as an ORM object: nothing of the unit reads it back as one."""
+    _lock_chain(session)
     connection = session.connection()
-    postgresql = connection.dialect.name == "postgresql"
-    if postgresql:
-        connection.execute(_LOCK)
     head = connection.execute(_HEAD).first()
     seq, prev = (head[0] + 1, head[1]) if head is not None else (1, GENESIS)
     payload = json.loads(json.dumps(data, default=str))
@@ -93,7 +91,8 @@ def append(session: Session, /, now: datetime, kind: str, actor: str,
     connection.execute(_INSERT, {"seq": seq, "ts": now, "kind": kind, "actor": actor,
                                  "subject": subject, "data": json.dumps(payload, sort_keys=True),
                                  "prev_hash": prev, "hash": row_hash})
-    if postgresql:  # delivered at commit, to every node LISTENing (broker.revocation.feed)
+    if connection.dialect.name == "postgresql":
+        # delivered at commit, to every node LISTENing (broker.revocation.feed)
         connection.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "payload": f"{seq} {kind}"})
     session.info.setdefault(_PENDING, []).append(
         {"seq": seq, "kind": kind, "actor": actor, "subject": subject, "hash": row_hash,
