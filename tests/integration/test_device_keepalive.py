@@ -7,7 +7,6 @@ rules, with a real sshd: tests/unit/test_upstream_pool.py)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +33,8 @@ def _broker(root: Path, device: SshdDevice, keepalive: int) -> BrokerProcess:
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshdDevice
            ) -> Iterator[BrokerProcess]:
-    proc = _broker(tmp_path_factory.mktemp("broker"), sshd_device, keepalive=3)
+    # long enough that a loaded CI machine never lets a kept connection lapse mid-test
+    proc = _broker(tmp_path_factory.mktemp("broker"), sshd_device, keepalive=120)
     yield proc
     proc.stop()
 
@@ -89,8 +89,12 @@ def test_a_cut_session_closes_its_device_connection(broker: BrokerProcess) -> No
     assert upstream_of(broker) != cut_port
 
 
-def test_a_lapsed_keepalive_logs_in_anew(broker: BrokerProcess) -> None:
-    first = upstream_of(broker)
-    time.sleep(5)  # the fixture's keep-alive is 3 s
-    assert upstream_of(broker) != first
+def test_a_lapsed_keepalive_logs_in_anew(tmp_path: Path, sshd_device: SshdDevice) -> None:
+    broker = _broker(tmp_path, sshd_device, keepalive=1)
+    try:
+        first = upstream_of(broker)
+        assert wait_until(lambda: idle(broker) == 0, timeout=10)  # the keep-alive lapsed
+        assert upstream_of(broker) != first
+    finally:
+        broker.stop()
 
