@@ -12,9 +12,11 @@ import os
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o640, sync: bool = True,
+                     sync_directory: bool = True) -> None:
     """Replace ``path`` with ``data`` (created with ``mode``, narrowed by the umask); with
-    ``sync``, durably: the file and its directory are synced before this returns."""
+    ``sync``, durably: the file and its directory are synced before this returns. Without
+    ``sync_directory`` the caller syncs the directory later (the rename is durable then)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -30,7 +32,7 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o640, sync: bool =
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    if sync:
+    if sync and sync_directory:
         fsync_path(path.parent)
 
 

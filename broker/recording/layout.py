@@ -22,7 +22,8 @@ def directory_name(started_at: datetime, session_id: str) -> str:
     return f"{started_at.astimezone(UTC).strftime(DIR_TIME_FORMAT)}-{session_id}"
 
 
-def write_metadata(path: Path, data: dict[str, object], *, sync: bool) -> None:
+def write_metadata(path: Path, data: dict[str, object], *, sync: bool,
+                   sync_directory: bool = True) -> None:
     """Replace a ``session.json`` whole (see :func:`broker.fileio.write_atomically`)."""
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-    write_atomically(path, text.encode("utf-8"), sync=sync)
+    write_atomically(path, text.encode("utf-8"), sync=sync, sync_directory=sync_directory)

@@ -232,7 +232,6 @@ def seal_directory(path: Path, signer: Signer, *, sealed_by: str = "recovery",
         write_atomically(path / SIGNATURE_FILE, signature)
         write_atomically(path / MANIFEST_FILE, data)
         try:
-            fsync_path(path)
             write_head(root, signer, {"directory": path.name, "session": manifest["session"],
                                       "manifest_sha256": hashlib.sha256(data).hexdigest(),
                                       "signed_at": manifest["sealed_at"]})
@@ -252,7 +251,6 @@ def write_head(root: Path, signer: Signer, head: dict[str, Any]) -> None:
     body = {k: v for k, v in head.items() if k != "signature"}
     signature = base64.b64encode(signer.sign(canonical(body))).decode("ascii")
     write_atomically(root / HEAD_FILE, canonical({**body, "signature": signature}) + b"\n")
-    fsync_path(root)
 
 
 def read_head(root: Path, public_key: Ed25519PublicKey) -> tuple[dict[str, Any] | None,

@@ -175,15 +175,22 @@ class SessionRecording:
         for path in self._files[1:]:
             if path.exists():
                 fsync_path(path)
-        write_metadata(self._path / METADATA_FILE, metadata, sync=True)
+        # A seal syncs this directory after its signature, before its manifest: that also
+        # makes the new session.json's name durable, so only an unsealed one syncs it here.
+        write_metadata(self._path / METADATA_FILE, metadata, sync=True,
+                       sync_directory=self._signer is None)
         fsync_path(self._path.parent)
         if self._signer is not None:
             try:
-                seal_directory(self._path, self._signer, sealed_by="close", now=self._now)
+                sealed = seal_directory(self._path, self._signer, sealed_by="close",
+                                        now=self._now)
             except OSError:
                 raise  # reported by close(), sealed again when the disk takes writes
             except ValueError:
                 log.exception("recording: cannot seal %s", self._path)
+                sealed = False
+            if not sealed:
+                fsync_path(self._path)
 
     def _close_other_files(self) -> None:
         """Close the logs other recorders opened in this directory (SFTP, scp, forwards), so
