@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.recording import MANIFEST_FILE, SIGNATURE_FILE, Flusher, SessionRecording, Signer
 from broker.recording.manifest import HEAD_FILE
-from tests.unit.test_manifest import T0, METADATA
+from tests.unit.test_manifest import METADATA, T0
 
 Event = tuple[str, Path]  # ("sync", what) or ("rename", new name)
 
