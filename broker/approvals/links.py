@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import asyncssh
 from sqlalchemy import delete
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -204,6 +203,8 @@ def fingerprint(host_key: str | None) -> str | None:
     """``SHA256:...`` of a pinned OpenSSH host key line (or the line itself if unreadable)."""
     if not host_key:
         return None
+    import asyncssh  # here: only an approval page that shows a pinned key needs it
+
     try:
         return str(asyncssh.import_public_key(host_key).get_fingerprint("sha256"))
     except (asyncssh.KeyImportError, ValueError, TypeError):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from broker.cli._base import actor, common, emit, fields, run, table
-from broker.cli.certs import totp
+from broker.cli.totp import totp
 from broker.cli.vendors import end_option
 from broker.domain.vendors import shown_end
 from broker.errors import UsageError

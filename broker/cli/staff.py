@@ -7,7 +7,7 @@ import os
 import click
 
 from broker.cli._base import actor, common, emit, run, table
-from broker.cli.certs import show_enrollment
+from broker.cli.totp import show_enrollment
 from broker.errors import UsageError
 from broker.services.staff_accounts import ROLES, StaffAccounts, describe
 

@@ -7,8 +7,8 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
 from cryptography import x509
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +19,9 @@ from cryptography.x509.oid import NameOID
 from broker.config import Config
 from broker.credentials.files import write_public, write_secret
 from broker.errors import ConfigError
+
+if TYPE_CHECKING:
+    import asyncssh
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class KeyPaths:
 
 def create_keys(paths: KeyPaths, hostname: str) -> list[Path]:
     """Create every missing key; never touch one that exists. Returns the files created."""
+    import asyncssh  # here: most commands use the keys that exist, and need no SSH
+
     created: list[Path] = []
 
     def ssh_key(path: Path) -> None:
@@ -103,6 +108,8 @@ def _self_signed(key: ec.EllipticCurvePrivateKey, hostname: str) -> x509.Certifi
 
 
 def load_ssh_key(path: Path, what: str) -> asyncssh.SSHKey:
+    import asyncssh
+
     try:
         return asyncssh.read_private_key(str(path))
     except FileNotFoundError:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import asyncssh
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -35,6 +35,9 @@ from broker.store.models import (
     TechnicianKey,
 )
 
+if TYPE_CHECKING:
+    import asyncssh
+
 DEVICE_STATES = ("active", "maintenance", "retired")
 
 
@@ -46,6 +49,8 @@ def valid_name(kind: str, name: str) -> str:
 
 
 def parse_public_keys(text: str, source: str) -> list[asyncssh.SSHKey]:
+    import asyncssh  # here: most commands that import the directory parse no key
+
     keys = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import asyncssh
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -31,6 +31,9 @@ from broker.services.lookup import by_name, maybe_by_name
 from broker.services.mail import require_smtp, send_now
 from broker.services.text import address
 from broker.store.models import Invitation, Technician, TechnicianKey, Vendor
+
+if TYPE_CHECKING:
+    import asyncssh
 
 DEFAULT_TTL = "7d"
 MAX_TTL = timedelta(days=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,12 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -29,7 +25,14 @@ from broker.aio import within
 from broker.errors import DuplicateRow, StoreError
 from broker.store.probe import SQLiteChangeProbe
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest migration under migrations/versions, which every command checks the database
+# against: known here so that a command need not import alembic (a tenth of a second) and
+# read every migration to learn it (tests/unit/test_schema_head.py holds it to alembic's).
+SCHEMA_HEAD = "0016"
 
 
 SQLITE_FILES = ("", "-wal", "-shm", "-journal")
@@ -103,6 +106,8 @@ async def run_sync(session: AsyncSession, unit: Callable[Concatenate[Session, _P
 
 
 def alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -329,10 +334,9 @@ class Store:
             await connection.commit()
 
     async def current_revision(self) -> str | None:
+        """The revision the database's schema is at; None before its first migration."""
         async with self._connect() as connection:
-            return await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
+            return await connection.run_sync(_schema_revision)
 
     async def check_migrated(self) -> None:
         head = head_revision()
@@ -372,10 +376,20 @@ class Store:
             raise StoreError(f"cannot use database {self.display_url}: {_first_line(exc)}") from exc
 
 
-@functools.cache
-def head_revision() -> str | None:
-    """The newest migration this broker ships (read once: the files do not change)."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+def head_revision() -> str:
+    """The newest migration this broker ships."""
+    return SCHEMA_HEAD
+
+
+def _schema_revision(connection: Any) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    revisions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+    found = sorted(revisions)
+    if len(found) > 1:
+        raise StoreError(f"the database's schema has {len(found)} heads ({', '.join(found)}):"
+                         " it was migrated by something else than 'broker migrate'")
+    return found[0] if found else None
 
 
 def _first_line(exc: BaseException) -> str:
