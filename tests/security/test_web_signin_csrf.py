@@ -16,9 +16,13 @@ from tests.unit.webproxy_kit import add_grant, upstream
 from tests.web_kit import device_origin
 
 
+async def home(_: web.Request) -> web.Response:
+    return web.Response(text="device home")
+
+
 def device(_: list[str]) -> web.Application:
     app = web.Application()
-    app.router.add_get("/", lambda request: web.Response(text="device home"))
+    app.router.add_get("/", home)
     return app
 
 
