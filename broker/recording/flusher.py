@@ -8,6 +8,13 @@ thousand writes, which on a busy disk wait for the journal, and the event loop r
 keystroke must not wait with them. The buffer's own lock (Python's buffered files are
 thread-safe) keeps a writer's later data behind what the thread is pushing.
 
+A round's files are made durable together: on Linux 5.8 and later one ``syncfs`` per file
+system (a thousand sessions' fsyncs cost a tenth of a second of CPU and wall time a round; one
+``syncfs`` costs under 2 ms), asked on a directory descriptor the flusher keeps open, so that a
+write-back error anywhere on that file system since the last round is reported to it. Then,
+and wherever ``syncfs`` is not to be trusted, each file is fsynced on its own, which names the
+file that failed.
+
 A write, flush or fsync that fails (ENOSPC, EROFS, EIO) marks the file failed and is reported
 to the flusher's listeners (:meth:`Flusher.on_failure`) from the event loop, once per file: the
 broker cuts the session whose recording it is (no session goes on unrecorded). A failed file
@@ -18,9 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 0.5
 _BUFFER_SIZE = 64 * 1024
+SYNCFS_FROM = 16  # files on one file system in a round: fewer are fsynced one by one
 
 
 class FlushedFile:
@@ -99,6 +111,8 @@ class Flusher:
         self._files: set[FlushedFile] = set()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[Path, OSError], None]] = []
+        self._syncer = _Syncer()
+        weakref.finalize(self, self._syncer.close)
 
     def on_failure(self, listener: Callable[[Path, OSError], None]) -> Callable[[], None]:
         """Call ``listener(path, error)`` (on the event loop) when a file fails; returns a
@@ -137,6 +151,7 @@ class Flusher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush_now()
+        self._syncer.close()
 
     async def flush_now(self) -> int:
         """One round: push every file that changed to the OS and fsync it. Returns how many
@@ -148,7 +163,7 @@ class Flusher:
             if fd is not None:
                 taken.append((file, fd))
         if taken:
-            failures = await asyncio.to_thread(_push_and_sync, taken)
+            failures = await asyncio.to_thread(self._syncer.push_and_sync, taken)
             for index, exc, step in failures:
                 taken[index][0].fail(exc, step)
             metrics.RECORDING_WRITE.observe(time.monotonic() - started)
@@ -171,23 +186,86 @@ class Flusher:
             await self.flush_now()
 
 
-def _push_and_sync(taken: list[tuple[FlushedFile, int]]) -> list[tuple[int, OSError, str]]:
-    """Push, fsync and close the duplicate of each; (index, error, step) of each failure."""
-    failures = []
-    for index, (file, fd) in enumerate(taken):
-        try:
-            file.push()
-        except OSError as exc:
-            failures.append((index, exc, "flush"))
-            os.close(fd)
-            continue
+_Failure = tuple[int, OSError, str]  # (index in the round, error, step)
+
+
+class _Syncer:
+    """A round's pushes and syncs, in the flush thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a round cut short by stop() may still be running
+        self._watch: dict[int, int] = {}  # file system (st_dev) -> a directory descriptor
+
+    def push_and_sync(self, taken: list[tuple[FlushedFile, int]]) -> list[_Failure]:
+        """Push each file's buffer, sync them, and close the duplicates."""
+        failures: list[_Failure] = []
+        by_device: dict[int, list[tuple[int, FlushedFile, int]]] = {}
+        with self._lock:
+            try:
+                for index, (file, fd) in enumerate(taken):
+                    try:
+                        file.push()
+                        device = os.fstat(fd).st_dev
+                    except OSError as exc:
+                        failures.append((index, exc, "flush"))
+                        continue
+                    by_device.setdefault(device, []).append((index, file, fd))
+                for device, files in by_device.items():
+                    if len(files) < SYNCFS_FROM or not self._synced_whole(device, files[0][1]):
+                        failures.extend(_fsync_each(files))
+            finally:
+                for _, fd in taken:
+                    os.close(fd)
+        return failures
+
+    def _synced_whole(self, device: int, file: FlushedFile) -> bool:
+        """``syncfs`` of the file system, True when it reported no error (nor any since the
+        last round); False also where it cannot be used."""
+        if _syncfs is None:
+            return False
+        watch = self._watch.get(device)
+        if watch is None:
+            try:
+                watch = os.open(file.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return False
+            self._watch[device] = watch
+        return _syncfs(watch) == 0
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._watch.values():
+                os.close(fd)
+            self._watch.clear()
+
+
+def _fsync_each(files: list[tuple[int, FlushedFile, int]]) -> list[_Failure]:
+    failures: list[_Failure] = []
+    for index, _, fd in files:
         try:
             os.fsync(fd)
         except OSError as exc:
             failures.append((index, exc, "fsync"))
-        finally:
-            os.close(fd)
     return failures
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` where it reports write-back errors (Linux 5.8 and later)."""
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        if os.uname().sysname != "Linux" or tuple(map(int, release[:2])) < (5, 8):
+            return None
+        name = ctypes.util.find_library("c")
+        function = ctypes.CDLL(name, use_errno=True).syncfs if name else None
+    except (OSError, AttributeError, ValueError):
+        return None
+    if function is None:
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+_syncfs = _load_syncfs()
 
 
 _default: Flusher | None = None
