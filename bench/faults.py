@@ -64,7 +64,8 @@ from bench._kit import (
 from tests.integration.harness import BrokerProcess
 
 SCENARIOS = ("kill9", "postgres", "diskfull")
-PUSH = "while :; do head -c 30000 /dev/urandom | base64; sleep 0.02; done"
+# ends when its output is gone (base64 dies of SIGPIPE): a cut session leaves no loop behind
+PUSH = "while head -c 30000 /dev/urandom | base64; do sleep 0.02; done"
 
 
 # -- (a) kill -9 during scp transfers ----------------------------------------------------

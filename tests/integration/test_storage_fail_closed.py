@@ -19,7 +19,8 @@ from tests.integration.harness import BrokerProcess, SshdDevice
 from tests.integration.test_drain import readyz
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # loaded hosts are slow
-PUSH = "while :; do head -c 15000 /dev/urandom | base64; sleep 0.05; done"
+# ends when its output is gone (base64 dies of SIGPIPE): a cut session leaves no loop behind
+PUSH = "while head -c 15000 /dev/urandom | base64; do sleep 0.05; done"
 
 
 @pytest.fixture
