@@ -50,6 +50,9 @@ integration: system-deps $(STAMP) static
 	$(BIN)/pytest tests/integration
 
 test: system-deps $(STAMP) static lint typecheck
+	# bytecode written once: PYTHONDONTWRITEBYTECODE (set on these machines) would have
+	# every one of the tests' thousands of `broker` commands compile the package anew
+	$(BIN)/python -m compileall -q broker tests bench
 	$(BIN)/pytest -n 3 --dist loadfile --durations=30
 
 clean:
