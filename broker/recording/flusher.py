@@ -151,7 +151,8 @@ class Flusher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush_now()
-        self._syncer.close()
+        # in a thread: a round that stop() cut short may still hold the syncer (a slow disk)
+        await asyncio.to_thread(self._syncer.close)
 
     async def flush_now(self) -> int:
         """One round: push every file that changed to the OS and fsync it. Returns how many
@@ -230,7 +231,11 @@ class _Syncer:
             except OSError:
                 return False
             self._watch[device] = watch
-        return _syncfs(watch) == 0
+        if _syncfs(watch) == 0:
+            return True
+        log.warning("recording: syncfs reported a write-back error (%s); syncing each file",
+                    os.strerror(ctypes.get_errno()))
+        return False
 
     def close(self) -> None:
         with self._lock:

@@ -65,7 +65,8 @@ async def test_a_round_of_many_files_is_one_syncfs(tmp_path: Path,
 
 
 async def test_an_error_from_syncfs_fsyncs_each_file_and_fails_only_the_bad_one(
-        tmp_path: Path, calls: dict[str, list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, calls: dict[str, list[int]], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     flusher = Flusher(interval=3600)
     failed: list[tuple[Path, int | None]] = []
     flusher.on_failure(lambda path, exc: failed.append((path, exc.errno)))
@@ -85,6 +86,7 @@ async def test_an_error_from_syncfs_fsyncs_each_file_and_fails_only_the_bad_one(
     monkeypatch.undo()
     assert len(calls["syncfs"]) == 1 and len(calls["fsync"]) == SYNCFS_FROM
     assert failed == [(bad.path, errno.EIO)] and bad.failed is not None
+    assert "syncfs reported a write-back error" in caplog.text
     assert all(file.failed is None for file in made if file is not bad)
     for file in made:
         file.close()
