@@ -256,9 +256,10 @@ def _fsync_each(files: list[tuple[int, FlushedFile, int]]) -> list[_Failure]:
 
 def _load_syncfs() -> Callable[[int], int] | None:
     """libc's ``syncfs`` where it reports write-back errors (Linux 5.8 and later)."""
-    release = os.uname().release.split("-")[0].split(".")
+    system = os.uname()
+    release = system.release.split("-")[0].split(".")
     try:
-        if os.uname().sysname != "Linux" or tuple(map(int, release[:2])) < (5, 8):
+        if system.sysname != "Linux" or tuple(map(int, release[:2])) < (5, 8):
             return None
         name = ctypes.util.find_library("c")
         function = ctypes.CDLL(name, use_errno=True).syncfs if name else None

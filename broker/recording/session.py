@@ -177,9 +177,9 @@ class SessionRecording:
                 fsync_path(path)
         # A seal syncs this directory after its signature, before its manifest: that also
         # makes the new session.json's name durable, so only an unsealed one syncs it here.
-        write_metadata(self._path / METADATA_FILE, metadata, sync=True,
-                       sync_directory=self._signer is None)
+        write_metadata(self._path / METADATA_FILE, metadata, sync=True, sync_directory=False)
         fsync_path(self._path.parent)
+        sealed = False
         if self._signer is not None:
             try:
                 sealed = seal_directory(self._path, self._signer, sealed_by="close",
@@ -188,9 +188,8 @@ class SessionRecording:
                 raise  # reported by close(), sealed again when the disk takes writes
             except ValueError:
                 log.exception("recording: cannot seal %s", self._path)
-                sealed = False
-            if not sealed:
-                fsync_path(self._path)
+        if not sealed:
+            fsync_path(self._path)
 
     def _close_other_files(self) -> None:
         """Close the logs other recorders opened in this directory (SFTP, scp, forwards), so

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -33,6 +33,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # against: known here so that a command need not import alembic (a tenth of a second) and
 # read every migration to learn it (tests/unit/test_schema_head.py holds it to alembic's).
 SCHEMA_HEAD = "0016"
+_REVISIONS = "SELECT version_num FROM alembic_version"
 
 
 SQLITE_FILES = ("", "-wal", "-shm", "-journal")
@@ -314,7 +315,7 @@ class Store:
             self._probe = create_async_engine(self.url, poolclass=NullPool)
         try:
             async with self._probe.connect() as connection:
-                await connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+                await connection.exec_driver_sql(_REVISIONS)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot use database {self.display_url}: {_first_line(exc)}"
                              ) from exc
@@ -384,8 +385,7 @@ def head_revision() -> str:
 def _schema_revision(connection: Any) -> str | None:
     if not inspect(connection).has_table("alembic_version"):
         return None
-    revisions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
-    found = sorted(revisions)
+    found = sorted(connection.exec_driver_sql(_REVISIONS).scalars())
     if len(found) > 1:
         raise StoreError(f"the database's schema has {len(found)} heads ({', '.join(found)}):"
                          " it was migrated by something else than 'broker migrate'")
