@@ -11,9 +11,10 @@ Ctrl-R...) the broker first waits for the device's echo, and also checks every t
 line that starts after a blank or a colon, so that anchored expressions fail closed.
 
 A denied line is never submitted: the technician sees the rule's message on one line and the
-broker sends Ctrl-C (after ending a bracketed paste), which makes the shell drop the line. The
-next input waits until the shell has drawn its new prompt (at most :data:`CANCEL_SETTLE_MAX`):
-the next line starts there, not somewhere in the late echo of the refused one.
+broker sends Ctrl-C (after ending a bracketed paste) once the line's echo is drawn, which makes
+the shell drop the line, and again if the shell kept it. The next input waits until the shell
+has drawn its new prompt (at most :data:`CANCEL_SETTLE_MAX` a Ctrl-C): the next line starts
+there, not somewhere in the late echo of the refused one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from broker.ssh.streams import ReceiveStream, SendStream
 SUPERVISE_WAIT = 600.0  # seconds a command waits for a supervisor before it is refused
 CANCEL_LINE = b"\x03"  # Ctrl-C: every shell (and the tty's line discipline) drops the line
 CANCEL_SETTLE_MAX = 3.0  # seconds the next input waits for the shell's prompt after a Ctrl-C
+CANCEL_TRIES = 3  # Ctrl-Cs sent at most while the shell keeps a refused line
 MAX_TAILS = 200
 SHOWN_LIMIT = 1024  # characters of a line kept in audit events and markers
 
@@ -131,8 +133,8 @@ class GuardedInput:
                 " until one joins")
 
     async def _forward(self, data: bytes) -> None:
+        self._sent_at = self._clock()  # (an echo may come back before the send returns)
         await self.sink.send(data)
-        self._sent_at = self._clock()
 
     def _start_line(self) -> None:
         if not self._in_line and self.view is not None:
@@ -181,19 +183,40 @@ class GuardedInput:
     async def _refuse(self, rule: CommandRule, line: str, why: str | None) -> None:
         cancel = (PASTE_END.encode() if self.typed.pasting else b"") + CANCEL_LINE
         reliable = self.typed.reliable
-        self._line_done()
+        self.typed.reset()
+        self._in_line = False
         await self.host.notice(f"refused by policy: {rule.message}"
                                + (f" ({why})" if why else ""))
-        cancelled_at = self._clock()
-        await self._forward(cancel)
-        label = f"command denied: {shown(line)}"
-        self.host.mark(label)
+        self.host.mark(f"command denied: {shown(line)}")
         await self.host.audit("command.denied", channel="shell", command=shown(line),
                               rule=rule.match, action=rule.action.value, message=rule.message,
                               typed_line_known=reliable,
                               **({"why": why} if why else {}))
         assert self.view is not None
-        await self.view.settled(cancelled_at, CANCEL_SETTLE_MAX)
+        if await self._cancel_line(cancel):
+            self.view.line_done()
+        else:
+            # the shell kept the refused line: the next one is judged from where the refused
+            # one began, as a line whose text is not known from the keys alone
+            self.typed.reliable = False
+
+    async def _cancel_line(self, cancel: bytes) -> bool:
+        """Make the shell drop the refused line, and wait for its new prompt; False when
+        the shell kept the line.
+
+        Ctrl-C goes once the line's echo is drawn: a bash still busy drawing when SIGINT
+        lands echoes ``^C`` and keeps the line. A shell that dropped the line moves to a new
+        row; one that did not is sent Ctrl-C again (at most :data:`CANCEL_TRIES` in all)."""
+        assert self.view is not None
+        await self.view.settled(self._sent_at)
+        for _ in range(CANCEL_TRIES):
+            cancelled_at = self._clock()
+            await self._forward(cancel)
+            await self.view.settled(cancelled_at, CANCEL_SETTLE_MAX)
+            if self.view.last_line_feed > cancelled_at:
+                return True
+            cancel = CANCEL_LINE
+        return False
 
     async def _allowed(self, rule: CommandRule, line: str) -> None:
         kind = "command.alert" if rule.action is CommandAction.ALERT else "command.supervised"

@@ -44,6 +44,7 @@ class TerminalView:
         self.screen = _Screen(max(width, 20), max(height, 2))
         self.stream = pyte.ByteStream(self.screen)
         self.last_output = time.monotonic()
+        self.last_line_feed = 0.0  # when the device last moved the cursor to a new row
         self._start: tuple[int, int] | None = None  # (scroll count + row, column)
         self._undrawn = bytearray()
         self._overflowed = False
@@ -54,6 +55,8 @@ class TerminalView:
             del self._undrawn[:-DRAW_LIMIT]
             self._overflowed = True
         self.last_output = time.monotonic()
+        if b"\n" in data:
+            self.last_line_feed = self.last_output
 
     def _draw(self) -> None:
         if self._overflowed:

@@ -13,7 +13,7 @@ from broker.domain.session_rules import CommandAction, CommandRule, SessionRules
 from broker.services.supervision import Supervision
 from broker.ssh import line_guard
 from broker.ssh.line_guard import GuardedInput, tails
-from broker.ssh.screen import TerminalView
+from broker.ssh.screen import SETTLE_QUIET, TerminalView
 from broker.ssh.session_guard import may_start
 
 RULES = SessionRules(commands=(
@@ -33,7 +33,7 @@ class Device:
     async def send(self, data: bytes) -> None:
         self.received += data
         if self.view is not None and self.echo:
-            self.view.output(data.replace(b"\r", b"\r\n"))
+            self.view.output(data.replace(b"\r", b"\r\n").replace(b"\x03", b"^C\r\n$ "))
         elif self.view is not None and b"\x03" in data:  # a new prompt, echo or not
             self.view.output(b"\r\n$ ")
 
@@ -315,3 +315,80 @@ async def test_after_a_refusal_the_next_line_starts_at_the_new_prompt() -> None:
     # the line is "ls" on the new prompt, not the old echo followed by it
     assert device.received.endswith(b"ls\r"), device.received
     assert host.notices == ["refused by policy: no recursive deletes"]
+
+
+class KeepingDevice(Device):
+    """A bash that SIGINT reached while it was still drawing: it echoes ``^C`` and keeps
+    the line for the first ``keeps`` Ctrl-Cs (the cursor returns to the row's start)."""
+
+    def __init__(self, view: TerminalView, keeps: int) -> None:
+        super().__init__(view)
+        self.keeps = keeps
+
+    async def send(self, data: bytes) -> None:
+        self.received += data
+        assert self.view is not None
+        for char in data:
+            if char == 3 and self.keeps > 0:
+                self.keeps -= 1
+                self.view.output(b"^C\r")
+            elif char == 3:
+                self.view.output(b"^C\r\n$ ")
+            else:
+                self.view.output(bytes([char]).replace(b"\r", b"\r\n"))
+
+
+def keeping_guard(keeps: int) -> tuple[GuardedInput, KeepingDevice, Host, TerminalView]:
+    view = TerminalView(80, 24)
+    view.output(b"$ ")
+    device, host = KeepingDevice(view, keeps), Host()
+    return GuardedInput(device, host, RULES, Supervision(), view), device, host, view
+
+
+async def test_a_shell_that_kept_the_refused_line_is_sent_ctrl_c_again() -> None:
+    g, device, host, _ = keeping_guard(keeps=1)
+    await g.send(b"rm -rf /data\r")
+    assert device.received == b"rm -rf /data\x03\x03"
+    await g.send(b"ls\r")
+    assert device.received.endswith(b"\x03ls\r")
+    assert host.notices == ["refused by policy: no recursive deletes"]
+    assert [kind for kind, _ in host.audits] == ["command.denied"]
+
+
+async def test_a_shell_that_keeps_the_line_has_the_next_one_judged_with_it() -> None:
+    g, device, host, _ = keeping_guard(keeps=line_guard.CANCEL_TRIES)
+    await g.send(b"rm -rf /data\r")
+    assert device.received == b"rm -rf /data" + b"\x03" * line_guard.CANCEL_TRIES
+    # the shell would run "rm -rf /datals": the typed "ls" alone must not pass
+    await g.send(b"ls\r")
+    assert not device.received.endswith(b"\r")
+    assert host.notices == ["refused by policy: no recursive deletes"] * 2
+    assert host.audits[1][1]["typed_line_known"] is False
+
+
+async def test_ctrl_c_goes_after_the_refused_line_is_drawn() -> None:
+    view = TerminalView(80, 24)
+    view.output(b"$ ")
+    device, host = LateDevice(view, delay=0.3), Host()
+    drawn: list[tuple[float, bytes]] = []
+    draw = view.output
+
+    def output(data: bytes) -> None:
+        drawn.append((time.monotonic(), data))
+        draw(data)
+
+    view.output = output  # type: ignore[method-assign]
+    sent: list[tuple[float, bytes]] = []
+    send = device.send
+
+    async def timed_send(data: bytes) -> None:
+        sent.append((time.monotonic(), data))
+        await send(data)
+
+    device.send = timed_send  # type: ignore[method-assign]
+    g = GuardedInput(device, host, RULES, Supervision(), view)
+    await g.send(b"rm -rf /data")
+    await g.send(b"\r")
+    echo_drawn = next(at for at, data in drawn if b"rm -rf /data" in data)
+    cancel_sent = next(at for at, data in sent if data == b"\x03")
+    assert cancel_sent >= echo_drawn + SETTLE_QUIET * 0.9
