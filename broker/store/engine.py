@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, SingletonThreadPool
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -95,6 +95,23 @@ def _sqlite_reader_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
 
 
+def _sqlite_here_pragmas(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_reader_pragmas(dbapi_connection, record)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")  # on the event loop: never sleep on a lock
+    cursor.close()
+
+
+_BUSY = object()  # a read that would have waited for a lock
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def _is_busy(error: BaseException | None) -> bool:
+    code = getattr(getattr(error, "orig", None), "sqlite_errorcode", None)
+    return isinstance(error, OperationalError) and isinstance(code, int) and (
+        code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED))
+
+
 def _sqlite_begin_deferred(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN")  # a snapshot; WAL lets it run beside the writer
 
@@ -127,6 +144,7 @@ class Store:
         # run()'s, for an SQLite file: plain pysqlite engines driven from the store's threads
         self._threads: ThreadPoolExecutor | None = None
         self._sync: dict[bool, Engine] = {}  # by write
+        self._here: Engine | None = None  # reads on the calling thread (SQLite)
         self._database = sqlite_path(url) if self.is_sqlite else None
         if self.is_sqlite:
             if self._database is not None:
@@ -168,7 +186,9 @@ class Store:
     async def run(self, unit: Callable[Concatenate[Session, _P], _T], *args: _P.args,
                   **kwargs: _P.kwargs) -> _T:
         """A read-only unit of work written as one plain function of an ORM session
-        (see :meth:`run_write`)."""
+        (see :meth:`run_write`). On an SQLite file it runs on the calling thread unless it
+        would wait for a lock (see :meth:`_read_here`): keep such units to a few indexed
+        lookups."""
         return await self._run(False, unit, *args, **kwargs)
 
     async def run_write(self, unit: Callable[Concatenate[Session, _P], _T], *args: _P.args,
@@ -190,9 +210,31 @@ class Store:
             async with (self.session() if write else self.reading()) as session:
                 return await run_sync(session, unit, *args, **kwargs)
         if not write:
+            read = self._read_here(unit, args, kwargs)
+            if read is not _BUSY:
+                return cast(_T, read)
             return await self._in_thread(engine, unit, args, kwargs)
         async with self._turn():
             return await self._in_thread(engine, unit, args, kwargs)
+
+    def _read_here(self, unit: Callable[..., _T], args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> _T | object:
+        """A read unit on this thread (the event loop's), or :data:`_BUSY` when SQLite would
+        have to wait for a lock. The read units are a few indexed lookups each, less CPU
+        than handing them to a thread and back costs (the wake-ups, the GIL's hand-overs);
+        a wait for a lock (a checkpoint, a WAL recovery) must not stall every session, so
+        these connections never wait and such a read goes to the store's threads instead."""
+        if self._here is None:
+            url = make_url(self.url).set(drivername="sqlite")
+            self._here = create_engine(url, poolclass=SingletonThreadPool)
+            event.listen(self._here, "connect", _sqlite_here_pragmas)
+            event.listen(self._here, "begin", _sqlite_begin_deferred)
+        try:
+            return self._whole(self._here, unit, args, kwargs)
+        except StoreError as exc:
+            if _is_busy(exc.__cause__):
+                return _BUSY
+            raise
 
     async def _in_thread(self, engine: Engine, unit: Callable[..., _T],
                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T:
@@ -301,6 +343,9 @@ class Store:
         for engine in self._sync.values():
             engine.dispose()
         self._sync.clear()
+        if self._here is not None:
+            self._here.dispose()
+            self._here = None
         await self.engine.dispose()
         if self._reader is not None:
             await self._reader.dispose()

@@ -5,6 +5,7 @@ failing or nested unit never leaves the queue stuck (bench/opening.py found the 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -198,6 +199,56 @@ async def test_a_cancelled_function_write_ends_before_the_queue_moves_on(store: 
         await write
     await within(5, nxt)
     assert await names(store) == {"Slow", "Next"}
+
+
+def thread_and_names(db: Session) -> tuple[str, set[str]]:
+    return threading.current_thread().name, vendor_names(db)
+
+
+async def test_a_read_unit_runs_on_the_event_loops_thread(store: Store) -> None:
+    await store.run_write(add_vendor, "Acme")
+    # no hand-over to a thread and back: a read unit costs less CPU than that
+    assert await store.run(thread_and_names) == (threading.current_thread().name, {"Acme"})
+
+
+async def test_a_read_that_would_wait_for_a_lock_waits_in_a_store_thread(
+        tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    migrated = Store(f"sqlite+aiosqlite:///{path}")
+    await migrated.migrate()
+    await migrated.run_write(add_vendor, "Acme")
+    await migrated.close()
+    # another process holds the database whole: a WAL reader must wait for it
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO vendor (name, domains, created_at) VALUES ('Late', '[]',"
+                   " '2026-12-04 00:00:00')")
+    holder.execute("COMMIT")
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beating = asyncio.ensure_future(ticker())
+    try:
+        read = asyncio.ensure_future(store.run(thread_and_names))
+        await asyncio.sleep(0.5)
+        assert not read.done()
+        assert ticks >= 20  # the event loop went on meanwhile
+        holder.close()
+        thread, found = await within(10, read)
+        assert thread.startswith("store") and found == {"Acme", "Late"}
+        # the lock gone, reads run on this thread again
+        assert (await store.run(thread_and_names))[0] == threading.current_thread().name
+    finally:
+        beating.cancel()
+        holder.close()
+        await store.close()
 
 
 async def test_on_postgresql_a_function_unit_runs_in_an_async_unit(
