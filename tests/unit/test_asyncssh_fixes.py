@@ -439,3 +439,33 @@ def test_pyproject_pins_the_checked_version_exactly() -> None:
     assert pins == [asyncssh_fixes.CHECKED_VERSIONS[-1]]
     lock = (Path(__file__).resolve().parents[2] / "requirements.lock").read_text()
     assert f"asyncssh=={asyncssh_fixes.CHECKED_VERSIONS[-1]}" in lock
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_a_login_rebuilds_the_server_options_only_under_config_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configured: bool) -> None:
+    asyncssh_fixes.install()
+    rebuilt: list[bool] = []
+    prepare = asyncssh.SSHServerConnectionOptions.prepare
+
+    def counted(self: asyncssh.SSHServerConnectionOptions, *args: object,
+                **kwargs: object) -> None:
+        rebuilt.append(True)
+        prepare(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    config = tmp_path / "sshd_config"
+    config.write_text("Match User blocked\n  PermitTTY no\n")
+    server = await asyncssh.listen(
+        "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_factory=_Server, config=[str(config)] if configured else ())
+    monkeypatch.setattr(asyncssh.SSHServerConnectionOptions, "prepare", counted)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect("127.0.0.1", port, known_hosts=None, username="x",
+                                    config=None, agent_path=None, client_keys=None):
+            pass
+    finally:
+        server.close()
+        await server.wait_closed()
+    # with configuration files, a login's Match blocks still apply (the options rebuilt)
+    assert bool(rebuilt) is configured
