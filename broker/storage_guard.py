@@ -60,7 +60,7 @@ class StorageGuard:
 
     async def _recording_failed(self, path: Path, error: OSError) -> None:
         text = error.strerror or str(error)
-        self.node.recording_error = text
+        self.node.recording_failed(text)
         directory = path.parent
         if path.name == METADATA_FILE:  # its close could not finish: seal it when possible
             self._unsealed.add(directory)

@@ -7,6 +7,7 @@ listing of the recordings root is in time order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -86,7 +87,13 @@ class SessionRecording:
             "end_reason": None,
         }
         recording = cls(path, full, flusher=flusher, clock=clock, now=now, signer=signer)
-        write_metadata(path / METADATA_FILE, full, sync=False)
+        try:
+            write_metadata(path / METADATA_FILE, full, sync=False)
+        except OSError:
+            # (a full disk) no session opens: leave no directory that looks like a lost one
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            raise
         recording._files.append(path / METADATA_FILE)
         return recording
 

@@ -49,6 +49,7 @@ from broker.services.readiness import (
     DRAINING_REFUSAL,
     NodeState,
     new_session_refusal,
+    recording_refusal,
 )
 from broker.services.sessions import close_session, kill_reason, new_session_id, open_session
 
@@ -135,10 +136,11 @@ class AccessSession:
                      "client": self.client, "node": self.ctx.node, **(metadata or {})},
                     signer=signer_for(self.ctx.config))
             except OSError as exc:
-                raise SessionRefused(
-                    f"this broker node cannot record sessions right now"
-                    f" ({exc.strerror or exc}); no session opens unrecorded, so try again"
-                    " later or tell the hospital's IT", "recording-unavailable") from None
+                error = exc.strerror or str(exc)
+                if self.node is not None:
+                    self.node.recording_failed(error)
+                raise SessionRefused(recording_refusal(error),
+                                     "recording-unavailable") from None
             self.session_id, self.recording = session_id, recording
             await open_session(self.ctx, access.grant, access.technician, access.device,
                                self.client, channel, recording.path.name, session_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from broker.services.context import Context
 from broker.store.engine import head_revision
 
 DATABASE_TIMEOUT = 2.0  # seconds
+# seconds a passed probe of the recordings directory stands for the new sessions after it
+# (a burst of logins makes one probe, not one each; the flusher's failures end it at once)
+PROBE_FRESH = 1.0
 log = structlog.get_logger("broker.readiness")
 
 
@@ -40,30 +44,46 @@ class NodeState:
     recording_error: str | None = None
     # the database does not answer (set and cleared by the server's watch)
     database_error: str | None = None
+    # when the recordings directory last passed a probe (monotonic seconds)
+    probed_at: float | None = None
+
+    def recording_failed(self, error: str) -> None:
+        """The recordings storage failed: new sessions are refused until a probe passes."""
+        if self.recording_error is None:
+            log.error("recording storage does not take writes; refusing new sessions",
+                      error=error)
+        self.recording_error, self.probed_at = error, None
 
 
 async def new_session_refusal(ctx: Context, node: NodeState | None) -> str | None:
     """Why this node must not open a new recorded session now (one line), or None: it is
     draining, or the recordings directory does not take writes (probed here, before anything
-    of the session is written, so no session starts that could not be recorded)."""
+    of the session is written, so no session starts that could not be recorded; a probe
+    passed in the last :data:`PROBE_FRESH` seconds, with no failure since, stands)."""
     if node is not None and node.draining:
         return DRAINING_REFUSAL
     if node is not None and node.database_error is not None:
         return DATABASE_REFUSAL
+    if (node is not None and node.recording_error is None and node.probed_at is not None
+            and time.monotonic() - node.probed_at < PROBE_FRESH):
+        return None
     problems = await asyncio.to_thread(_session_writable, ctx.config.recordings_dir)
     if problems:
         error = problems[0].split("(", 1)[-1].rstrip(")")
-        if node is not None and node.recording_error is None:
-            log.error("recording storage does not take writes; refusing new sessions",
-                      error=error)
         if node is not None:
-            node.recording_error = error
-        return (f"this broker node cannot record sessions right now ({error}); no session"
-                " opens unrecorded, so try again later or tell the hospital's IT")
-    if node is not None and node.recording_error is not None:
-        log.info("recording storage takes writes again", was=node.recording_error)
-        node.recording_error = None
+            node.recording_failed(error)
+        return recording_refusal(error)
+    if node is not None:
+        node.probed_at = time.monotonic()
+        if node.recording_error is not None:
+            log.info("recording storage takes writes again", was=node.recording_error)
+            node.recording_error = None
     return None
+
+
+def recording_refusal(error: str) -> str:
+    return (f"this broker node cannot record sessions right now ({error}); no session"
+            " opens unrecorded, so try again later or tell the hospital's IT")
 
 
 @dataclass(frozen=True)

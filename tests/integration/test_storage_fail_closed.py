@@ -6,6 +6,7 @@ every recording, the cut one included, verifies."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -113,5 +114,48 @@ def test_a_full_recordings_disk_cuts_and_refuses_until_space_is_free(
         assert events[0]["data"]["session_cut"] is True
         assert events[0]["data"]["others_cut"] == 1
         assert "recording failed; cutting its session" in broker.serve_log()
+    finally:
+        broker.stop()
+
+
+def fill(disk: Path) -> Path:
+    """Fill the disk to its last byte with one file (to be removed to free it)."""
+    ballast = disk / "filler"
+    with ballast.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    with contextlib.suppress(OSError), ballast.open("ab") as out:
+        while True:
+            out.write(b"\0")
+            out.flush()
+    return ballast
+
+
+def test_a_disk_that_fills_between_two_sessions_refuses_the_second(
+        tmp_path: Path, small_disk: Path, sshd_device: SshdDevice) -> None:
+    """No live session sees the disk fill; the next session (whose node's last probe may
+    still stand) is refused with one line all the same, and sessions open once it is freed."""
+    broker = BrokerProcess(tmp_path / "broker").init()
+    broker.env["BROKER_RECORDING_DIR"] = str(small_disk / "recordings")
+    broker.one_grant(sshd_device)
+    broker.serve()
+    try:
+        assert broker.ssh("tech+dev", "echo first").out == "first\n"
+        ballast = fill(small_disk)
+        for _ in range(2):  # at once (the last probe stands) and again (probed anew)
+            refused = broker.ssh("tech+dev", "echo refused")
+            assert refused.code == 1 and refused.out == ""
+            assert refused.err.count("\n") == 1, refused.err
+            assert refused.err.startswith("broker: this broker node cannot record sessions"
+                                          " right now (No space left on device)"), refused.err
+        assert "refusing new sessions" in broker.serve_log()
+        ballast.unlink()
+        again = broker.ssh("tech+dev", "echo after")
+        assert again.code == 0 and again.out == "after\n", again.err
+        deadline = time.monotonic() + 10  # a seal the full disk stopped is redone each second
+        while (verified := broker.cli("recordings", "verify", "--all", check=False)).code:
+            assert time.monotonic() < deadline, verified.out + verified.err
+            time.sleep(0.5)
     finally:
         broker.stop()
