@@ -226,7 +226,8 @@ class Store:
         these connections never wait and such a read goes to the store's threads instead."""
         if self._here is None:
             url = make_url(self.url).set(drivername="sqlite")
-            self._here = create_engine(url, poolclass=SingletonThreadPool)
+            self._here = create_engine(url, poolclass=SingletonThreadPool,
+                                       connect_args={"check_same_thread": False})
             event.listen(self._here, "connect", _sqlite_here_pragmas)
             event.listen(self._here, "begin", _sqlite_begin_deferred)
         try:
