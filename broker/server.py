@@ -336,11 +336,20 @@ def drain_notice(seconds: float) -> str:
             f" {format_limit(seconds)}, then closes. Reconnect to continue on another node.")
 
 
+# Seconds a thread that wants the GIL waits before it makes the holder give it up. The event
+# loop holds the GIL almost always; the store's, the seals' and the flusher's threads give it
+# up at their every system call anyway. Python's 5 ms made the loop hand the GIL over and
+# back mid-work under a burst of logins; at 50 ms a session opens with about 1 ms less CPU
+# (bench/opening.py), and typing's echo p99 is unchanged (bench/sessions.py).
+GIL_SWITCH_INTERVAL = 0.05
+
+
 def run_event_loop(main: Coroutine[Any, Any, None], loop: str = "uvloop") -> None:
     """Run the server on ``[broker] event_loop``: uvloop (libuv), or asyncio's own loop.
     uvloop once showed the window bug that broker.ssh.asyncssh_fixes mends; with the fixes
     in, it serves logins, small web requests and typing with less CPU per event than asyncio's
     loop (``bench/``)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     if loop == "uvloop":
         import uvloop
 

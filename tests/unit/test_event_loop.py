@@ -4,13 +4,14 @@ one line naming the key; ``run_event_loop`` really runs the server on the chosen
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
 
 from broker.config import settings_from
 from broker.errors import ConfigError
-from broker.server import run_event_loop
+from broker.server import GIL_SWITCH_INTERVAL, run_event_loop
 
 WHERE = Path("/etc/broker/broker.toml")
 
@@ -35,10 +36,15 @@ def test_bad_values_name_the_key(value: object) -> None:
 @pytest.mark.parametrize(("choice", "module"), [("uvloop", "uvloop"),
                                                 ("asyncio", "asyncio.unix_events")])
 def test_the_server_runs_on_the_chosen_loop(choice: str, module: str) -> None:
-    seen: list[str] = []
+    seen: list[object] = []
 
     async def main() -> None:
-        seen.append(type(asyncio.get_running_loop()).__module__)
+        seen.extend([type(asyncio.get_running_loop()).__module__, sys.getswitchinterval()])
 
-    run_event_loop(main(), choice)
-    assert seen == [module]
+    before = sys.getswitchinterval()
+    try:
+        run_event_loop(main(), choice)
+    finally:
+        sys.setswitchinterval(before)
+    # the GIL is handed over less often than Python's 5 ms (see GIL_SWITCH_INTERVAL)
+    assert seen == [module, pytest.approx(GIL_SWITCH_INTERVAL)] and GIL_SWITCH_INTERVAL > 0.005
