@@ -174,17 +174,15 @@ class GuardedInput:
             await self._allowed(rule, line)
         return True
 
-    def _line_done(self) -> None:
+    def _line_done(self, forget_start: bool = True) -> None:
         self.typed.reset()
         self._in_line = False
-        if self.view is not None:
+        if self.view is not None and forget_start:
             self.view.line_done()
 
     async def _refuse(self, rule: CommandRule, line: str, why: str | None) -> None:
         cancel = (PASTE_END.encode() if self.typed.pasting else b"") + CANCEL_LINE
         reliable = self.typed.reliable
-        self.typed.reset()
-        self._in_line = False
         await self.host.notice(f"refused by policy: {rule.message}"
                                + (f" ({why})" if why else ""))
         self.host.mark(f"command denied: {shown(line)}")
@@ -192,10 +190,9 @@ class GuardedInput:
                               rule=rule.match, action=rule.action.value, message=rule.message,
                               typed_line_known=reliable,
                               **({"why": why} if why else {}))
-        assert self.view is not None
-        if await self._cancel_line(cancel):
-            self.view.line_done()
-        else:
+        dropped = await self._cancel_line(cancel)
+        self._line_done(forget_start=dropped)
+        if not dropped:
             # the shell kept the refused line: the next one is judged from where the refused
             # one began, as a line whose text is not known from the keys alone
             self.typed.reliable = False

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, SingletonThreadPool
@@ -87,19 +87,16 @@ def _sqlite_begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _sqlite_reader_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
-    cursor.execute("PRAGMA query_only=1")  # a write in a read unit fails, loudly
-    cursor.close()
-    dbapi_connection.isolation_level = None
-
-
-def _sqlite_here_pragmas(dbapi_connection: Any, record: Any) -> None:
-    _sqlite_reader_pragmas(dbapi_connection, record)
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=0")  # on the event loop: never sleep on a lock
-    cursor.close()
+def _sqlite_reader_pragmas(busy_timeout: float = BUSY_TIMEOUT) -> Callable[[Any, Any], None]:
+    """The connect listener of connections that only read and wait up to ``busy_timeout``
+    seconds for a lock (0 on the event loop: never sleep there)."""
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA query_only=1")  # a write in a read unit fails, loudly
+        cursor.close()
+        dbapi_connection.isolation_level = None
+    return pragmas
 
 
 _BUSY = object()  # a read that would have waited for a lock
@@ -205,17 +202,16 @@ class Store:
 
     async def _run(self, write: bool, unit: Callable[..., _T], *args: Any, **kwargs: Any
                    ) -> _T:
-        engine = self._sync_engine(write)
-        if engine is None:
+        if self._database is None:
             async with (self.session() if write else self.reading()) as session:
                 return await run_sync(session, unit, *args, **kwargs)
         if not write:
             read = self._read_here(unit, args, kwargs)
             if read is not _BUSY:
                 return cast(_T, read)
-            return await self._in_thread(engine, unit, args, kwargs)
+            return await self._in_thread(self._sync_engine(False), unit, args, kwargs)
         async with self._turn():
-            return await self._in_thread(engine, unit, args, kwargs)
+            return await self._in_thread(self._sync_engine(True), unit, args, kwargs)
 
     def _read_here(self, unit: Callable[..., _T], args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> _T | object:
@@ -225,10 +221,9 @@ class Store:
         a wait for a lock (a checkpoint, a WAL recovery) must not stall every session, so
         these connections never wait and such a read goes to the store's threads instead."""
         if self._here is None:
-            url = make_url(self.url).set(drivername="sqlite")
-            self._here = create_engine(url, poolclass=SingletonThreadPool,
+            self._here = create_engine(self._sync_url, poolclass=SingletonThreadPool,
                                        connect_args={"check_same_thread": False})
-            event.listen(self._here, "connect", _sqlite_here_pragmas)
+            event.listen(self._here, "connect", _sqlite_reader_pragmas(busy_timeout=0))
             event.listen(self._here, "begin", _sqlite_begin_deferred)
         try:
             return self._whole(self._here, unit, args, kwargs)
@@ -266,18 +261,20 @@ class Store:
                     session.rollback()
                 raise
 
-    def _sync_engine(self, write: bool) -> Engine | None:
-        if self._database is None:
-            return None
+    @property
+    def _sync_url(self) -> URL:
+        """The SQLite file's URL for the plain (not async) driver."""
+        return make_url(self.url).set(drivername="sqlite")
+
+    def _sync_engine(self, write: bool) -> Engine:
         engine = self._sync.get(write)
         if engine is None:
-            url = make_url(self.url).set(drivername="sqlite")
-            engine = create_engine(url, connect_args={"check_same_thread": False},
+            engine = create_engine(self._sync_url, connect_args={"check_same_thread": False},
                                    pool_size=STORE_THREADS, max_overflow=0)
             if write:
                 self._writer_events(engine)
             else:
-                event.listen(engine, "connect", _sqlite_reader_pragmas)
+                event.listen(engine, "connect", _sqlite_reader_pragmas())
                 event.listen(engine, "begin", _sqlite_begin_deferred)
             self._sync[write] = engine
         return engine
@@ -285,7 +282,7 @@ class Store:
     def _reader_engine(self) -> AsyncEngine | None:
         if self._reader is None and self._database is not None:
             self._reader = create_async_engine(self.url)
-            event.listen(self._reader.sync_engine, "connect", _sqlite_reader_pragmas)
+            event.listen(self._reader.sync_engine, "connect", _sqlite_reader_pragmas())
             event.listen(self._reader.sync_engine, "begin", _sqlite_begin_deferred)
         return self._reader
 
