@@ -37,6 +37,8 @@ from pathlib import Path
 
 from broker import metrics
 
+from .jsontext import utf8
+
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 0.5
@@ -61,10 +63,15 @@ class FlushedFile:
         return self._file.closed
 
     def write(self, text: str) -> None:
+        """Append JSON text (every recording file is JSON; see :mod:`.jsontext`)."""
+        self.write_bytes(utf8(text))
+
+    def write_bytes(self, data: bytes) -> None:
+        """Append UTF-8 JSON text already encoded (:func:`.jsontext.compact`)."""
         if self._file.closed or self.failed is not None:
             return  # sealed (a channel winding down), or failed (the session is being cut)
         try:
-            self._file.write(text.encode("utf-8"))
+            self._file.write(data)
         except OSError as exc:  # the buffer was full and the disk took none of it
             self.fail(exc)
             return

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .flusher import FlushedFile, Flusher
+from .jsontext import compact
 
 HAR_FILE = "web.har"
 BODIES_DIR = "bodies"
@@ -35,7 +36,6 @@ CREATOR = {"name": "vendor-access-broker", "version": "1"}
 MAX_WS_MESSAGES = 100_000  # kept for the HAR entry; the .jsonl side file keeps every one
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml",
                "application/x-www-form-urlencoded", "image/svg+xml", "+json", "+xml")
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def iso(moment: datetime) -> str:
@@ -147,7 +147,7 @@ class WebSocketLog:
         record["data"] = (raw.decode("utf-8", "replace") if isinstance(data, str)
                           else base64.b64encode(raw).decode("ascii"))
         self.count += 1
-        self._file.write(_encode(record) + "\n")
+        self._file.write_bytes(compact(record) + b"\n")
         if len(self.messages) < MAX_WS_MESSAGES:
             self.messages.append(record)
 
@@ -189,7 +189,7 @@ class HarWriter:
     def add(self, entry: Mapping[str, Any]) -> None:
         if self._file.closed:
             return
-        self._file.write("\n" + ("," if self.entries else "") + _encode(entry))
+        self._file.write_bytes((b"\n," if self.entries else b"\n") + compact(entry))
         self.entries += 1
 
     def close(self) -> None:
