@@ -26,7 +26,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from tempfile import TemporaryDirectory
+from tempfile import TemporaryDirectory, gettempdir
 from typing import Any
 
 import asyncssh
@@ -121,6 +121,18 @@ def burst(pool: ProcessPoolExecutor, workers: int, port: int, user: str, key: st
             "rate_per_s": len(times) / wall, "times": times}
 
 
+def file_system(path: Path) -> str:
+    """The type of the file system ``path`` is on (``ext4``, ``tmpfs``), from /proc/mounts."""
+    best, kind = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _device, mount, fs_type, *_ = line.split()
+            inside = (str(path.resolve()).rstrip("/") + "/").startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) > len(best):
+                best, kind = mount, fs_type
+    return kind
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=300,
@@ -137,6 +149,9 @@ def main() -> None:
                         " broker's default; 0: it logs in to the device for every session)")
     parser.add_argument("--floor", action="store_true",
                         help="also time bench/floor_ssh.py, asyncssh doing SSH and nothing else")
+    parser.add_argument("--recordings-dir", type=Path, default=None,
+                        help="[recording] dir of the broker (default: in the run's temp dir); a"
+                        " tmpfs here says what durable recordings on the disk cost a session")
     parser.add_argument("--profile", action="store_true",
                         help="run the broker under cProfile; its top functions go in the JSON")
     args = parser.parse_args()
@@ -147,6 +162,9 @@ def main() -> None:
                      " be positive")
     if args.profile and args.broker_workers > 1:
         parser.error("--profile profiles one broker process: use --broker-workers 1")
+    if args.recordings_dir is not None and (
+            not args.recordings_dir.is_dir() or any(args.recordings_dir.iterdir())):
+        parser.error(f"--recordings-dir {args.recordings_dir}: not an empty directory")
     if args.concurrency < args.workers:
         parser.error("--concurrency must be at least --workers")
     raise_fd_limit()
@@ -160,7 +178,10 @@ def main() -> None:
         broker, key = broker_with_grant(
             work / "broker", device, env={"BROKER_BROKER_WORKERS": str(args.broker_workers),
                                           "BROKER_SSH_DEVICE_KEEPALIVE":
-                                              str(args.device_keepalive)})
+                                              str(args.device_keepalive),
+                                          **({"BROKER_RECORDING_DIR":
+                                              str(args.recordings_dir.resolve())}
+                                             if args.recordings_dir else {})})
         stats = work / "broker.prof"
         floor: subprocess.Popen[str] | None = None
         try:
@@ -226,7 +247,10 @@ def main() -> None:
                "recordings_written": recordings,
                "targets": {"rate_at_least_1x_direct": ratio >= RATE_TARGET,
                            "zero_errors": side["broker"]["errors"] == 0}}
-    result = {"benchmark": "opening", **head, "options": vars(args), "sides": side,
+    recordings = args.recordings_dir or Path(gettempdir())
+    options = {**vars(args), "recordings_dir": str(args.recordings_dir or "")}
+    result = {"benchmark": "opening", **head, "options": options,
+              "recordings_file_system": file_system(recordings), "sides": side,
               "summary": summary, **({"broker_profile_top": top} if top else {})}
     out = write_result("opening", result)
     print(f"sessions opened a second, {args.concurrency} in flight, {args.rounds} rounds of"
