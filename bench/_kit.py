@@ -121,6 +121,48 @@ def cpu_seconds(pid: int) -> float:
     return cpu_seconds_of(process_tree(pid))
 
 
+def gc_pauses(http_port: int) -> dict[str, dict[str, float]]:
+    """The broker's garbage-collector pauses so far, from its /metrics
+    (``broker_gc_pause_seconds``): by generation, count, seconds in all, and how many took
+    longer than 10 and 100 ms."""
+    import ssl
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE  # the broker's own certificate
+    with urllib.request.urlopen(f"https://127.0.0.1:{http_port}/metrics", context=tls,
+                                timeout=30) as answer:
+        text = answer.read().decode()
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "broker_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = found.setdefault(sample.labels["generation"],
+                                          {"count": 0, "seconds": 0.0, "over_10ms": 0,
+                                           "over_100ms": 0})
+            if sample.name.endswith("_count"):
+                generation["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                generation["seconds"] = sample.value
+            elif sample.labels.get("le") in ("0.01", "0.1"):
+                generation[f"under_{sample.labels['le']}"] = sample.value
+    for generation in found.values():
+        generation["over_10ms"] = generation["count"] - generation.pop("under_0.01", 0)
+        generation["over_100ms"] = generation["count"] - generation.pop("under_0.1", 0)
+    return found
+
+
+def gc_pauses_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+                      ) -> dict[str, dict[str, float]]:
+    """What :func:`gc_pauses` counted between two readings (``seconds`` rounded to ms)."""
+    return {generation: {key: round(value - before.get(generation, {}).get(key, 0), 3)
+                         for key, value in now.items()}
+            for generation, now in sorted(after.items())}
+
+
 def ensure_bench_user() -> str:
     """A plain device account: /bin/sh, no rc files (root's here start pyenv, which would
     swamp the latency measured). Created when missing (needs root), key auth only."""

@@ -29,6 +29,8 @@ from bench._kit import (
     bench_device,
     broker_with_grant,
     cpu_seconds,
+    gc_pauses,
+    gc_pauses_between,
     log_digest,
     ms,
     percentile,
@@ -44,18 +46,22 @@ P99_TARGET_MS = 25.0
 RATIO_TARGET = 2.0
 
 
-def phase(name: str, spec: Spec, workers: int, broker_pid: int | None) -> dict[str, Any]:
+def phase(name: str, spec: Spec, workers: int, broker_pid: int | None,
+          broker_http: int | None = None) -> dict[str, Any]:
     """Open spec.sessions sessions, type for spec.seconds, close; the numbers of it."""
     idle = rss_mib(broker_pid) if broker_pid else None
+    gc_idle = gc_pauses(broker_http) if broker_http else None
     with Typists(spec, workers) as typists:
         with stage(f"{name}: opening {spec.sessions} sessions"):
             opened = typists.open()
         loaded = rss_mib(broker_pid) if broker_pid else None
+        gc_loaded = gc_pauses(broker_http) if broker_http else None
         cpu_before = cpu_seconds(broker_pid) if broker_pid else 0.0
         with stage(f"{name}: typing for {spec.seconds:.0f} s"):
             ran = typists.run()
         cpu = cpu_seconds(broker_pid) - cpu_before if broker_pid else None
         peak = rss_mib(broker_pid, "VmHWM") if broker_pid else None
+        gc_typed = gc_pauses(broker_http) if broker_http else None
         with stage(f"{name}: closing"):
             closed = typists.close()
     latencies = [s[1] for s in ran["samples"]]
@@ -81,6 +87,9 @@ def phase(name: str, spec: Spec, workers: int, broker_pid: int | None) -> dict[s
             "rss_per_session_kib": round((loaded - idle) * 1024 / max(1, opened["opened"]), 1),
             "cpu_seconds_while_typing": round(cpu, 1),
             "cpu_percent_of_one_core": round(100 * cpu / spec.seconds, 1)}
+    if gc_idle is not None and gc_loaded is not None and gc_typed is not None:
+        result["broker_gc_pauses"] = {"opening": gc_pauses_between(gc_idle, gc_loaded),
+                                      "typing": gc_pauses_between(gc_loaded, gc_typed)}
     return result
 
 
@@ -122,7 +131,7 @@ def main() -> None:
                 args.workers, None)
             via = phase("broker", Spec(port=broker.port, user="tech+dev", first_source=5000,
                                        **common),
-                        args.workers, broker.proc.pid)
+                        args.workers, broker.proc.pid, broker.http_port)
             recordings = len(broker.recordings())
             via["broker_alive_at_end"] = broker.proc.poll() is None
             via.update(log_digest(broker.serve_log()))
@@ -143,6 +152,7 @@ def main() -> None:
         "errors": {"direct": direct["errors"] if direct else None, "broker": via["errors"]},
         "broker_rss_per_session_kib": via["broker"]["rss_per_session_kib"],
         "broker_cpu_percent_of_one_core": via["broker"]["cpu_percent_of_one_core"],
+        "broker_gc_pauses": via.get("broker_gc_pauses"),
         "recordings_written": recordings,
         "targets": {"p99_under_25ms": p99 < P99_TARGET_MS,
                     "p99_at_most_2x_direct": ratio is not None and ratio <= RATIO_TARGET,
@@ -161,6 +171,10 @@ def main() -> None:
     print(f"  broker RSS {via['broker']['rss_idle_mib']} -> {via['broker']['rss_loaded_mib']}"
           f" MiB, {via['broker']['rss_per_session_kib']} KiB per session;"
           f" CPU {via['broker']['cpu_percent_of_one_core']}% of a core")
+    for when, pauses in via.get("broker_gc_pauses", {}).items():
+        print(f"  broker GC while {when}: " + "; ".join(
+            f"gen{g} {int(p['count'])}x {round(p['seconds'] * 1000)} ms"
+            f" ({int(p['over_100ms'])} over 100 ms)" for g, p in pauses.items() if p["count"]))
     print("  targets: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}"
                                     for k, v in summary["targets"].items()))
     print(f"  -> {out}")

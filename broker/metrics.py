@@ -17,9 +17,12 @@ lag) as last set. Each worker publishes its own gauges each second (:func:`publi
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import time
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -105,6 +108,11 @@ DEVICE_CONNECTIONS_IDLE = Gauge(
     "broker_device_connections_idle", "Device connections open and kept for a technician's"
     " next session now ([ssh] device_keepalive), in all of this node's workers.",
     registry=REGISTRY, multiprocess_mode="livesum")
+GC_PAUSES = Histogram(
+    "broker_gc_pause_seconds", "How long Python's garbage collector stopped a broker process,"
+    " by generation (2: a full collection, which walks every live object; a burst of logins"
+    " sets them off).", ["generation"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 SCRAPE_ERRORS = Counter(
     "broker_scrape_errors", "Scrapes whose database-derived values could not be refreshed"
     " (the previous values are shown).", registry=REGISTRY)
@@ -199,9 +207,37 @@ def pool_use(engine: Any) -> None:
 
 
 def publish_local(ctx: Context, sessions: Iterable[object]) -> None:
-    """This process's own gauges: its live sessions and its pool."""
+    """This process's own gauges: its live sessions and its pool; and its GC pauses."""
     count_live(sessions)
     pool_use(ctx.store.engine)
+    publish_gc_pauses()
+
+
+# -- garbage collector pauses ----------------------------------------------------------------
+# The collector runs at any allocation, also inside a metric's own locked section, so its
+# callback takes no lock: it appends to a deque, and publish_gc_pauses() observes from there.
+_gc_pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
+_gc_started = 0.0
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started))
+
+
+def time_gc() -> None:
+    """Time every collection in this process (``broker_gc_pause_seconds``)."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
+
+
+def publish_gc_pauses() -> None:
+    while _gc_pauses:
+        generation, seconds = _gc_pauses.popleft()
+        GC_PAUSES.labels(str(generation)).observe(seconds)
 
 
 async def refresh(ctx: Context, sessions: Iterable[object]) -> None:

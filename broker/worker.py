@@ -27,7 +27,7 @@ import structlog
 from broker.audit.logging import configure_logging, log_to_file, tag_process
 from broker.config import Config
 from broker.domain.policy import default_policy_notice
-from broker.server import Server
+from broker.server import Server, settle_heap
 from broker.services.context import Context
 
 log = structlog.get_logger("broker.worker")
@@ -68,6 +68,7 @@ async def run_worker(config: Config, role: WorkerRole) -> None:
     server = Server(ctx, shared_by=role.count,
                     recover_workers_of=config.node if role.first else None)
     await server.start()
+    settle_heap()
     assert server.web is not None and server.devices_web is not None
     if role.ready_fd is not None:
         report = {"pid": os.getpid(), "ssh": server.ssh_port, "http": server.web.port,

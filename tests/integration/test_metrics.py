@@ -128,6 +128,15 @@ def test_every_family_is_prefixed_and_parses(broker: BrokerProcess) -> None:
     assert all(name.startswith("broker_") for name in names)
 
 
+def test_the_servers_garbage_collections_are_timed(broker: BrokerProcess) -> None:
+    # a serving process times every collection from its start, and made one full collection
+    # itself once up (before it froze what it made to start: broker.server.settle_heap)
+    full = wait_until(lambda: value(scrape(broker), "broker_gc_pause_seconds_count",
+                                    generation="2"))
+    assert full >= 1
+    assert value(scrape(broker), "broker_gc_pause_seconds_sum", generation="2") > 0
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """A broker with /metrics on a listener of its own, behind a bearer token."""

@@ -4,6 +4,7 @@ one line naming the key; ``run_event_loop`` really runs the server on the chosen
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from broker.config import settings_from
 from broker.errors import ConfigError
-from broker.server import GIL_SWITCH_INTERVAL, run_event_loop
+from broker.server import GIL_SWITCH_INTERVAL, run_event_loop, settle_heap
 
 WHERE = Path("/etc/broker/broker.toml")
 
@@ -48,3 +49,13 @@ def test_the_server_runs_on_the_chosen_loop(choice: str, module: str) -> None:
         sys.setswitchinterval(before)
     # the GIL is handed over less often than Python's 5 ms (see GIL_SWITCH_INTERVAL)
     assert seen == [module, pytest.approx(GIL_SWITCH_INTERVAL)] and GIL_SWITCH_INTERVAL > 0.005
+
+
+def test_a_settled_heap_is_out_of_the_collectors_reach() -> None:
+    gc.unfreeze()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000  # this test process's modules, classes, ...
+        assert gc.get_count()[2] == 0  # after the full collection it made first
+    finally:
+        gc.unfreeze()

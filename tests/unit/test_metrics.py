@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -133,3 +134,25 @@ def test_change_feed_lag_is_from_the_row_to_when_it_was_seen() -> None:
     assert metrics.FEED_LAG._value.get() == pytest.approx(0.3)  # type: ignore[attr-defined]
     seen_lag(ts.replace(tzinfo=None), ts - timedelta(seconds=1))  # clock skew: never negative
     assert metrics.FEED_LAG._value.get() == 0  # type: ignore[attr-defined]
+
+
+def gc_pauses_observed(generation: str) -> float:
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if (sample.name == "broker_gc_pause_seconds_count"
+                    and sample.labels["generation"] == generation):
+                return sample.value
+    return 0.0
+
+
+def test_garbage_collector_pauses_are_timed_and_published_outside_the_collector() -> None:
+    metrics.time_gc()
+    metrics.time_gc()  # installed once however often it is asked
+    assert gc.callbacks.count(metrics._time_gc) == 1
+    metrics.publish_gc_pauses()
+    before = gc_pauses_observed("2")
+    gc.collect(2)
+    # timed inside the collector, observed only when published (no lock in the collector)
+    assert gc_pauses_observed("2") == before
+    metrics.publish_gc_pauses()
+    assert gc_pauses_observed("2") >= before + 1
