@@ -125,34 +125,25 @@ def gc_pauses(http_port: int) -> dict[str, dict[str, float]]:
     """The broker's garbage-collector pauses so far, from its /metrics
     (``broker_gc_pause_seconds``): by generation, count, seconds in all, and how many took
     longer than 10 and 100 ms."""
-    import ssl
-    import urllib.request
+    from tests.integration.test_metrics import fetch, samples, value
 
-    from prometheus_client.parser import text_string_to_metric_families
-
-    tls = ssl.create_default_context()
-    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE  # the broker's own certificate
-    with urllib.request.urlopen(f"https://127.0.0.1:{http_port}/metrics", context=tls,
-                                timeout=30) as answer:
-        text = answer.read().decode()
-    found: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != "broker_gc_pause_seconds":
+    status, text = fetch(http_port)
+    if status != 200:
+        raise RuntimeError(f"the broker's /metrics answered HTTP {status}: {text[:200]}")
+    found = samples(text)
+    pauses: dict[str, dict[str, float]] = {}
+    for name, labels in found:
+        if name != "broker_gc_pause_seconds_count":
             continue
-        for sample in family.samples:
-            generation = found.setdefault(sample.labels["generation"],
-                                          {"count": 0, "seconds": 0.0, "over_10ms": 0,
-                                           "over_100ms": 0})
-            if sample.name.endswith("_count"):
-                generation["count"] = sample.value
-            elif sample.name.endswith("_sum"):
-                generation["seconds"] = sample.value
-            elif sample.labels.get("le") in ("0.01", "0.1"):
-                generation[f"under_{sample.labels['le']}"] = sample.value
-    for generation in found.values():
-        generation["over_10ms"] = generation["count"] - generation.pop("under_0.01", 0)
-        generation["over_100ms"] = generation["count"] - generation.pop("under_0.1", 0)
-    return found
+        generation = dict(labels)["generation"]
+        count = found[(name, labels)]
+        pauses[generation] = {
+            "count": count,
+            "seconds": value(found, "broker_gc_pause_seconds_sum", generation=generation),
+            **{f"over_{ms}ms": count - value(found, "broker_gc_pause_seconds_bucket",
+                                              generation=generation, le=le)
+               for ms, le in (("10", "0.01"), ("100", "0.1"))}}
+    return pauses
 
 
 def gc_pauses_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]

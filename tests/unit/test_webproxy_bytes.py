@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from broker.recording.har import read_har
 from tests.unit.webproxy_kit import add_grant, sign_in
@@ -41,7 +42,7 @@ async def raw_get(port: int, path: str, cookie: str, extra: bytes) -> bytes:
     return answer
 
 
-def responses(broker_dir: Path) -> dict[str, dict[str, str]]:
+def responses(broker_dir: Path) -> dict[str, Any]:
     [har] = list((broker_dir / "recordings").glob("*/web.har"))
     return {e["request"]["url"].rsplit("/", 1)[1]: e
             for e in read_har(har)["log"]["entries"]}
@@ -61,8 +62,8 @@ async def test_header_bytes_that_are_not_utf8_are_relayed_and_recorded(broker_di
     assert seen[-1].startswith(b"GET /from-browser ")
     entries = responses(broker_dir)
     from_device = {h["name"]: h["value"]
-                   for h in entries["from-device"]["response"]["headers"]}  # type: ignore[index]
+                   for h in entries["from-device"]["response"]["headers"]}
     assert from_device["X-Firmware"] == "caf\\xe9 \\xff\\xfe"
     from_browser = {h["name"]: h["value"]
-                    for h in entries["from-browser"]["request"]["headers"]}  # type: ignore[index]
+                    for h in entries["from-browser"]["request"]["headers"]}
     assert from_browser["X-Client"] == "na\\xefve \\x80"
