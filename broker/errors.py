@@ -9,7 +9,9 @@
     │   └── DuplicateRow     the database refused a row another writer made first
     ├── Refused              a rule said no (policy, invariant, state machine)
     ├── StoreError           the database is missing, un-migrated or unreachable
-    └── DeviceError          the device could not be reached or refused the broker's login
+    ├── DeviceError          the device could not be reached or refused the broker's login
+    └── SessionRefused       this node opens no new session now (draining, no recording)
+        └── RecordingUnavailable   a recording file cannot be created (full, read-only ...)
 
 Lower layers' errors (SQLAlchemy in ``Store.session()``, asyncssh, the domain's own) are
 mapped to these in one place each, with ``raise ... from``, so the CLI and the protocol
@@ -81,3 +83,15 @@ class SessionRefused(BrokerError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RecordingUnavailable(SessionRefused):
+    """A recording file could not be created (the storage is full, read-only or failing), so
+    the channel, forward or request that needed it is refused: nothing goes through the
+    broker unrecorded. ``error`` is the system's words for it (never a path)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"this cannot be recorded right now ({error}), and nothing goes"
+                         " through the broker unrecorded; try again later or tell the"
+                         " hospital's IT", "recording-unavailable")
+        self.error = error

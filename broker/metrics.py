@@ -81,8 +81,8 @@ RECORDING_WRITE = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY)
 RECORDING_FAILURES = Counter(
-    "broker_recording_write_failures", "Recording writes that failed (write, flush or fsync), by"
-    " step.", ["step"], registry=REGISTRY)
+    "broker_recording_write_failures", "Recording writes that failed (create, write, flush or"
+    " fsync), by step.", ["step"], registry=REGISTRY)
 NOTIFICATION_FAILURES = Counter(
     "broker_notification_failures", "Failed notification delivery attempts, by channel and"
     " whether it was the last attempt (final=true: the notification is given up).",
@@ -133,7 +133,7 @@ for _service in ("ssh", "staff"):
     AUTH_FAILURES.labels(_service)
 for _cause in ("expired", "revoked"):
     REVOCATION_LATENCY.labels(_cause)
-for _step in ("write", "flush", "fsync"):
+for _step in ("create", "write", "flush", "fsync"):
     RECORDING_FAILURES.labels(_step)
 
 _REASON = re.compile(r"[a-z][a-z0-9 _.-]{0,31}\Z")

@@ -18,7 +18,8 @@ file that failed.
 A write, flush or fsync that fails (ENOSPC, EROFS, EIO) marks the file failed and is reported
 to the flusher's listeners (:meth:`Flusher.on_failure`) from the event loop, once per file: the
 broker cuts the session whose recording it is (no session goes on unrecorded). A failed file
-takes no more data; what reached the disk before stays as it was.
+takes no more data; what reached the disk before stays as it was. A file that cannot even be
+created is reported the same way, and its writer raises :class:`RecordingUnavailable`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from broker import metrics
+from broker.errors import RecordingUnavailable
 
 from .jsontext import utf8
 
@@ -50,12 +52,18 @@ class FlushedFile:
     """An append-only file written through a buffer that a :class:`Flusher` keeps on disk."""
 
     def __init__(self, path: Path, flusher: Flusher | None = None, *, mode: int = 0o640) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        flusher = flusher if flusher is not None else default_flusher()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except OSError as exc:  # no file, no recording: whatever needed it is refused
+            metrics.RECORDING_FAILURES.labels("create").inc()
+            flusher.report(path, exc)
+            raise RecordingUnavailable(exc.strerror or str(exc)) from exc
         self.path = path
         self._file = os.fdopen(fd, "wb", buffering=_BUFFER_SIZE)
         self._unsynced = False
         self.failed: OSError | None = None
-        self._flusher = flusher if flusher is not None else default_flusher()
+        self._flusher = flusher
         self._flusher.register(self)
 
     @property

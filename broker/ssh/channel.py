@@ -17,7 +17,7 @@ from broker.aio import within
 from broker.domain.file_rules import FileRules
 from broker.domain.grants import Refusal
 from broker.domain.scp_command import build
-from broker.errors import BrokerError, StoreError
+from broker.errors import BrokerError, RecordingUnavailable, StoreError
 from broker.recording import SessionRecording
 from broker.recording.asciicast import AsciicastWriter, ExecLog
 from broker.recording.files import Kind as Recorded
@@ -167,7 +167,11 @@ class Channel:
         if self.dropped_env:
             await conn.audit("channel.env_dropped", names=[
                 n[:64].encode("unicode_escape").decode("ascii") for n in self.dropped_env])
-        taps = counted(self._taps(kind, conn.recording, width, height))
+        try:
+            taps = counted(self._taps(kind, conn.recording, width, height))
+        except RecordingUnavailable:
+            self.upstream.close()  # the device's side goes, unused: refused in run()
+            raise
         sink: SendStream = SSHSend(self.upstream.stdin)
         if rules.guarded:
             sink, view = guard_input(sink, self, rules, conn.supervision, self.pty, width,
@@ -367,11 +371,18 @@ class Channel:
         command = self.process.command
         if command is not None:
             extra["command"] = command[:1024]
-        await self.conn.audit_refusal("session.refused", reason=reason, detail=message, **extra)
-        self.process.stderr.write(self._line(f"broker: {message}"))
-        with contextlib.suppress(Exception):
-            await within(NOTICE_TIMEOUT, self.process.stderr.drain())
-        self.process.exit(1)
+        refusing = asyncio.get_running_loop().create_future()
+        self.conn.refusing.add(refusing)  # a cut meanwhile waits for the line and the exit
+        try:
+            await self.conn.audit_refusal("session.refused", reason=reason, detail=message,
+                                          **extra)
+            self.process.stderr.write(self._line(f"broker: {message}"))
+            with contextlib.suppress(Exception):
+                await within(NOTICE_TIMEOUT, self.process.stderr.drain())
+            self.process.exit(1)
+        finally:
+            refusing.set_result(None)
+            self.conn.refusing.discard(refusing)
 
 
 def _shown(text: str) -> str:

@@ -48,6 +48,7 @@ from broker.ssh.upstream_pool import Lease, UpstreamPool
 
 log = structlog.get_logger("broker.ssh")
 MAX_UNAUTHENTICATED_PER_SOURCE = 10
+REFUSAL_GRACE = 1.0  # seconds a cut waits for a channel's refusal (audit, line, exit status)
 SUPERVISION_NOTICES = {
     JOINED: "hospital supervisor {who} is now watching this session",
     LEFT: "hospital supervisor {who} stopped watching this session",
@@ -109,6 +110,8 @@ class BrokerConnection(asyncssh.SSHServer):
         self._upstream_lock = asyncio.Lock()
         self.session: AccessSession | None = None  # once the user name names a device
         self.channels: set[ClosableChannel] = set()
+        # channels writing their one-line refusal: a cut lets them finish it first
+        self.refusing: set[asyncio.Future[None]] = set()
         self.exit_status: int | None = None  # the last channel's, as the technician's ssh saw it
         self._channel_count = 0
         # the policy's command rules and supervision, fixed when the session opens
@@ -365,6 +368,8 @@ class BrokerConnection(asyncssh.SSHServer):
         self.supervision.close()
         await asyncio.gather(*(channel.close_with(reason) for channel in list(self.channels)),
                              return_exceptions=True)
+        if self.refusing:
+            await asyncio.wait(list(self.refusing), timeout=REFUSAL_GRACE)
         if self.conn is not None:
             self.conn.close()
         if self.upstream is not None:

@@ -14,7 +14,7 @@ from broker import metrics
 from broker.domain.protocols import Protocol
 from broker.domain.session_rules import SessionRules
 from broker.domain.usernames import Target
-from broker.errors import DeviceError, SessionRefused
+from broker.errors import DeviceError, RecordingUnavailable, SessionRefused
 from broker.recording import SessionRecording
 from broker.recording.files import Kind as Recorded
 from broker.recording.forward import ForwardLog
@@ -94,9 +94,13 @@ async def open_forward(self: ForwardingConnection, host: str, port: int, origin:
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                         f"broker: the device refused port {port}") from None
     assert self.recording is not None
-    record = ForwardLog(self.recording.file_for(Recorded.FORWARD,
-                                                self.next_channel_number()),
-                        destination=access.device.name, port=port, origin=origin)
+    try:
+        record = ForwardLog(self.recording.file_for(Recorded.FORWARD,
+                                                    self.next_channel_number()),
+                            destination=access.device.name, port=port, origin=origin)
+    except RecordingUnavailable as exc:
+        up_writer.close()
+        await refuse(str(exc))
 
     def to_device(data: bytes) -> None:
         metrics.FORWARD_TO_DEVICE.inc(len(data))

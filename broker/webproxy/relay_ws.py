@@ -11,6 +11,7 @@ from aiohttp import web
 from yarl import URL
 
 from broker import metrics
+from broker.errors import RecordingUnavailable
 from broker.http.security import (
     OWN_HEADERS,
 )
@@ -29,16 +30,23 @@ async def relay_websocket(request: web.Request, live: ProxiedSession,
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                  if p.strip()]
     ws_url = live.target.origin.websocket(url)
+    try:  # its log first: nothing reaches the device that could not be recorded
+        wslog = live.websocket_log()
+    except RecordingUnavailable as exc:
+        raise web.HTTPServiceUnavailable(text=f"broker: {exc}",
+                                         headers={"Retry-After": "10"}) from None
     try:
         upstream = await client.ws_connect(ws_url, protocols=protocols, headers=headers,
                                            autoclose=False, autoping=True, max_msg_size=0)
     except aiohttp.WSServerHandshakeError as exc:
+        wslog.close()
         live.har.add(har_entries.websocket_entry(
             started, ws_url, headers.items(), exc.status, exc.message, exc.headers or {}, [],
             0, monotonic_ms(t0), request.path_qs, "refused by the device"))
         raise web.HTTPBadGateway(text=f"{live.device} refused the WebSocket"
                                       f" (HTTP {exc.status})") from None
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        wslog.close()
         await live.audit("web.device_failed", path=request.path[:300],
                          error=f"{exc.__class__.__name__}: {exc}"[:500])
         raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
@@ -47,7 +55,6 @@ async def relay_websocket(request: web.Request, live: ProxiedSession,
     browser = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else [],
                                     autoping=True, max_msg_size=0)
     browser[OWN_HEADERS] = True
-    wslog = live.websocket_log()
     limit = live.har.body_limit
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     close = "ended"

@@ -167,6 +167,7 @@ class BrokerProcess:
                                      env={**os.environ, **self.env},
                                      preexec_fn=_ahead_of_test_workers)
         wait_for_port(self.port, self.proc)
+        wait_for_port(self.http_port, self.proc)  # the portal may bind after the SSH listener
         return self
 
     def stop(self) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker import metrics
+from broker.errors import RecordingUnavailable, SessionRefused
 from broker.recording import (
     MANIFEST_FILE,
     FlushedFile,
@@ -50,6 +52,31 @@ async def test_a_failing_write_reaches_the_listeners_once(tmp_path: Path) -> Non
     file.close()
     assert failures == [(tmp_path / "out.jsonl", errno.ENOSPC)]
     assert (tmp_path / "out.jsonl").read_text() == "kept\n"
+    await flusher.stop()
+
+
+async def test_a_file_that_cannot_be_created_is_reported_counted_and_refused(
+        tmp_path: Path) -> None:
+    """No inode, a read-only or a vanished directory: the writer cannot exist, so whatever
+    needed it is refused (RecordingUnavailable, one line), the listeners hear of it like a
+    failed write, and the metric counts it under step "create"."""
+    flusher = Flusher(interval=3600)
+    failures: list[tuple[Path, int | None]] = []
+    flusher.on_failure(lambda path, exc: failures.append((path, exc.errno)))
+    created = metrics.RECORDING_FAILURES.labels("create")
+    before = created._value.get()
+    gone = tmp_path / "removed-session" / "exec-0.jsonl"
+    with pytest.raises(RecordingUnavailable) as refused:
+        FlushedFile(gone, flusher)
+    assert str(refused.value) == (
+        "this cannot be recorded right now (No such file or directory), and nothing goes"
+        " through the broker unrecorded; try again later or tell the hospital's IT")
+    assert refused.value.reason == "recording-unavailable"
+    assert isinstance(refused.value, SessionRefused)
+    assert str(tmp_path) not in str(refused.value)
+    assert failures == [(gone, errno.ENOENT)]
+    assert created._value.get() == before + 1
+    assert not flusher.running  # nothing was registered
     await flusher.stop()
 
 

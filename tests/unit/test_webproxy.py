@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import errno
 import hashlib
 import json
 import re
 import ssl
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +28,7 @@ from broker.aio import within
 from broker.demo.device_state import DeviceIdentity, DeviceState, seed_root
 from broker.demo.web import device_web_app
 from broker.errors import Refused
+from broker.recording.flusher import default_flusher
 from broker.recording.har import read_har
 from broker.revocation.registry import LiveSessions
 from broker.services.device_web import WebOptions, configure
@@ -273,6 +276,40 @@ async def test_websocket_is_relayed_and_recorded(broker_dir: Path) -> None:
                         ("send", base64.b64encode(b"\x01\x02\x03").decode()),
                         ("receive", base64.b64encode(b"\x03\x02\x01").decode())]
     assert entry["response"]["status"] == 101
+
+
+async def test_a_websocket_that_cannot_be_recorded_is_refused_with_one_line(
+        broker_dir: Path) -> None:
+    """The session directory takes no new file (immutable, even for root): the WebSocket's
+    log cannot exist, so the WebSocket is refused (503, one line) and never reaches the
+    device, and the flusher's listeners (the storage guard) hear of it."""
+    failures: list[tuple[str, int | None]] = []
+    unlisten = default_flusher().on_failure(
+        lambda path, exc: failures.append((path.name, exc.errno)))
+    async with upstream(device_app) as device, device_origin(broker_dir) as (client, ctx):
+        grant = await add_grant(ctx, device.url)
+        cookie = await sign_in(client, ctx)
+        directory = next((broker_dir / "recordings").glob("*/web.har")).parent
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+        try:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await client.ws_connect(f"/w/{grant}/ws", headers={"Cookie": cookie})
+            upgrade = await client.get(f"/w/{grant}/ws", headers={
+                "Cookie": cookie, "Connection": "Upgrade", "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()})
+            assert upgrade.status == 503
+            assert ("this cannot be recorded right now (Operation not permitted), and nothing"
+                    " goes through the broker unrecorded; try again later or tell the"
+                    " hospital&#39;s IT") in await upgrade.text()
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+            unlisten()
+        assert refused.value.status == 503
+        page = await client.get(f"/w/{grant}/echo", headers={"Cookie": cookie})
+        assert page.status == 200  # the rest of the session was not harmed by the test
+    assert failures == [("websocket-1.jsonl", errno.EPERM), ("websocket-2.jsonl", errno.EPERM)]
+    assert "GET /ws" not in " ".join(device.seen)
 
 
 # -- credential injection --------------------------------------------------------------------
