@@ -99,6 +99,15 @@ class StorageGuard:
             if await asyncio.to_thread(writable_problems, self.ctx.config.recordings_dir):
                 continue
             for directory in sorted(self._unsealed):
+                if not await asyncio.to_thread(directory.is_dir):
+                    # removed meanwhile (by hand): nothing left to seal, and it must not hold
+                    # up the others; verify and the audit log tell the rest
+                    self._unsealed.discard(directory)
+                    log.error("recording: gone before it could be sealed",
+                              recording=directory.name)
+                    await self._audit("recording.unsealed", recording=directory.name,
+                                      error="the session's recording directory is gone")
+                    continue
                 try:
                     await asyncio.to_thread(seal_directory, directory, signer,
                                             sealed_by="recovery")
