@@ -18,16 +18,20 @@ pass and copied into the entry's ``_webSocketMessages`` when the socket closes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .flusher import FlushedFile, Flusher
+from broker import metrics
+from broker.errors import RecordingUnavailable
+
+from .flusher import FlushedFile, Flusher, default_flusher
 from .jsontext import compact
 
 HAR_FILE = "web.har"
@@ -49,61 +53,97 @@ def is_text(mime: str) -> bool:
 
 class BodyCapture:
     """Takes a body chunk by chunk: in memory up to ``limit`` bytes, then spilled to a file
-    under ``bodies/`` named by its SHA-256 when finished."""
+    under ``bodies/`` named by its SHA-256 when finished.
 
-    def __init__(self, directory: Path, limit: int) -> None:
+    A spill the storage does not take (full, read-only, failing) is reported to ``report``
+    (the flusher's listeners: the session is cut) and :meth:`feed` raises
+    :class:`RecordingUnavailable`, so the caller passes no byte on unrecorded; the entry then
+    names the body's size and SHA-256 and why it was lost (``lost``)."""
+
+    def __init__(self, directory: Path, limit: int,
+                 report: Callable[[Path, OSError], None] | None = None) -> None:
         self._directory = directory
         self._limit = limit
+        self._report = report
         self._hash = hashlib.sha256()
         self._memory = bytearray()
         self._spill: Any = None
         self._spill_path: Path | None = None
         self.size = 0
+        self.lost: str | None = None
         self.result: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes) -> None:
         if not chunk or self.result is not None:
             return
+        if self.lost is not None:
+            raise RecordingUnavailable(self.lost)
         self.size += len(chunk)
         self._hash.update(chunk)
         if self._spill is None and self.size <= self._limit:
             self._memory.extend(chunk)
             return
-        if self._spill is None:
-            self._directory.mkdir(mode=0o750, exist_ok=True)
-            self._spill_path = self._directory / f".partial-{os.getpid()}-{id(self):x}"
-            fd = os.open(self._spill_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         0o640)
-            self._spill = os.fdopen(fd, "wb", buffering=256 * 1024)
-            self._spill.write(self._memory)
-            self._memory = bytearray()
-        self._spill.write(chunk)
+        try:
+            if self._spill is None:
+                self._directory.mkdir(mode=0o750, exist_ok=True)
+                self._spill_path = self._directory / f".partial-{os.getpid()}-{id(self):x}"
+                fd = os.open(self._spill_path,
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+                self._spill = os.fdopen(fd, "wb", buffering=256 * 1024)
+                self._spill.write(self._memory)
+                self._memory = bytearray()
+            self._spill.write(chunk)
+        except OSError as exc:
+            self._fail(exc)
+            raise RecordingUnavailable(self.lost or "") from exc
 
     def finish(self) -> dict[str, Any]:
-        """``{"size", "sha256", "inline": bytes | None, "file": "bodies/<sha256>" | None}``."""
+        """``{"size", "sha256", "inline": bytes | None, "file": "bodies/<sha256>" | None,
+        "lost": None | why the body could not be kept}``."""
         if self.result is not None:
             return self.result
         digest = self._hash.hexdigest()
         file = None
-        if self._spill is not None and self._spill_path is not None:
-            self._spill.flush()
-            os.fsync(self._spill.fileno())
-            self._spill.close()
-            final = self._directory / digest
-            if final.exists():  # the same body was stored before: keep one copy
-                self._spill_path.unlink()
-            else:
-                os.replace(self._spill_path, final)
-            file = f"{BODIES_DIR}/{digest}"
-        self.result = {"size": self.size, "sha256": digest,
-                       "inline": None if file else bytes(self._memory), "file": file}
+        if self._spill is not None and self._spill_path is not None and self.lost is None:
+            try:
+                self._spill.flush()
+                os.fsync(self._spill.fileno())
+                self._spill.close()
+                final = self._directory / digest
+                if final.exists():  # the same body was stored before: keep one copy
+                    self._spill_path.unlink()
+                else:
+                    os.replace(self._spill_path, final)
+                file = f"{BODIES_DIR}/{digest}"
+            except OSError as exc:
+                self._fail(exc)
+        self.result = {"size": self.size, "sha256": digest, "file": file, "lost": self.lost,
+                       "inline": None if file or self.lost else bytes(self._memory)}
         self._memory = bytearray()
         return self.result
+
+    def _fail(self, exc: OSError) -> None:
+        """Give up the spill (what it held is not kept) and report the storage's failure."""
+        self.lost = exc.strerror or str(exc)
+        metrics.RECORDING_FAILURES.labels("write").inc()
+        if self._spill is not None:
+            with contextlib.suppress(OSError):
+                self._spill.close()
+        if self._spill_path is not None:
+            with contextlib.suppress(OSError):
+                self._spill_path.unlink()
+        self._memory = bytearray()
+        if self._report is not None:  # named by bodies/, whose parent is the session's
+            self._report(self._directory, exc)
 
 
 def body_fields(captured: Mapping[str, Any], mime: str) -> dict[str, Any]:
     """HAR ``content`` / ``postData`` fields for a captured body."""
     fields: dict[str, Any] = {"mimeType": mime or "application/octet-stream"}
+    if captured.get("lost"):  # the storage failed: what is known of it, and why
+        fields.update(_lost=captured["lost"], _size=captured["size"],
+                      _sha256=captured["sha256"])
+        return fields
     if captured.get("file"):
         fields.update(_file=captured["file"], _sha256=captured["sha256"])
         return fields
@@ -178,7 +218,8 @@ class HarWriter:
         return self._file.closed
 
     def body(self) -> BodyCapture:
-        return BodyCapture(self.path.parent / BODIES_DIR, self.body_limit)
+        flusher = self._flusher if self._flusher is not None else default_flusher()
+        return BodyCapture(self.path.parent / BODIES_DIR, self.body_limit, flusher.report)
 
     def websocket(self, path: Path | None = None) -> WebSocketLog:
         """A log for one more WebSocket (``websocket-N.jsonl`` unless ``path`` is given)."""

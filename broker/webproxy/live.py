@@ -15,7 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from broker.domain.protocols import Protocol
-from broker.errors import BrokerError, DeviceError, SessionRefused
+from broker.errors import BrokerError, DeviceError, RecordingUnavailable, SessionRefused
 from broker.recording.files import Kind
 from broker.recording.har import HAR_FILE, HarWriter, WebSocketLog
 from broker.revocation.registry import LiveSessions
@@ -165,7 +165,8 @@ class ProxiedSession:
         if self.har is None:
             return
         capture = self.har.body()
-        capture.feed(body)
+        with contextlib.suppress(RecordingUnavailable):  # reported; the entry says it was lost
+            capture.feed(body)
         self.har.add(har_entries.login_entry(self.ctx.now(), method, url, headers, form,
                                              response, capture.finish()))
 

@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from broker import metrics
+from broker.errors import RecordingUnavailable
 from broker.http.security import (
     OWN_HEADERS,
 )
@@ -94,18 +95,26 @@ async def relay_http(request: web.Request, live: ProxiedSession, client: aiohttp
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             _response_headers(response, upstream.headers, live)
             await _relay_body(request, response, upstream, live, received)
-    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-        error = f"{exc.__class__.__name__}: {exc}"
+    except (RecordingUnavailable, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        lost = sent.lost or received.lost  # a body the storage did not take: nothing more goes
+        error = f"not recorded: {lost}" if lost else f"{exc.__class__.__name__}: {exc}"
         if response is not None and response.prepared:
             # mid-body: drop the connection, so the browser cannot take a cut body for whole
             if request.transport is not None:
                 request.transport.abort()
             return response
+        if lost is not None:
+            raise web.HTTPServiceUnavailable(text=f"broker: {RecordingUnavailable(lost)}",
+                                             headers={"Retry-After": "10"}) from None
         if live.closing is not None:
             raise web.HTTPForbidden(text=closed_text(live.device, live.closing)) from None
         await live.audit("web.device_failed", path=request.path[:300], error=error[:500])
         raise web.HTTPBadGateway(text=f"{live.device}'s web interface did not answer"
                                       f" ({exc.__class__.__name__})") from None
+    except Exception:
+        if response is not None and response.prepared and request.transport is not None:
+            request.transport.abort()  # a body cut short is never left hanging, nor whole
+        raise
     finally:
         _record_http(live, request, url, headers, sent, received, upstream_info, started,
                      wait_ms, monotonic_ms(t0) - wait_ms, error)

@@ -312,6 +312,45 @@ async def test_a_websocket_that_cannot_be_recorded_is_refused_with_one_line(
     assert "GET /ws" not in " ".join(device.seen)
 
 
+async def test_a_body_the_storage_does_not_take_goes_no_further(broker_dir: Path) -> None:
+    """A body over the inline limit is spilled under bodies/; when that fails (here the
+    session directory takes no new entry), the rest of the body goes nowhere: a download
+    already under way is cut (the browser cannot take it for whole), an upload is refused
+    with one line, the failure is reported (the storage guard cuts the session), and the HAR
+    entries say what was lost."""
+    failures: list[tuple[str, int | None]] = []
+    unlisten = default_flusher().on_failure(
+        lambda path, exc: failures.append((path.name, exc.errno)))
+    async with upstream(device_app) as device, device_origin(broker_dir) as (client, ctx):
+        grant = await add_grant(ctx, device.url)
+        cookie = await sign_in(client, ctx)
+        directory = next((broker_dir / "recordings").glob("*/web.har")).parent
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+        try:
+            download = await client.get(f"/w/{grant}/big", headers={"Cookie": cookie})
+            assert download.status == 200  # its head went before the body outgrew memory
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await download.read()
+            upload = await client.post(f"/w/{grant}/echo", data=b"u" * (2 * 1024 * 1024),
+                                       headers={"Cookie": cookie})
+            assert upload.status == 503
+            assert ("this cannot be recorded right now (Operation not permitted), and nothing"
+                    " goes through the broker unrecorded") in await upload.text()
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+            unlisten()
+    assert failures == [("bodies", errno.EPERM), ("bodies", errno.EPERM)]
+    assert not (directory / "bodies").exists()
+    entries = {e["request"]["url"].rsplit("/", 1)[-1]: e
+               for e in har_of(broker_dir)["log"]["entries"]}
+    lost = entries["big"]["response"]["content"]
+    assert lost["_lost"] == "Operation not permitted" and "text" not in lost
+    assert lost["_size"] > 1024 * 1024
+    sent = entries["echo"]["request"]["postData"]
+    assert sent["_lost"] == "Operation not permitted" and "text" not in sent
+    assert entries["echo"]["_error"] == "not recorded: Operation not permitted"
+
+
 # -- credential injection --------------------------------------------------------------------
 def basic_app(seen: list[str]) -> web.Application:
     app = recording_app(seen)
