@@ -3,7 +3,8 @@
 Each uploaded file is spooled to a 0600 temporary file under the data directory
 (``DATA/scan-spool``), never to the device, then scanned over ICAP. Only a clean file (or,
 with ``on_error = "allow"``, one the scanner could not judge) is then written to the device by
-the relay; the spool file is removed either way.
+the relay; the spool file is removed either way. A file the spool cannot take is refused
+(never passed on unscanned).
 """
 
 from __future__ import annotations
@@ -20,17 +21,30 @@ from broker.scan.icap import ICAPClient, ScanError
 
 
 class Held:
-    """One uploaded file at the broker."""
+    """One uploaded file at the broker. A spool that takes no more (the data directory full,
+    read-only, failing) marks it ``failed``: it takes nothing more, and its judgement is a
+    refusal, so the file never reaches the device."""
 
     def __init__(self, directory: Path, name: str) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix="upload-", dir=directory)  # mode 0600
-        self.fd, self.path, self.name = fd, Path(path), name
+        self.fd, self.path, self.name = -1, directory / "upload-unmade", name
         self.size = 0
         self.start: int | None = None  # the lowest offset written (a resumed upload's start)
+        self.failed: str | None = None
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix="upload-", dir=directory)  # mode 0600
+        except OSError as exc:
+            self.failed = exc.strerror or str(exc)
+            return
+        self.fd, self.path = fd, Path(path)
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        os.pwrite(self.fd, data, offset)
+        if self.failed is None:
+            try:
+                os.pwrite(self.fd, data, offset)
+            except OSError as exc:
+                self.failed = exc.strerror or str(exc)
+                self.discard()  # what it held is of no use now
         self.size = max(self.size, offset + len(data))
         self.start = offset if self.start is None else min(self.start, offset)
 
@@ -44,7 +58,7 @@ class Held:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,9 @@ class Scanner:
 
     async def judge(self, held: Held) -> Judgement:
         shown = repr(held.name if len(held.name) <= 200 else held.name[:200] + "...")
+        if held.failed is not None:  # whatever [scan] on_error says: the broker lacks it
+            return Judgement(False, f"broker: {shown} refused: the broker could not hold it"
+                             f" for the malware scan ({held.failed})", "file.scan_failed")
         try:
             if held.size > self.max_bytes:
                 raise ScanError(f"the file is larger than the scan limit of"

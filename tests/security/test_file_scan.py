@@ -138,6 +138,38 @@ def test_a_clean_file_arrives_byte_identical_after_the_scan(broker, place, clien
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_spool_that_fills_refuses_the_upload_and_keeps_it_off_the_device(broker, place,
+                                                                           client):
+    """The data directory's spool takes no more (a 512 KiB tmpfs for a 2 MiB upload): the
+    upload is refused with one line naming why, never reaches the device unscanned, is
+    audited, and leaves nothing in the spool."""
+    directory = broker.root / "data" / "scan-spool"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs",
+                              str(directory)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        src = place / "large.bin"
+        src.write_bytes(os.urandom(2 * 1024 * 1024))
+        target = place / "up" / "large.bin"
+        since = last_seq(broker)
+        result = upload(broker, client, src, target)
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("broker: ")]
+        assert lines, result.stderr
+        assert "could not hold" in lines[-1] and "(No space left on device)" in lines[-1]
+        assert not target.exists()
+        row = rows(broker, "file.scan_failed", since)[0]
+        assert "No space left on device" in row["data"]["reason"]
+        assert spool(broker) == []
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
 def test_scanner_down_with_on_error_refuse_keeps_the_file_off_the_device(broker, place,
                                                                          scanner):
     """The scanner stopped: the held upload never reaches the device; on_error refuse (the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from textwrap import dedent
@@ -209,6 +210,26 @@ def test_held_files_are_private_and_removed(tmp_path):
     assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
     held.discard()
     assert not held.path.exists()
+
+
+async def test_a_hold_the_spool_cannot_take_is_refused_whatever_on_error_says(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    subprocess.run(["chattr", "+i", str(spool)], check=True)  # no new entry, even for root
+    try:
+        held = Held(spool, "/up/file.bin")
+        held.append(b"never kept")
+    finally:
+        subprocess.run(["chattr", "-i", str(spool)], check=True)
+    assert held.failed == "Operation not permitted" and held.size == 10
+    down = ICAPClient(f"icap://127.0.0.1:{free_port()}/srv", timeout=2)
+    allow = Scanner(down, on_error="allow", max_bytes=10**9, spool=spool)
+    judged = await allow.judge(held)
+    assert not judged.allowed and judged.event == "file.scan_failed"
+    assert judged.message == ("broker: '/up/file.bin' refused: the broker could not hold it"
+                              " for the malware scan (Operation not permitted)")
+    held.discard()
+    assert list(spool.iterdir()) == []
 
 
 async def test_judgements(tmp_path, upload):
