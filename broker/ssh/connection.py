@@ -16,6 +16,7 @@ import asyncssh
 import structlog
 
 from broker import metrics
+from broker.aio import within
 from broker.domain.protocols import Protocol
 from broker.domain.session_rules import NO_SESSION_RULES, SessionRules
 from broker.domain.usernames import Target, UsernameError, parse_username
@@ -49,6 +50,7 @@ from broker.ssh.upstream_pool import Lease, UpstreamPool
 log = structlog.get_logger("broker.ssh")
 MAX_UNAUTHENTICATED_PER_SOURCE = 10
 REFUSAL_GRACE = 1.0  # seconds a cut waits for a channel's refusal (audit, line, exit status)
+HANG_UP_GRACE = 0.25  # seconds a cut lets the client hang up itself once told
 SUPERVISION_NOTICES = {
     JOINED: "hospital supervisor {who} is now watching this session",
     LEFT: "hospital supervisor {who} stopped watching this session",
@@ -112,6 +114,7 @@ class BrokerConnection(asyncssh.SSHServer):
         self.channels: set[ClosableChannel] = set()
         # channels writing their one-line refusal: a cut lets them finish it first
         self.refusing: set[asyncio.Future[None]] = set()
+        self._gone = asyncio.Event()  # the connection is lost (the client hung up, or a cut)
         self.exit_status: int | None = None  # the last channel's, as the technician's ssh saw it
         self._channel_count = 0
         # the policy's command rules and supervision, fixed when the session opens
@@ -139,6 +142,7 @@ class BrokerConnection(asyncssh.SSHServer):
             conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone.set()
         self._leave_pending()
         if not self.authenticated and self.refusal != "throttled":
             reason = self.refusal or ("disconnected before authenticating" if self.username
@@ -366,11 +370,16 @@ class BrokerConnection(asyncssh.SSHServer):
         """Close every channel with a one-line notice, then the connection; the session is
         closed when the connection is gone (:meth:`connection_lost`)."""
         self.supervision.close()
+        told = bool(self.channels or self.refusing)
         await asyncio.gather(*(channel.close_with(reason) for channel in list(self.channels)),
                              return_exceptions=True)
         if self.refusing:
             await asyncio.wait(list(self.refusing), timeout=REFUSAL_GRACE)
         if self.conn is not None:
+            if told:  # a client whose channels all closed hangs up itself, its lines written
+                # (OpenSSH drops what it has not yet written when the server disconnects)
+                with contextlib.suppress(TimeoutError):
+                    await within(HANG_UP_GRACE, self._gone.wait())
             self.conn.close()
         if self.upstream is not None:
             self.upstream.close()
