@@ -80,6 +80,14 @@ def broker_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("broker:")]
 
 
+def assert_new_sessions_refused(broker: BrokerProcess, error: str) -> None:
+    refused = broker.ssh("tech+dev", "echo refused")
+    assert refused.code == 1 and refused.out == ""
+    assert broker_lines(refused.err) == [
+        f"broker: this broker node cannot record sessions right now ({error}); no session"
+        " opens unrecorded, so try again later or tell the hospital's IT"], refused.err
+
+
 def audited(broker: BrokerProcess, kind: str) -> list[dict]:
     events = map(json.loads, broker.cli("audit", "export", "--format", "jsonl").out.splitlines())
     return [e for e in events if e["kind"] == kind]
@@ -119,12 +127,7 @@ def test_out_of_inodes_a_new_channel_on_a_live_connection_is_refused_and_cuts(
             "broker: this session's recording cannot be written (No space left on device),"
             " and no session goes on unrecorded; the session is closed."], master_err
 
-        refused = broker.ssh("tech+dev", "echo refused")
-        assert refused.code == 1 and refused.out == ""
-        assert broker_lines(refused.err) == [
-            "broker: this broker node cannot record sessions right now (No space left on"
-            " device); no session opens unrecorded, so try again later or tell the"
-            " hospital's IT"], refused.err
+        assert_new_sessions_refused(broker, "No space left on device")
         status, body = readyz(broker)
         assert status == 503 and body["problems"] == [
             "recordings: the directory does not take writes (No space left on device)"]
@@ -200,12 +203,7 @@ def test_a_read_only_recordings_file_system_refuses_until_it_takes_writes(
         status, body = readyz(broker)
         assert status == 503 and body["problems"] == [
             "recordings: the directory does not take writes (Read-only file system)"]
-        refused = broker.ssh("tech+dev", "echo refused")
-        assert refused.code == 1 and refused.out == ""
-        assert broker_lines(refused.err) == [
-            "broker: this broker node cannot record sessions right now (Read-only file"
-            " system); no session opens unrecorded, so try again later or tell the"
-            " hospital's IT"], refused.err
+        assert_new_sessions_refused(broker, "Read-only file system")
         assert [e["data"]["reason"] for e in audited(broker, "session.refused")] == [
             "recording-unavailable"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -13,7 +14,10 @@ import json
 import re
 import ssl
 import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -278,69 +282,76 @@ async def test_websocket_is_relayed_and_recorded(broker_dir: Path) -> None:
     assert entry["response"]["status"] == 101
 
 
-async def test_a_websocket_that_cannot_be_recorded_is_refused_with_one_line(
-        broker_dir: Path) -> None:
-    """The session directory takes no new file (immutable, even for root): the WebSocket's
-    log cannot exist, so the WebSocket is refused (503, one line) and never reaches the
-    device, and the flusher's listeners (the storage guard) hear of it."""
+@dataclass
+class UnwritableSession:
+    client: Any
+    seen: list[str]  # what the device was asked
+    prefix: str
+    cookie: dict[str, str]
+    directory: Path
+    failures: list[tuple[str, int | None]]
+
+
+@contextlib.asynccontextmanager
+async def unwritable_web_session(broker_dir: Path) -> AsyncIterator[UnwritableSession]:
+    """A signed-in web session whose recording directory then takes no new file (immutable,
+    even for root), with what the flusher's listeners (the storage guard) hear meanwhile."""
     failures: list[tuple[str, int | None]] = []
     unlisten = default_flusher().on_failure(
         lambda path, exc: failures.append((path.name, exc.errno)))
     async with upstream(device_app) as device, device_origin(broker_dir) as (client, ctx):
         grant = await add_grant(ctx, device.url)
-        cookie = await sign_in(client, ctx)
+        cookie = {"Cookie": await sign_in(client, ctx)}
         directory = next((broker_dir / "recordings").glob("*/web.har")).parent
         subprocess.run(["chattr", "+i", str(directory)], check=True)
         try:
-            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-                await client.ws_connect(f"/w/{grant}/ws", headers={"Cookie": cookie})
-            upgrade = await client.get(f"/w/{grant}/ws", headers={
-                "Cookie": cookie, "Connection": "Upgrade", "Upgrade": "websocket",
-                "Sec-WebSocket-Version": "13",
-                "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()})
-            assert upgrade.status == 503
-            assert ("this cannot be recorded right now (Operation not permitted), and nothing"
-                    " goes through the broker unrecorded; try again later or tell the"
-                    " hospital&#39;s IT") in await upgrade.text()
+            yield UnwritableSession(client, device.seen, f"/w/{grant}", cookie, directory,
+                                    failures)
         finally:
             subprocess.run(["chattr", "-i", str(directory)], check=True)
             unlisten()
+
+
+async def test_a_websocket_that_cannot_be_recorded_is_refused_with_one_line(
+        broker_dir: Path) -> None:
+    """The WebSocket's log cannot exist, so the WebSocket is refused (503, one line) and
+    never reaches the device, and the storage guard hears of it."""
+    async with unwritable_web_session(broker_dir) as web_session:
+        client, prefix, cookie = web_session.client, web_session.prefix, web_session.cookie
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(f"{prefix}/ws", headers=cookie)
         assert refused.value.status == 503
-        page = await client.get(f"/w/{grant}/echo", headers={"Cookie": cookie})
-        assert page.status == 200  # the rest of the session was not harmed by the test
-    assert failures == [("websocket-1.jsonl", errno.EPERM), ("websocket-2.jsonl", errno.EPERM)]
-    assert "GET /ws" not in " ".join(device.seen)
+        upgrade = await client.get(f"{prefix}/ws", headers={
+            **cookie, "Connection": "Upgrade", "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()})
+        assert upgrade.status == 503
+        assert ("this cannot be recorded right now (Operation not permitted), and nothing"
+                " goes through the broker unrecorded; try again later or tell the"
+                " hospital&#39;s IT") in await upgrade.text()
+    assert web_session.failures == [("websocket-1.jsonl", errno.EPERM),
+                                    ("websocket-2.jsonl", errno.EPERM)]
+    assert "GET /ws" not in " ".join(web_session.seen)
 
 
 async def test_a_body_the_storage_does_not_take_goes_no_further(broker_dir: Path) -> None:
-    """A body over the inline limit is spilled under bodies/; when that fails (here the
-    session directory takes no new entry), the rest of the body goes nowhere: a download
-    already under way is cut (the browser cannot take it for whole), an upload is refused
-    with one line, the failure is reported (the storage guard cuts the session), and the HAR
-    entries say what was lost."""
-    failures: list[tuple[str, int | None]] = []
-    unlisten = default_flusher().on_failure(
-        lambda path, exc: failures.append((path.name, exc.errno)))
-    async with upstream(device_app) as device, device_origin(broker_dir) as (client, ctx):
-        grant = await add_grant(ctx, device.url)
-        cookie = await sign_in(client, ctx)
-        directory = next((broker_dir / "recordings").glob("*/web.har")).parent
-        subprocess.run(["chattr", "+i", str(directory)], check=True)
-        try:
-            download = await client.get(f"/w/{grant}/big", headers={"Cookie": cookie})
-            assert download.status == 200  # its head went before the body outgrew memory
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await download.read()
-            upload = await client.post(f"/w/{grant}/echo", data=b"u" * (2 * 1024 * 1024),
-                                       headers={"Cookie": cookie})
-            assert upload.status == 503
-            assert ("this cannot be recorded right now (Operation not permitted), and nothing"
-                    " goes through the broker unrecorded") in await upload.text()
-        finally:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-            unlisten()
-    assert failures == [("bodies", errno.EPERM), ("bodies", errno.EPERM)]
-    assert not (directory / "bodies").exists()
+    """A body over the inline limit is spilled under bodies/; when that fails, the rest of
+    the body goes nowhere: a download already under way is cut (the browser cannot take it
+    for whole), an upload is refused with one line, the failure is reported (the storage
+    guard cuts the session), and the HAR entries say what was lost."""
+    async with unwritable_web_session(broker_dir) as web_session:
+        client, prefix, cookie = web_session.client, web_session.prefix, web_session.cookie
+        download = await client.get(f"{prefix}/big", headers=cookie)
+        assert download.status == 200  # its head went before the body outgrew memory
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await download.read()
+        upload = await client.post(f"{prefix}/echo", data=b"u" * (2 * 1024 * 1024),
+                                   headers=cookie)
+        assert upload.status == 503
+        assert ("this cannot be recorded right now (Operation not permitted), and nothing"
+                " goes through the broker unrecorded") in await upload.text()
+    assert web_session.failures == [("bodies", errno.EPERM), ("bodies", errno.EPERM)]
+    assert not (web_session.directory / "bodies").exists()
     entries = {e["request"]["url"].rsplit("/", 1)[-1]: e
                for e in har_of(broker_dir)["log"]["entries"]}
     lost = entries["big"]["response"]["content"]
