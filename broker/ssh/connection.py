@@ -373,6 +373,8 @@ class BrokerConnection(asyncssh.SSHServer):
         told = bool(self.channels or self.refusing)
         await asyncio.gather(*(channel.close_with(reason) for channel in list(self.channels)),
                              return_exceptions=True)
+        if self.upstream is not None:  # the device side first: no forward outlives the waits
+            self.upstream.close()
         if self.refusing:
             await asyncio.wait(list(self.refusing), timeout=REFUSAL_GRACE)
         if self.conn is not None:
@@ -381,8 +383,6 @@ class BrokerConnection(asyncssh.SSHServer):
                 with contextlib.suppress(TimeoutError):
                     await within(HANG_UP_GRACE, self._gone.wait())
             self.conn.close()
-        if self.upstream is not None:
-            self.upstream.close()
 
     async def _supervision_event(self, kind: str, who: str) -> None:
         """A supervisor joined, left, paused, resumed or ended: audited, marked in the
