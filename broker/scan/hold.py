@@ -20,6 +20,10 @@ from broker.domain.file_rules import format_size
 from broker.scan.icap import ICAPClient, ScanError
 
 
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 200 else name[:200] + "...")
+
+
 class Held:
     """One uploaded file at the broker. A spool that takes no more (the data directory full,
     read-only, failing) marks it ``failed``: it takes nothing more, and its judgement is a
@@ -47,6 +51,14 @@ class Held:
                 self.discard()  # what it held is of no use now
         self.size = max(self.size, offset + len(data))
         self.start = offset if self.start is None else min(self.start, offset)
+
+    @property
+    def refusal(self) -> str | None:
+        """The one line refusing a file the spool could not take (None while it holds it)."""
+        if self.failed is None:
+            return None
+        return (f"broker: {_shown(self.name)} refused: the broker could not hold it for the"
+                f" malware scan ({self.failed})")
 
     def append(self, data: bytes | memoryview) -> None:
         self.write_at(self.size, data)
@@ -79,10 +91,9 @@ class Scanner:
         return Held(self.spool, name)
 
     async def judge(self, held: Held) -> Judgement:
-        shown = repr(held.name if len(held.name) <= 200 else held.name[:200] + "...")
-        if held.failed is not None:  # whatever [scan] on_error says: the broker lacks it
-            return Judgement(False, f"broker: {shown} refused: the broker could not hold it"
-                             f" for the malware scan ({held.failed})", "file.scan_failed")
+        shown = _shown(held.name)
+        if held.refusal is not None:  # whatever [scan] on_error says: the broker lacks it
+            return Judgement(False, held.refusal, "file.scan_failed")
         try:
             if held.size > self.max_bytes:
                 raise ScanError(f"the file is larger than the scan limit of"

@@ -137,12 +137,9 @@ class Holds:
             offset, length = _QI.unpack_from(pkt, pos)
             self._check_size(name, offset + length)
             held.held.write_at(offset, pkt[pos + 12:pos + 12 + length])
-            if held.held.failed is None:
-                self._server.inject(status_packet(rid, FX_OK, ""))
-            else:  # the spool takes no more: the client stops; its CLOSE is refused
-                self._server.inject(status_packet(
-                    rid, FX_FAILURE, "broker: the broker could not hold the upload for the"
-                    f" malware scan ({held.held.failed})"))
+            refusal = held.held.refusal  # the spool takes no more: the client stops
+            self._server.inject(status_packet(rid, FX_OK, "") if refusal is None
+                                else status_packet(rid, FX_FAILURE, refusal))
         elif kind == FSTAT:
             self._server.inject(packet(ATTRS, rid, _U32.pack(1) + _U64.pack(held.held.size)))
         elif kind == FSETSTAT:

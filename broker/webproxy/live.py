@@ -181,6 +181,11 @@ class ProxiedSession:
                           grant=self.grant.id, **data)
 
 
+def unavailable(line: str) -> web.HTTPServiceUnavailable:
+    """503 with the broker's one line and a retry hint (draining, recordings not writable)."""
+    return web.HTTPServiceUnavailable(text=f"broker: {line}", headers={"Retry-After": "10"})
+
+
 def closed_text(device: str, reason: str) -> str:
     """What a browser reads once its session is closed."""
     if reason == WINDOW_CLOSED:

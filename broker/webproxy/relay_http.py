@@ -21,7 +21,7 @@ from broker.http.security import (
 )
 from broker.recording.har import BodyCapture
 from broker.webproxy import har_entries
-from broker.webproxy.live import ProxiedSession, closed_text, monotonic_ms
+from broker.webproxy.live import ProxiedSession, closed_text, monotonic_ms, unavailable
 from broker.webproxy.paths import (
     rewrite_html,
     rewrite_location,
@@ -104,8 +104,7 @@ async def relay_http(request: web.Request, live: ProxiedSession, client: aiohttp
                 request.transport.abort()
             return response
         if lost is not None:
-            raise web.HTTPServiceUnavailable(text=f"broker: {RecordingUnavailable(lost)}",
-                                             headers={"Retry-After": "10"}) from None
+            raise unavailable(str(RecordingUnavailable(lost))) from None
         if live.closing is not None:
             raise web.HTTPForbidden(text=closed_text(live.device, live.closing)) from None
         await live.audit("web.device_failed", path=request.path[:300], error=error[:500])

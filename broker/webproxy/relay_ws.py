@@ -17,7 +17,7 @@ from broker.http.security import (
 )
 from broker.recording.har import WebSocketLog
 from broker.webproxy import har_entries
-from broker.webproxy.live import ProxiedSession, monotonic_ms
+from broker.webproxy.live import ProxiedSession, monotonic_ms, unavailable
 from broker.webproxy.relay_http import upstream_headers_for
 
 log = structlog.get_logger("broker.webproxy")
@@ -33,8 +33,7 @@ async def relay_websocket(request: web.Request, live: ProxiedSession,
     try:  # its log first: nothing reaches the device that could not be recorded
         wslog = live.websocket_log()
     except RecordingUnavailable as exc:
-        raise web.HTTPServiceUnavailable(text=f"broker: {exc}",
-                                         headers={"Retry-After": "10"}) from None
+        raise unavailable(str(exc)) from None
     try:
         upstream = await client.ws_connect(ws_url, protocols=protocols, headers=headers,
                                            autoclose=False, autoping=True, max_msg_size=0)

@@ -27,7 +27,7 @@ from broker.services.device_web import load_target
 from broker.services.readiness import new_session_refusal
 from broker.services.sessions import audit_event
 from broker.services.web_signin import digest, peek, redeem
-from broker.webproxy.live import ProxiedSession
+from broker.webproxy.live import ProxiedSession, unavailable
 from broker.webproxy.origin import (
     device_base_url,
     grant_of_host,
@@ -144,8 +144,7 @@ async def start_session(request: web.Request, live: ProxiedSession) -> None:
         await request.app[REFUSALS].refused(
             "session.refused", f"technician:{live.technician}", request.remote or "unknown",
             live.device, reason=exc.reason)
-        raise web.HTTPServiceUnavailable(text=f"broker: {exc}",
-                                         headers={"Retry-After": "10"}) from None
+        raise unavailable(str(exc)) from None
 
 
 async def refuse_new_session(request: web.Request) -> None:
@@ -156,8 +155,7 @@ async def refuse_new_session(request: web.Request) -> None:
         await request.app[REFUSALS].refused(
             "session.refused", f"web:{request.remote or 'unknown'}",
             request.remote or "unknown", None, reason=why)
-        raise web.HTTPServiceUnavailable(text=f"broker: {why}",
-                                         headers={"Retry-After": "10"})
+        raise unavailable(why)
 
 
 def _set_cookie(request: web.Request, response: web.StreamResponse, live: ProxiedSession,

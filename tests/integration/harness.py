@@ -267,3 +267,21 @@ def cert_ssh(broker: BrokerProcess, user: str, key: Path, cert: Path, *command: 
          "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
          "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
          "-l", user, "127.0.0.1", *command], capture_output=True, text=True, timeout=30)
+
+
+# -- a small file system of the test's own (full disks, read-only storage) ---------------------
+def mount_tmpfs(mount: Path, options: str) -> None:
+    """Mount a tmpfs with ``options`` at ``mount``; skip the test, saying why, where that is
+    not allowed (unmount it with :func:`unmount`)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+
+
+def unmount(mount: Path) -> None:
+    subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)

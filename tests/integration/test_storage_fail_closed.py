@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BrokerProcess, SshdDevice
+from tests.integration.harness import BrokerProcess, SshdDevice, mount_tmpfs, unmount
 from tests.integration.test_drain import readyz
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]  # loaded hosts are slow
@@ -28,16 +28,11 @@ PUSH = "while head -c 15000 /dev/urandom | base64; do sleep 0.05; done"
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    mount_tmpfs(mount, "size=2m")
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        unmount(mount)
 
 
 def free_bytes(path: Path) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import time
@@ -18,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BrokerProcess, SshdDevice, wait_for_port
+from tests.integration.harness import (
+    BrokerProcess,
+    SshdDevice,
+    mount_tmpfs,
+    unmount,
+    wait_for_port,
+)
 from tests.integration.test_drain import readyz
 from tests.integration.test_metrics import scrape, value
 from tests.ports import free_port
@@ -34,16 +39,7 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "disk"
     mount.mkdir()
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
-
-
-def mount_tmpfs(mount: Path, options: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    unmount(mount)
 
 
 def remount(mount: Path, mode: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.icap_kit import EICAR, THREAT, ICAPScanner, available
-from tests.integration.harness import BrokerProcess, SshdDevice, free_port
+from tests.integration.harness import BrokerProcess, SshdDevice, free_port, mount_tmpfs, unmount
 from tests.security.ssh_world import UNLIMITED, audit_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -146,12 +146,7 @@ def test_a_spool_that_fills_refuses_the_upload_and_keeps_it_off_the_device(broke
     audited, and leaves nothing in the spool."""
     directory = broker.root / "data" / "scan-spool"
     directory.mkdir(mode=0o700, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs",
-                              str(directory)], capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
+    mount_tmpfs(directory, "size=512k,mode=0700")
     try:
         src = place / "large.bin"
         src.write_bytes(os.urandom(2 * 1024 * 1024))
@@ -167,7 +162,7 @@ def test_a_spool_that_fills_refuses_the_upload_and_keeps_it_off_the_device(broke
         assert "No space left on device" in row["data"]["reason"]
         assert spool(broker) == []
     finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
+        unmount(directory)
 
 
 def test_scanner_down_with_on_error_refuse_keeps_the_file_off_the_device(broker, place,

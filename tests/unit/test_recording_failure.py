@@ -9,6 +9,7 @@ import contextlib
 import errno
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from broker.recording import (
     verify_all,
 )
 from broker.recording import manifest as manifest_module
+from broker.recording.har import BodyCapture, body_fields
 from broker.recording.manifest import HEAD_FILE
 from tests.unit.test_manifest import T0, record
 
@@ -160,3 +162,45 @@ async def test_close_on_a_failing_disk_reports_and_does_not_raise(tmp_path: Path
     assert failures == [rec.path / "session.json"]
     assert json.loads((rec.path / "session.json").read_text())["ended_at"] is None
     await flusher.stop()
+
+
+def test_a_body_spill_that_cannot_be_kept_at_its_end_is_reported_and_marked_lost(
+        tmp_path: Path) -> None:
+    """The spill was written, but renaming it into bodies/ fails (the directory takes no new
+    entry): the listeners hear of it, and the result says the body was lost instead of
+    naming a file that is not there."""
+    reported: list[tuple[Path, int | None]] = []
+    bodies = tmp_path / "bodies"
+    capture = BodyCapture(bodies, 4, lambda path, exc: reported.append((path, exc.errno)))
+    capture.feed(b"more than four bytes")
+    subprocess.run(["chattr", "+i", str(bodies)], check=True)
+    try:
+        result = capture.finish()
+    finally:
+        subprocess.run(["chattr", "-i", str(bodies)], check=True)
+    assert reported == [(bodies, errno.EPERM)]
+    assert result["lost"] == "Operation not permitted"
+    assert result["file"] is None and result["inline"] is None and result["size"] == 20
+    assert body_fields(result, "application/octet-stream") == {
+        "mimeType": "application/octet-stream", "_lost": "Operation not permitted",
+        "_size": 20, "_sha256": result["sha256"]}
+
+
+def test_a_body_spill_that_cannot_be_made_refuses_every_later_chunk(tmp_path: Path) -> None:
+    reported: list[tuple[Path, int | None]] = []
+    session = tmp_path / "session"
+    session.mkdir()
+    capture = BodyCapture(session / "bodies", 4,
+                          lambda path, exc: reported.append((path, exc.errno)))
+    subprocess.run(["chattr", "+i", str(session)], check=True)  # no bodies/ can be made
+    try:
+        capture.feed(b"four")  # in memory: nothing to make yet
+        with pytest.raises(RecordingUnavailable, match=r"\(Operation not permitted\)"):
+            capture.feed(b" and more")
+        with pytest.raises(RecordingUnavailable):  # nothing after a loss goes on either
+            capture.feed(b"later")
+    finally:
+        subprocess.run(["chattr", "-i", str(session)], check=True)
+    assert reported == [(session / "bodies", errno.EPERM)]
+    assert capture.finish()["lost"] == "Operation not permitted"
+    assert list(session.iterdir()) == []
